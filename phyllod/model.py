@@ -1,0 +1,147 @@
+"""The vocabulary every part of phyllod speaks: devices, guests, assignments.
+
+All values are frozen dataclasses so the core can compare snapshots, keep them
+in sets and pass them between the event loop and the libvirt worker without
+copies or locks. Adapters translate to and from these; nothing here imports an
+adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+#: Prefix of the libvirt user alias (``ua-`` is libvirt's namespace for
+#: user-chosen aliases) that marks a hostdev phyllod placed. Ownership is thus
+#: read back from libvirt after a restart instead of living in our memory.
+ALIAS_PREFIX = "ua-phyllod-"
+
+
+class Subsystem(StrEnum):
+    USB = "usb"
+    PCI = "pci"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A host device's identity, as udev and sysfs describe it.
+
+    ``port`` (USB) and ``address`` (PCI) are physical and survive a replug;
+    ``busnum``/``devnum`` change on every enumeration and only serve to name
+    the device to libvirt and to recognise it in a guest's live XML.
+    """
+
+    subsystem: Subsystem
+    sys_path: str
+    port: str = ""
+    busnum: int = 0
+    devnum: int = 0
+    vendor: str = ""
+    product: str = ""
+    serial: str = ""
+    manufacturer: str = ""
+    product_name: str = ""
+    device_class: str = ""
+    interface_classes: tuple[str, ...] = ()
+    address: str = ""
+    iommu_group: int | None = None
+    driver: str = ""
+
+    @property
+    def id(self) -> str:
+        """Stable key: the physical place of the device (``usb:1-2.3``)."""
+        where = self.port if self.subsystem is Subsystem.USB else self.address
+        return f"{self.subsystem}:{where}"
+
+    @property
+    def slot(self) -> str:
+        """The alias stem for this physical place (``ua-phyllod-usb1-2_3``).
+
+        Work on one slot is serialized, whichever enumeration it concerns.
+        """
+        where = self.port if self.subsystem is Subsystem.USB else self.address
+        safe = where.replace(".", "_").replace(":", "_")
+        return f"{ALIAS_PREFIX}{self.subsystem}{safe}"
+
+    @property
+    def alias(self) -> str:
+        """The libvirt alias phyllod gives this enumeration of the device.
+
+        The device number is part of it so that a replugged device never
+        collides with the stale hostdev of its previous enumeration.
+        """
+        return f"{self.slot}-{self.devnum}"
+
+    def describe(self) -> str:
+        """One line a person recognises the device by."""
+        ids = f"{self.vendor}:{self.product}"
+        name = " ".join(s for s in (self.manufacturer, self.product_name) if s)
+        return f"{self.id} ({ids}{' ' + name if name else ''})"
+
+
+class GuestState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    SUSPENDED = "pmsuspended"
+    OTHER = "other"
+
+    @property
+    def active(self) -> bool:
+        """Whether a QEMU process exists that can hold devices."""
+        return self in (GuestState.RUNNING, GuestState.PAUSED, GuestState.SUSPENDED)
+
+
+@dataclass(frozen=True, slots=True)
+class UsbHostdev:
+    """A USB ``<hostdev>`` as found in a guest's live XML.
+
+    Any of the fields may be missing (libvirt accepts ids only, or an address
+    only); ``alias`` is libvirt's ``<alias name=…>``.
+    """
+
+    alias: str
+    vendor: str = ""
+    product: str = ""
+    bus: int | None = None
+    device: int | None = None
+
+    @property
+    def owned(self) -> bool:
+        """Placed by phyllod (carries our user alias)."""
+        return self.alias.startswith(ALIAS_PREFIX)
+
+    @property
+    def slot(self) -> str:
+        """For an owned hostdev, the slot of the device it was made for."""
+        return self.alias.rsplit("-", 1)[0] if self.owned else self.alias
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    name: str
+    uuid: str
+    state: GuestState
+    hostdevs: tuple[UsbHostdev, ...] = ()
+
+
+class State(StrEnum):
+    HOST = "host"
+    PENDING = "pending"
+    ATTACHING = "attaching"
+    ATTACHED = "attached"
+    DETACHING = "detaching"
+    DENIED = "denied"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Where a device is, or is going, and why: the answer to "explain"."""
+
+    device_id: str
+    state: State
+    guest: str = ""
+    rule: str = ""
+    reason: str = ""

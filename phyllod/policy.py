@@ -1,0 +1,359 @@
+"""Policy: which device goes to which guest, read from TOML drop-in files.
+
+Files are read in lexical order and the first matching rule wins; a device no
+rule matches stays on the host. Every mistake a person can make in a file
+(unknown key, bad hex id, duplicate name, missing target, TOML syntax) is
+reported with the file, the line and the rule, all at once, so a reload can be
+refused as a whole and the previous policy kept.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from phyllod.model import Device, Subsystem
+
+DEFAULT_POLICY_DIR = Path("/etc/phyllod/policy.d")
+
+
+class Action(StrEnum):
+    ATTACH = "attach"
+    IGNORE = "ignore"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in a policy file, located as precisely as we can."""
+
+    file: str
+    line: int
+    message: str
+    rule: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        who = f" rule '{self.rule}':" if self.rule else ""
+        return f"{where}:{who} {self.message}"
+
+
+class PolicyError(Exception):
+    """A policy that cannot be used; carries every problem found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+_HEX4 = re.compile(r"^[0-9a-f]{4}$")
+_HEX2 = re.compile(r"^[0-9a-f]{2}$")
+_CLASS = re.compile(r"^(?:[0-9a-f]{2}){1,3}$")
+_PORT = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
+_PCI_ADDR = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Conditions on a device's identity; every field given must hold.
+
+    ``class`` is a prefix of the device class (USB ``bDeviceClass``, two hex
+    digits; PCI class code, six), so ``0280`` means any PCI network controller.
+    ``interface_class`` holds if any USB interface has that class, which is how
+    "any Bluetooth adapter" (``e0``) or "any audio device" (``01``) is said.
+    """
+
+    subsystem: str = ""
+    vendor: str = ""
+    product: str = ""
+    serial: str = ""
+    manufacturer: str = ""
+    product_name: str = ""
+    port: str = ""
+    device_class: str = ""
+    interface_class: str = ""
+    address: str = ""
+
+    def matches(self, device: Device) -> bool:
+        if self.subsystem and self.subsystem != device.subsystem:
+            return False
+        for name in ("vendor", "product", "serial", "manufacturer", "product_name"):
+            wanted = getattr(self, name)
+            if wanted and wanted != getattr(device, name):
+                return False
+        if self.port and (device.subsystem is not Subsystem.USB or self.port != device.port):
+            return False
+        if self.address and (
+            device.subsystem is not Subsystem.PCI or self.address != device.address
+        ):
+            return False
+        if self.device_class and not device.device_class.startswith(self.device_class):
+            return False
+        return not self.interface_class or any(
+            c.startswith(self.interface_class) for c in device.interface_classes
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    match: Match
+    action: Action
+    guest: str
+    file: str
+    line: int
+
+    def targets(self, name: str, uuid: str) -> bool:
+        """Whether this rule's guest designates the guest ``name``/``uuid``."""
+        return self.guest == name or self.guest.lower() == uuid.lower()
+
+    @property
+    def guest_is_uuid(self) -> bool:
+        return bool(_UUID.match(self.guest.lower()))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...] = ()
+    files: tuple[str, ...] = ()
+
+    def match(self, device: Device) -> Rule | None:
+        """The first rule that matches ``device``, in file then rule order."""
+        for rule in self.rules:
+            if rule.match.matches(device):
+                return rule
+        return None
+
+
+# ---------------------------------------------------------------- parsing
+
+_RULE_KEYS = {"name", "match", "guest", "action"}
+_MATCH_KEYS = {f.name for f in fields(Match)} | {"class"}
+_MATCH_KEYS.discard("device_class")
+
+
+class _Locator:
+    """Finds the line of a rule or key in a file tomllib has already parsed.
+
+    tomllib reports positions only for syntax errors; for the semantic errors
+    we find the n-th ``[[rule]]`` header and search the key within its lines.
+    """
+
+    _HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
+    _TABLE = re.compile(r"^\s*\[")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.starts = [i for i, ln in enumerate(self.lines) if self._HEADER.match(ln)]
+
+    def rule_line(self, index: int) -> int:
+        return self.starts[index] + 1 if index < len(self.starts) else 0
+
+    def key_line(self, index: int, key: str) -> int:
+        if index >= len(self.starts):
+            return 0
+        end = self.starts[index + 1] if index + 1 < len(self.starts) else len(self.lines)
+        pattern = re.compile(rf"(^|[\s{{,.]){re.escape(key)}\s*=")
+        for i in range(self.starts[index], end):
+            if pattern.search(self.lines[i]):
+                return i + 1
+        return self.rule_line(index)
+
+    def top_key_line(self, key: str) -> int:
+        pattern = re.compile(rf"^\s*(\[+\s*)?{re.escape(key)}\b")
+        for i, ln in enumerate(self.lines):
+            if pattern.match(ln):
+                return i + 1
+        return 0
+
+
+def _normalize_pci_address(value: str) -> str | None:
+    m = _PCI_ADDR.match(value)
+    if not m:
+        return None
+    domain, bus, slot, fn = m.groups()
+    return f"{domain or '0000'}:{bus}:{slot}.{fn}"
+
+
+def _parse_match(
+    raw: Any, file: str, loc: _Locator, index: int, rule: str
+) -> tuple[Match | None, list[Problem]]:
+    problems: list[Problem] = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append(Problem(file, loc.key_line(index, key), message, rule))
+
+    if not isinstance(raw, dict) or not raw:
+        bad("match", "'match' must be a non-empty table, e.g. match = { vendor = \"1050\" }")
+        return None, problems
+    values: dict[str, str] = {}
+    for key, value in raw.items():
+        if key not in _MATCH_KEYS:
+            known = ", ".join(sorted(_MATCH_KEYS))
+            bad(key, f"unknown match key '{key}' (known: {known})")
+            continue
+        if not isinstance(value, str):
+            bad(key, f"match key '{key}' must be a string, not {type(value).__name__}")
+            continue
+        text = value.strip()
+        low = text.lower().removeprefix("0x")
+        if key == "subsystem":
+            if low not in {s.value for s in Subsystem}:
+                bad(key, f"subsystem must be 'usb' or 'pci', not {value!r}")
+                continue
+            text = low
+        elif key in ("vendor", "product"):
+            if not _HEX4.match(low):
+                bad(key, f"{key} must be 4 hex digits (e.g. \"1050\"), not {value!r}")
+                continue
+            text = low
+        elif key == "interface_class":
+            if not _HEX2.match(low):
+                bad(key, f"interface_class must be 2 hex digits (e.g. \"e0\"), not {value!r}")
+                continue
+            text = low
+        elif key == "class":
+            if not _CLASS.match(low):
+                bad(key, f"class must be 2, 4 or 6 hex digits (e.g. \"0280\"), not {value!r}")
+                continue
+            key, text = "device_class", low
+        elif key == "port":
+            if not _PORT.match(text):
+                bad(key, f"port must be a USB port path like \"1-2\" or \"1-2.3\", not {value!r}")
+                continue
+        elif key == "address":
+            normalized = _normalize_pci_address(low)
+            if normalized is None:
+                bad(key, f"address must be a PCI address like \"0000:03:00.0\", not {value!r}")
+                continue
+            text = normalized
+        elif not text:
+            bad(key, f"match key '{key}' must not be empty")
+            continue
+        values[key] = text
+    if problems:
+        return None, problems
+    match = Match(**values)
+    usb_only = match.port or match.interface_class
+    if match.subsystem == Subsystem.PCI and usb_only:
+        bad("subsystem", "'port' and 'interface_class' only apply to USB devices")
+    if match.subsystem == Subsystem.USB and match.address:
+        bad("subsystem", "'address' only applies to PCI devices (USB uses 'port')")
+    if match.address and usb_only:
+        bad("address", "a rule cannot match both a PCI address and USB-only keys")
+    return (None if problems else match), problems
+
+
+def _parse_rule(
+    raw: Any, file: str, loc: _Locator, index: int
+) -> tuple[Rule | None, list[Problem]]:
+    line = loc.rule_line(index)
+    if not isinstance(raw, dict):
+        return None, [Problem(file, line, "each [[rule]] must be a table")]
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return None, [Problem(file, line, f"rule #{index + 1} needs a 'name' (a non-empty string)")]
+    name = name.strip()
+    problems: list[Problem] = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append(Problem(file, loc.key_line(index, key), message, name))
+
+    for key in raw:
+        if key not in _RULE_KEYS:
+            bad(key, f"unknown key '{key}' (known: {', '.join(sorted(_RULE_KEYS))})")
+    match, match_problems = _parse_match(raw.get("match"), file, loc, index, name)
+    problems += match_problems
+    guest = raw.get("guest", "")
+    if not isinstance(guest, str):
+        bad("guest", "'guest' must be a guest name or UUID (a string)")
+        guest = ""
+    guest = guest.strip()
+    action_raw = raw.get("action", Action.ATTACH.value)
+    try:
+        action = Action(action_raw)
+    except ValueError:
+        allowed = ", ".join(a.value for a in Action)
+        bad("action", f"action must be one of {allowed}, not {action_raw!r}")
+        action = None
+    if action is Action.ATTACH and not guest:
+        bad("action", "an 'attach' rule needs a target: guest = \"NAME\" or a UUID")
+    if action in (Action.IGNORE, Action.DENY) and guest:
+        bad("guest", f"a '{action}' rule applies to every guest; remove 'guest'")
+    if problems or match is None or action is None:
+        return None, problems
+    return Rule(name, match, action, guest, file, line), []
+
+
+def parse_policy_text(text: str, file: str) -> tuple[list[Rule], list[Problem]]:
+    """Parse one file's text; returns its rules and the problems found."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        return [], [Problem(file, int(m.group(1)) if m else 0, f"TOML syntax error: {e}")]
+    loc = _Locator(text)
+    problems: list[Problem] = []
+    for key in data:
+        if key != "rule":
+            problems.append(
+                Problem(file, loc.top_key_line(key), f"unknown top-level key '{key}' "
+                        "(a policy file holds [[rule]] tables)")
+            )
+    raw_rules = data.get("rule", [])
+    if not isinstance(raw_rules, list):
+        problems.append(Problem(file, loc.top_key_line("rule"), "'rule' must be [[rule]] tables"))
+        raw_rules = []
+    rules: list[Rule] = []
+    for index, raw in enumerate(raw_rules):
+        rule, rule_problems = _parse_rule(raw, file, loc, index)
+        problems += rule_problems
+        if rule is not None:
+            rules.append(rule)
+    return rules, problems
+
+
+def policy_files(directory: Path) -> list[Path]:
+    """The drop-in files of ``directory`` in the order they apply."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix == ".toml" and p.is_file())
+
+
+def load_policy(paths: Iterable[Path]) -> Policy:
+    """Read and check ``paths`` in order; raises PolicyError listing every problem."""
+    rules: list[Rule] = []
+    problems: list[Problem] = []
+    files: list[str] = []
+    seen: dict[str, Rule] = {}
+    for path in paths:
+        file = str(path)
+        files.append(file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(Problem(file, 0, f"cannot read: {e}"))
+            continue
+        file_rules, file_problems = parse_policy_text(text, file)
+        problems += file_problems
+        for rule in file_rules:
+            first = seen.get(rule.name)
+            if first is not None:
+                problems.append(Problem(file, rule.line, f"duplicate rule name (first defined "
+                                        f"at {first.file}:{first.line})", rule.name))
+                continue
+            seen[rule.name] = rule
+            rules.append(rule)
+    if problems:
+        raise PolicyError(problems)
+    return Policy(tuple(rules), tuple(files))
+
+
+def load_policy_dir(directory: Path) -> Policy:
+    return load_policy(policy_files(directory))

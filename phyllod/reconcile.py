@@ -1,0 +1,307 @@
+"""Reconcile: from a snapshot of the world to the actions that bring it in line.
+
+This is level-triggered, like a Kubernetes controller: whatever happened (a
+plug, an unplug, a guest start or crash, a policy reload, a daemon restart, a
+libvirt reconnect), the daemon takes a fresh snapshot and calls ``reconcile``.
+It is pure: no clock, no I/O, so every case can be tested as a table.
+
+Ownership is read from the snapshot, not remembered: a hostdev carrying
+phyllod's alias was placed by phyllod and may be removed by it; any other
+hostdev was placed by a person and is left alone unless a ``deny`` rule says
+the device must not be in a guest at all.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from phyllod.model import Assignment, Device, Guest, State, Subsystem, UsbHostdev
+from phyllod.policy import Action, Policy, Rule
+
+#: Seconds to wait before attempt n+1 after n failures; then phyllod gives up
+#: until something about the device or guest changes.
+BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+class OpKind(StrEnum):
+    ATTACH = "attach"
+    DETACH = "detach"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A libvirt call phyllod has issued and not yet seen the end of."""
+
+    kind: OpKind
+    guest: str
+    alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The last failed operation on a slot, and when to try again."""
+
+    kind: OpKind
+    guest: str
+    error: str
+    attempts: int
+    retry_at: float | None  # None: gave up
+
+    def describe(self, now: float) -> str:
+        if self.retry_at is None:
+            return f"{self.kind} failed {self.attempts} times, gave up: {self.error}"
+        wait = max(0.0, self.retry_at - now)
+        return f"{self.kind} failed (attempt {self.attempts}, retry in {wait:.0f}s): {self.error}"
+
+
+def record_failure(
+    previous: Failure | None, kind: OpKind, guest: str, error: str, now: float
+) -> Failure:
+    """The failure record after one more failed attempt, with its backoff."""
+    same = previous is not None and previous.kind == kind and previous.guest == guest
+    attempts = previous.attempts + 1 if same and previous else 1
+    retry_at = now + BACKOFF[attempts - 1] if attempts <= len(BACKOFF) else None
+    return Failure(kind, guest, error, attempts, retry_at)
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """Everything reconcile looks at. ``guests`` is None while libvirt is unreachable."""
+
+    devices: Mapping[str, Device]
+    guests: Mapping[str, Guest] | None
+    inflight: Mapping[str, Operation] = field(default_factory=dict)
+    failures: Mapping[str, Failure] = field(default_factory=dict)
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    slot: str
+    device: Device
+    guest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Detach:
+    slot: str
+    guest: str
+    hostdev: UsbHostdev
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    assignments: Mapping[str, Assignment]
+    actions: tuple[Attach | Detach, ...]
+    wake_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Holding:
+    guest: Guest
+    hostdev: UsbHostdev
+
+
+class _Index:
+    """Which present device each hostdev in a running guest refers to."""
+
+    def __init__(self, devices: Mapping[str, Device], guests: Mapping[str, Guest]) -> None:
+        self.by_address: dict[tuple[int, int], Device] = {}
+        by_ids: dict[tuple[str, str], list[Device]] = defaultdict(list)
+        for d in devices.values():
+            if d.subsystem is Subsystem.USB:
+                self.by_address[(d.busnum, d.devnum)] = d
+                by_ids[(d.vendor, d.product)].append(d)
+        self.by_ids = by_ids
+        self.holders: dict[str, list[_Holding]] = defaultdict(list)
+        self.stale: list[_Holding] = []
+        for g in guests.values():
+            if not g.state.active:
+                continue
+            for h in g.hostdevs:
+                d = self._resolve(h)
+                if d is not None:
+                    self.holders[d.id].append(_Holding(g, h))
+                elif h.owned:
+                    self.stale.append(_Holding(g, h))
+
+    def _resolve(self, h: UsbHostdev) -> Device | None:
+        if h.bus is not None and h.device is not None:
+            d = self.by_address.get((h.bus, h.device))
+            if d is None:
+                return None
+            if (h.vendor and h.vendor != d.vendor) or (h.product and h.product != d.product):
+                return None
+            # An owned hostdev names the slot it was made for: a device that
+            # re-enumerated elsewhere with a recycled number is not it.
+            return d if not h.owned or h.slot == d.slot else None
+        candidates = self.by_ids.get((h.vendor, h.product), [])
+        return candidates[0] if len(candidates) == 1 else None
+
+
+def _find_guest(rule: Rule, guests: Mapping[str, Guest]) -> Guest | None:
+    if rule.guest in guests:
+        return guests[rule.guest]
+    if rule.guest_is_uuid:
+        for g in guests.values():
+            if rule.targets(g.name, g.uuid):
+                return g
+    return None
+
+
+class _Planner:
+    def __init__(self, policy: Policy, world: World, guests: Mapping[str, Guest]) -> None:
+        self.policy = policy
+        self.world = world
+        self.guests = guests
+        self.index = _Index(world.devices, guests)
+        self.stale_slots = {h.hostdev.slot for h in self.index.stale}
+        self.actions: list[Attach | Detach] = []
+        self.wakeups: list[float] = []
+
+    def _due(self, slot: str, kind: OpKind, guest: str) -> tuple[bool, str]:
+        """Whether an operation may be issued now, else the failure to show."""
+        f = self.world.failures.get(slot)
+        if f is None or f.kind != kind or f.guest != guest:
+            return True, ""
+        if f.retry_at is not None and f.retry_at <= self.world.now:
+            return True, ""
+        if f.retry_at is not None:
+            self.wakeups.append(f.retry_at)
+        return False, f.describe(self.world.now)
+
+    def _detach(self, slot: str, holding: _Holding, why: str) -> str:
+        """Queue a detach unless backing off; returns the failure text if any."""
+        ok, failure = self._due(slot, OpKind.DETACH, holding.guest.name)
+        if ok:
+            self.actions.append(Detach(slot, holding.guest.name, holding.hostdev, why))
+        return failure
+
+    def device(self, d: Device) -> Assignment:
+        rule = self.policy.match(d)
+        rule_name = rule.name if rule else ""
+        op = self.world.inflight.get(d.slot)
+        if op is not None:
+            state = State.ATTACHING if op.kind is OpKind.ATTACH else State.DETACHING
+            return Assignment(d.id, state, op.guest, rule_name, f"{op.kind} in progress")
+        held = self.index.holders.get(d.id, [])
+        if rule is None:
+            return self._unmanaged(d, held)
+        if rule.action is Action.IGNORE:
+            where = held[0].guest.name if held else ""
+            state = State.ATTACHED if held else State.HOST
+            return Assignment(d.id, state, where, rule.name, f"ignored by rule '{rule.name}'")
+        if rule.action is Action.DENY:
+            return self._deny(d, rule, held)
+        return self._attach(d, rule, held)
+
+    def _unmanaged(self, d: Device, held: list[_Holding]) -> Assignment:
+        for h in held:
+            if h.hostdev.owned:
+                failure = self._detach(d.slot, h, "no rule matches it any more")
+                if failure:
+                    return Assignment(d.id, State.FAILED, h.guest.name, "", failure)
+                return Assignment(d.id, State.DETACHING, h.guest.name, "",
+                                  "no rule matches it any more")
+        if held:
+            return Assignment(d.id, State.ATTACHED, held[0].guest.name, "",
+                              "attached outside phyllod; no rule matches it")
+        return Assignment(d.id, State.HOST, "", "", "no rule matches; stays on the host")
+
+    def _deny(self, d: Device, rule: Rule, held: list[_Holding]) -> Assignment:
+        reason = f"denied by rule '{rule.name}'"
+        for h in held:
+            failure = self._detach(d.slot, h, reason)
+            if failure:
+                return Assignment(d.id, State.FAILED, h.guest.name, rule.name,
+                                  f"{reason}; {failure}")
+            return Assignment(d.id, State.DETACHING, h.guest.name, rule.name,
+                              f"{reason}; removing it from '{h.guest.name}'")
+        return Assignment(d.id, State.DENIED, "", rule.name, reason)
+
+    def _attach(self, d: Device, rule: Rule, held: list[_Holding]) -> Assignment:
+        target = _find_guest(rule, self.guests)
+        name = target.name if target else rule.guest
+        here = [h for h in held if target is not None and h.guest.uuid == target.uuid]
+        elsewhere = [h for h in held if h not in here]
+        if here:
+            return Assignment(d.id, State.ATTACHED, name, rule.name,
+                              f"attached to '{name}' by rule '{rule.name}'")
+        foreign = [h for h in elsewhere if not h.hostdev.owned]
+        if foreign:
+            other = foreign[0].guest.name
+            return Assignment(d.id, State.FAILED, name, rule.name,
+                              f"held by guest '{other}' outside phyllod; detach it there first")
+        if elsewhere:
+            h = elsewhere[0]
+            failure = self._detach(d.slot, h, f"rule '{rule.name}' sends it to '{name}'")
+            if failure:
+                return Assignment(d.id, State.FAILED, h.guest.name, rule.name, failure)
+            return Assignment(d.id, State.DETACHING, h.guest.name, rule.name,
+                              f"moving from '{h.guest.name}' to '{name}'")
+        if target is None:
+            return Assignment(d.id, State.PENDING, name, rule.name,
+                              f"no guest '{name}' is defined")
+        if not target.state.active:
+            return Assignment(d.id, State.PENDING, name, rule.name,
+                              f"guest '{name}' is not running")
+        if d.slot in self.stale_slots:
+            # Its previous enumeration still holds a port in some guest:
+            # free that first (stale() queues it) so ports never run out.
+            return Assignment(d.id, State.PENDING, name, rule.name,
+                              "waiting for its previous plug to be removed from the guest")
+        ok, failure = self._due(d.slot, OpKind.ATTACH, name)
+        if not ok:
+            return Assignment(d.id, State.FAILED, name, rule.name, failure)
+        self.actions.append(Attach(d.slot, d, name))
+        return Assignment(d.id, State.ATTACHING, name, rule.name,
+                          f"attaching to '{name}' by rule '{rule.name}'")
+
+    def stale(self) -> None:
+        """Remove hostdevs phyllod placed for devices that are gone."""
+        for h in self.index.stale:
+            slot = h.hostdev.slot
+            if slot in self.world.inflight:
+                continue
+            self._detach(slot, h, "the device is gone")
+
+
+def _disconnected(policy: Policy, world: World) -> Plan:
+    assignments = {}
+    for d in world.devices.values():
+        rule = policy.match(d)
+        if rule is not None and rule.action is Action.DENY:
+            a = Assignment(d.id, State.DENIED, "", rule.name, f"denied by rule '{rule.name}'")
+        elif rule is not None and rule.action is Action.ATTACH:
+            a = Assignment(d.id, State.PENDING, rule.guest, rule.name, "libvirt is not connected")
+        else:
+            a = Assignment(d.id, State.HOST, "", rule.name if rule else "",
+                           "libvirt is not connected")
+        assignments[d.id] = a
+    return Plan(assignments, ())
+
+
+def reconcile(policy: Policy, world: World) -> Plan:
+    """Where each present device should be, and the libvirt calls to get there.
+
+    At most one action per slot, never one for a slot with work in flight:
+    a flapping device cannot race itself, and nothing is attached twice.
+    """
+    if world.guests is None:
+        return _disconnected(policy, world)
+    planner = _Planner(policy, world, world.guests)
+    assignments = {d.id: planner.device(d) for d in sorted(world.devices.values(),
+                                                          key=lambda d: d.id)}
+    planner.stale()
+    # Several stale enumerations of one slot are removed one at a time.
+    seen: set[str] = set()
+    actions = []
+    for a in planner.actions:
+        if a.slot not in seen:
+            seen.add(a.slot)
+            actions.append(a)
+    return Plan(assignments, tuple(actions), min(planner.wakeups, default=None))

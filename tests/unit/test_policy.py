@@ -1,0 +1,168 @@
+from pathlib import Path
+
+import pytest
+from factories import usb
+
+from phyllod.model import Device, Subsystem
+from phyllod.policy import (
+    Action,
+    PolicyError,
+    load_policy,
+    load_policy_dir,
+    parse_policy_text,
+    policy_files,
+)
+
+DESK = """\
+# a comment
+[[rule]]
+name   = "security key follows the work guest"
+match  = { subsystem = "usb", vendor = "1050", product = "0407", serial = "12345678" }
+guest  = "work"
+action = "attach"
+
+[[rule]]
+name   = "any Bluetooth adapter goes to the desktop guest"
+match  = { subsystem = "usb", interface_class = "E0" }
+guest  = "desktop"
+
+[[rule]]
+name = "whatever sits in port 1-4"
+match = { port = "1-4" }
+guest = "8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa"
+
+[[rule]]
+name = "no mass storage in guests"
+action = "deny"
+[rule.match]
+interface_class = "08"
+
+[[rule]]
+name = "the Wi-Fi card belongs to the router guest"
+match = { subsystem = "pci", address = "03:00.0" }
+guest = "router"
+"""
+
+
+def parse(text: str):
+    rules, problems = parse_policy_text(text, "p.toml")
+    return rules, [str(p) for p in problems]
+
+
+def test_valid_file_parses_with_lines_and_normalised_values():
+    rules, problems = parse(DESK)
+    assert problems == []
+    assert [r.line for r in rules] == [2, 8, 13, 18, 24]
+    key, bt, port, deny, wifi = rules
+    assert key.action is Action.ATTACH and key.guest == "work"
+    assert bt.match.interface_class == "e0"
+    assert port.guest_is_uuid
+    assert deny.action is Action.DENY and deny.match.interface_class == "08"
+    assert wifi.match.address == "0000:03:00.0"
+
+
+def test_matching_on_identity_fields():
+    rules, _ = parse(DESK)
+    key, bt, port, deny, wifi = rules
+    yubikey = usb(vendor="1050", product="0407", serial="12345678")
+    assert key.match.matches(yubikey)
+    assert not key.match.matches(usb(vendor="1050", product="0407", serial="other"))
+    dongle = usb(port="1-3", vendor="8087", product="0a2b", interfaces=("e00101", "e00101"))
+    assert bt.match.matches(dongle) and not bt.match.matches(yubikey)
+    assert port.match.matches(usb(port="1-4")) and not port.match.matches(usb(port="1-4.1"))
+    stick = usb(interfaces=("080650",))
+    assert deny.match.matches(stick)
+    nic = Device(Subsystem.PCI, "/sys/devices/pci0000:00/0000:03:00.0", address="0000:03:00.0",
+                 vendor="8086", product="2723", device_class="028000")
+    assert wifi.match.matches(nic) and not wifi.match.matches(yubikey)
+    assert not port.match.matches(nic)
+
+
+def test_class_is_a_prefix():
+    rules, problems = parse('[[rule]]\nname="net"\nmatch={class="0280"}\nguest="r"\n')
+    assert not problems
+    nic = Device(Subsystem.PCI, "/x", address="0000:03:00.0", device_class="028000")
+    audio = Device(Subsystem.PCI, "/y", address="0000:00:1f.3", device_class="040300")
+    assert rules[0].match.matches(nic) and not rules[0].match.matches(audio)
+
+
+def test_first_match_wins_across_files_in_lexical_order(tmp_path: Path):
+    (tmp_path / "20-late.toml").write_text(
+        '[[rule]]\nname="late"\nmatch={vendor="0627"}\nguest="b"\n')
+    (tmp_path / "10-early.toml").write_text(
+        '[[rule]]\nname="early"\nmatch={vendor="0627"}\nguest="a"\n')
+    (tmp_path / "README").write_text("not a policy")
+    assert [p.name for p in policy_files(tmp_path)] == ["10-early.toml", "20-late.toml"]
+    rule = load_policy_dir(tmp_path).match(usb())
+    assert rule is not None and rule.name == "early"
+
+
+def test_no_rule_matches_and_missing_dir(tmp_path: Path):
+    assert load_policy_dir(tmp_path / "nope").match(usb()) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[rule]]\nname="a"\nmatch={vendr="1050"}\nguest="w"\n',
+         "p.toml:3: rule 'a': unknown match key 'vendr'"),
+        ('[[rule]]\nname="a"\nmatch={vendor="10z0"}\nguest="w"\n',
+         "p.toml:3: rule 'a': vendor must be 4 hex digits"),
+        ('[[rule]]\nname="a"\nmatch={vendor="1050"}\n',
+         "p.toml:1: rule 'a': an 'attach' rule needs a target"),
+        ('[[rule]]\nname="a"\nmatch={vendor="1050"}\nguest="w"\ncolour="red"\n',
+         "p.toml:5: rule 'a': unknown key 'colour'"),
+        ('[[rule]]\nname="a"\nmatch={vendor="1050"}\nguest="w"\naction="steal"\n',
+         "p.toml:5: rule 'a': action must be one of attach, ignore, deny"),
+        ('[[rule]]\nname="a"\nmatch={vendor="1050"}\naction="deny"\nguest="w"\n',
+         "p.toml:5: rule 'a': a 'deny' rule applies to every guest"),
+        ('[[rule]]\nmatch={vendor="1050"}\nguest="w"\n',
+         "p.toml:1: rule #1 needs a 'name'"),
+        ('[[rule]]\nname="a"\nguest="w"\n', "rule 'a': 'match' must be a non-empty table"),
+        ('[[rule]]\nname="a"\nmatch={port="usb1"}\nguest="w"\n',
+         "p.toml:3: rule 'a': port must be a USB port path"),
+        ('[[rule]]\nname="a"\nmatch={subsystem="pci", port="1-2"}\nguest="w"\n',
+         "'port' and 'interface_class' only apply to USB"),
+        ('[[rule]]\nname="a"\nmatch={subsystem="usb", address="03:00.0"}\nguest="w"\n',
+         "'address' only applies to PCI"),
+        ('[[rule]]\nname="a"\nmatch={vendor=1050}\nguest="w"\n',
+         "match key 'vendor' must be a string, not int"),
+        ('[[rule]\nname="a"\n', "p.toml:1: TOML syntax error"),
+        ('[[rule]]\nname="a"\nmatch={vendor="1050"\nguest="w"\n', "p.toml:3: TOML syntax error"),
+        ('default="ask"\n', "p.toml:1: unknown top-level key 'default'"),
+        ('[[rule]]\nname="a"\n\n\nmatch={vendor="1050", serial=""}\nguest="w"\n',
+         "p.toml:5: rule 'a': match key 'serial' must not be empty"),
+    ],
+)
+def test_mistakes_are_reported_with_file_line_and_rule(text: str, expected: str):
+    rules, problems = parse(text)
+    assert any(expected in p for p in problems), problems
+    assert rules == [] or all(r.name != "a" for r in rules)
+
+
+def test_all_problems_of_a_file_are_reported_at_once():
+    text = ('[[rule]]\nname="a"\nmatch={vendor="xx"}\nguest="w"\n'
+            '[[rule]]\nname="b"\nmatch={product="yy"}\nguest="w"\n'
+            '[[rule]]\nname="c"\nmatch={product="0001"}\nguest="w"\n')
+    rules, problems = parse(text)
+    assert len(problems) == 2 and "p.toml:3" in problems[0] and "p.toml:7" in problems[1]
+    assert [r.name for r in rules] == ["c"]
+
+
+def test_duplicate_rule_names_across_files(tmp_path: Path):
+    a = tmp_path / "10-a.toml"
+    b = tmp_path / "20-b.toml"
+    a.write_text('[[rule]]\nname="same"\nmatch={vendor="0627"}\nguest="a"\n')
+    b.write_text('\n[[rule]]\nname="same"\nmatch={vendor="0627"}\nguest="b"\n')
+    with pytest.raises(PolicyError) as e:
+        load_policy([a, b])
+    assert str(e.value) == (f"{b}:2: rule 'same': duplicate rule name (first defined at {a}:1)")
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path):
+    bad = tmp_path / "10-bad.toml"
+    bad.write_bytes(b"\xff\xfe[[rule]]")
+    with pytest.raises(PolicyError) as e:
+        load_policy([bad, tmp_path / "missing.toml"])
+    assert len(e.value.problems) == 2
+    assert all("cannot read" in str(p) for p in e.value.problems)

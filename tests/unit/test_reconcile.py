@@ -1,0 +1,275 @@
+from dataclasses import replace
+
+from factories import guest, held, policy, usb
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phyllod.model import Guest, GuestState, State, UsbHostdev
+from phyllod.reconcile import (
+    BACKOFF,
+    Attach,
+    Detach,
+    OpKind,
+    Operation,
+    World,
+    reconcile,
+    record_failure,
+)
+
+KBD_TO_WORK = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
+
+
+def world(devices=(), guests=(), **kw) -> World:
+    return World({d.id: d for d in devices}, {g.name: g for g in guests}, **kw)
+
+
+def test_attach_when_guest_runs():
+    d = usb()
+    plan = reconcile(KBD_TO_WORK, world([d], [guest("work")]))
+    assert plan.actions == (Attach(d.slot, d, "work"),)
+    a = plan.assignments[d.id]
+    assert (a.state, a.guest, a.rule) == (State.ATTACHING, "work", "kbd")
+
+
+def test_already_held_is_adopted_not_attached_twice():
+    d = usb()
+    for owned in (True, False):
+        plan = reconcile(KBD_TO_WORK, world([d], [guest("work", hostdevs=(held(d, owned),))]))
+        assert plan.actions == ()
+        assert plan.assignments[d.id].state is State.ATTACHED
+
+
+def test_guest_not_running_or_not_defined_is_pending():
+    d = usb()
+    plan = reconcile(KBD_TO_WORK, world([d], [guest("work", GuestState.SHUTOFF)]))
+    assert plan.actions == ()
+    assert plan.assignments[d.id].state is State.PENDING
+    assert "not running" in plan.assignments[d.id].reason
+    plan = reconcile(KBD_TO_WORK, world([d], [guest("other")]))
+    assert plan.assignments[d.id].reason == "no guest 'work' is defined"
+
+
+def test_target_by_uuid():
+    d = usb()
+    g = guest("work", uuid="8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa")
+    p = policy('[[rule]]\nname="k"\nmatch={port="1-2"}\nguest="8F1B2A6E-0D8E-4A57-9A1C-7F4BD1F0C2AA"\n')
+    assert reconcile(p, world([d], [g])).actions == (Attach(d.slot, d, "work"),)
+
+
+def test_unplugged_device_leaves_its_guest():
+    d = usb()
+    g = guest("work", hostdevs=(held(d),))
+    plan = reconcile(KBD_TO_WORK, world([], [g]))
+    assert plan.actions == (Detach(d.slot, "work", held(d), "the device is gone"),)
+
+
+def test_hostdevs_placed_by_hand_are_never_touched_when_stale():
+    d = usb()
+    g = guest("work", hostdevs=(held(d, owned=False),))
+    assert reconcile(KBD_TO_WORK, world([], [g])).actions == ()
+
+
+def test_replug_removes_the_old_enumeration_first_then_attaches():
+    old, new = usb(devnum=5), usb(devnum=9)
+    g = guest("work", hostdevs=(held(old),))
+    plan = reconcile(KBD_TO_WORK, world([new], [g]))
+    assert plan.actions == (Detach(old.slot, "work", held(old), "the device is gone"),)
+    assert plan.assignments[new.id].state is State.PENDING
+    plan = reconcile(KBD_TO_WORK, world([new], [guest("work")]))
+    assert plan.actions == (Attach(new.slot, new, "work"),)
+
+
+def test_recycled_device_number_in_another_port_is_not_adopted():
+    old = usb(port="1-2", devnum=5)
+    other = usb(port="1-3", devnum=5)
+    g = guest("work", hostdevs=(held(old),))
+    plan = reconcile(KBD_TO_WORK, world([other], [g]))
+    assert plan.actions == (Attach(other.slot, other, "work"),
+                            Detach(old.slot, "work", held(old), "the device is gone"))
+
+
+def test_two_identical_devices_only_the_ruled_port_moves():
+    left, right = usb(port="1-2", devnum=3), usb(port="1-3", devnum=4)
+    p = policy('[[rule]]\nname="left"\nmatch={vendor="0627", port="1-2"}\nguest="work"\n')
+    plan = reconcile(p, world([left, right], [guest("work")]))
+    assert plan.actions == (Attach(left.slot, left, "work"),)
+    assert plan.assignments[right.id].state is State.HOST
+
+
+def test_work_in_flight_is_never_repeated():
+    d = usb()
+    inflight = {d.slot: Operation(OpKind.ATTACH, "work", d.alias)}
+    plan = reconcile(KBD_TO_WORK, world([d], [guest("work")], inflight=inflight))
+    assert plan.actions == ()
+    assert plan.assignments[d.id].state is State.ATTACHING
+    # Unplugged while attaching: the stale hostdev waits for the attach to end.
+    g = guest("work", hostdevs=(held(d),))
+    assert reconcile(KBD_TO_WORK, world([], [g], inflight=inflight)).actions == ()
+
+
+def test_deny_wins_even_over_a_hand_placed_hostdev():
+    d = usb()
+    p = policy('[[rule]]\nname="no"\nmatch={vendor="0627"}\naction="deny"\n')
+    h = held(d, owned=False)
+    plan = reconcile(p, world([d], [guest("work", hostdevs=(h,))]))
+    assert plan.actions == (Detach(d.slot, "work", h, "denied by rule 'no'"),)
+    plan = reconcile(p, world([d], [guest("work")]))
+    assert plan.actions == () and plan.assignments[d.id].state is State.DENIED
+
+
+def test_rule_removed_sends_phyllods_devices_home_but_not_hand_placed_ones():
+    d = usb()
+    empty = policy("")
+    plan = reconcile(empty, world([d], [guest("work", hostdevs=(held(d),))]))
+    assert plan.actions == (Detach(d.slot, "work", held(d), "no rule matches it any more"),)
+    plan = reconcile(empty, world([d], [guest("work", hostdevs=(held(d, owned=False),))]))
+    assert plan.actions == ()
+    assert plan.assignments[d.id].reason == "attached outside phyllod; no rule matches it"
+
+
+def test_ignore_touches_nothing():
+    d = usb()
+    p = policy('[[rule]]\nname="hands off"\nmatch={vendor="0627"}\naction="ignore"\n'
+               '[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
+    for hostdevs in ((), (held(d),)):
+        plan = reconcile(p, world([d], [guest("work", hostdevs=hostdevs)]))
+        assert plan.actions == ()
+        assert plan.assignments[d.id].rule == "hands off"
+
+
+def test_moving_between_guests_detaches_first():
+    d = usb()
+    plan = reconcile(KBD_TO_WORK, world([d], [guest("play", hostdevs=(held(d),)), guest("work")]))
+    assert [type(a) for a in plan.actions] == [Detach]
+    assert plan.actions[0].guest == "play"
+    assert plan.assignments[d.id].state is State.DETACHING
+
+
+def test_held_by_hand_elsewhere_is_a_conflict_not_a_fight():
+    d = usb()
+    g = guest("play", hostdevs=(held(d, owned=False),))
+    plan = reconcile(KBD_TO_WORK, world([d], [g, guest("work")]))
+    assert plan.actions == ()
+    assert plan.assignments[d.id].state is State.FAILED
+    assert "held by guest 'play' outside phyllod" in plan.assignments[d.id].reason
+
+
+def test_failures_back_off_then_give_up():
+    d = usb()
+    f = None
+    for n, delay in enumerate(BACKOFF, start=1):
+        f = record_failure(f, OpKind.ATTACH, "work", "cannot open directory", now=100.0)
+        assert (f.attempts, f.retry_at) == (n, 100.0 + delay)
+    f = record_failure(f, OpKind.ATTACH, "work", "cannot open directory", now=100.0)
+    assert f.retry_at is None
+    first = record_failure(None, OpKind.ATTACH, "work", "e", now=0.0)
+    w = world([d], [guest("work")], failures={d.slot: first}, now=0.5)
+    plan = reconcile(KBD_TO_WORK, w)
+    assert plan.actions == () and plan.wake_at == 1.0
+    assert plan.assignments[d.id].state is State.FAILED
+    assert "attempt 1" in plan.assignments[d.id].reason
+    plan = reconcile(KBD_TO_WORK, replace(w, now=1.0))
+    assert plan.actions == (Attach(d.slot, d, "work"),)
+    plan = reconcile(KBD_TO_WORK, replace(w, failures={d.slot: f}, now=1e9))
+    assert plan.actions == () and plan.wake_at is None
+    assert "gave up" in plan.assignments[d.id].reason
+
+
+def test_failure_for_another_guest_does_not_hold_back():
+    d = usb()
+    f = record_failure(None, OpKind.ATTACH, "play", "e", now=0.0)
+    plan = reconcile(KBD_TO_WORK, world([d], [guest("work")], failures={d.slot: f}))
+    assert plan.actions == (Attach(d.slot, d, "work"),)
+
+
+def test_libvirt_unreachable_changes_nothing():
+    d = usb()
+    plan = reconcile(KBD_TO_WORK, World({d.id: d}, None))
+    assert plan.actions == ()
+    assert plan.assignments[d.id].reason == "libvirt is not connected"
+
+
+# ------------------------------------------------------------ convergence
+
+PORTS = ["1-1", "1-2", "1-3", "2-1"]
+GUESTS = ["work", "play", "off"]
+
+
+def apply(guests: dict[str, Guest], actions) -> dict[str, Guest]:
+    """What libvirt would do with the actions (all succeed)."""
+    guests = dict(guests)
+    for a in actions:
+        if isinstance(a, Attach):
+            h = UsbHostdev(a.device.alias, a.device.vendor, a.device.product,
+                           a.device.busnum, a.device.devnum)
+            g = guests[a.guest]
+            guests[a.guest] = replace(g, hostdevs=(*g.hostdevs, h))
+        else:
+            g = guests[a.guest]
+            guests[a.guest] = replace(g, hostdevs=tuple(h for h in g.hostdevs if h != a.hostdev))
+    return guests
+
+
+@st.composite
+def scenarios(draw):
+    ports = draw(st.lists(st.sampled_from(PORTS), unique=True))
+    devnums = draw(st.lists(st.integers(2, 9), min_size=len(ports), max_size=len(ports),
+                            unique=True))  # unique per bus, as the kernel makes them
+    devices = [usb(port=p, devnum=n, vendor=draw(st.sampled_from(["0627", "1050"])))
+               for p, n in zip(ports, devnums, strict=True)]
+    lines = []
+    for i in range(draw(st.integers(0, 4))):
+        key = draw(st.sampled_from(['vendor="0627"', 'vendor="1050"', f'port="{PORTS[i]}"']))
+        action = draw(st.sampled_from(["attach", "deny", "ignore"]))
+        target = f'guest="{draw(st.sampled_from(GUESTS))}"\n' if action == "attach" else ""
+        lines.append(f'[[rule]]\nname="r{i}"\nmatch={{{key}}}\naction="{action}"\n{target}')
+    guests = {}
+    taken: set[str] = set()  # a USB device is in one QEMU at most
+    for name in GUESTS:
+        state = GuestState.SHUTOFF if name == "off" else GuestState.RUNNING
+        hostdevs = []
+        if state.active:
+            # Whatever a previous daemon life, a person or an unplug left behind.
+            for d in draw(st.lists(st.sampled_from([*devices, usb(port="3-1")]), max_size=2)):
+                if d.id not in taken:
+                    taken.add(d.id)
+                    hostdevs.append(held(d, draw(st.booleans())))
+        guests[name] = guest(name, state, tuple(hostdevs))
+    return policy("\n".join(lines)), devices, guests
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_reconcile_converges_without_double_attach(scenario):
+    p, devices, guests = scenario
+    for _ in range(6):
+        plan = reconcile(p, world(devices, guests.values()))
+        slots = [a.slot for a in plan.actions]
+        assert len(slots) == len(set(slots)), "two actions for one slot"
+        if not plan.actions:
+            break
+        guests = apply(guests, plan.actions)
+    else:
+        raise AssertionError(f"did not converge: {plan.actions}")
+    present = {(d.slot, d.busnum, d.devnum) for d in devices}
+    for g in guests.values():
+        for h in g.hostdevs:
+            assert not h.owned or (h.slot, h.bus, h.device) in present, f"stale {h} in {g.name}"
+    for d in devices:
+        holders = [g.name for g in guests.values() for h in g.hostdevs
+                   if (h.bus, h.device) == (d.busnum, d.devnum)]
+        rule = p.match(d)
+        a = plan.assignments[d.id]
+        if rule is not None and rule.action.value == "deny":
+            assert holders == [] and a.state is State.DENIED
+        elif rule is not None and rule.action.value == "attach":
+            foreign = any(not h.owned for g in guests.values() for h in g.hostdevs
+                          if (h.bus, h.device) == (d.busnum, d.devnum) and g.name != rule.guest)
+            if foreign:
+                assert a.state is State.FAILED and rule.guest not in holders
+            elif rule.guest == "off":
+                assert a.state is State.PENDING and holders == []
+            else:
+                assert a.state is State.ATTACHED and holders == [rule.guest]
+        else:
+            assert len(holders) <= 1
