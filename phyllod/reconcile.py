@@ -23,7 +23,7 @@ from phyllod.policy import Action, Policy, Rule
 
 #: Seconds to wait before attempt n+1 after n failures; then phyllod gives up
 #: until something about the device or guest changes.
-BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 class OpKind(StrEnum):
@@ -54,7 +54,7 @@ class Failure:
         if self.retry_at is None:
             return f"{self.kind} failed {self.attempts} times, gave up: {self.error}"
         wait = max(0.0, self.retry_at - now)
-        return f"{self.kind} failed (attempt {self.attempts}, retry in {wait:.0f}s): {self.error}"
+        return f"{self.kind} failed (attempt {self.attempts}, retry in {wait:.1f}s): {self.error}"
 
 
 def record_failure(
@@ -83,6 +83,7 @@ class Attach:
     slot: str
     device: Device
     guest: str
+    rule: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ class Detach:
     guest: str
     hostdev: UsbHostdev
     why: str
+    device_id: str = ""  # "" when the device is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,11 +176,11 @@ class _Planner:
             self.wakeups.append(f.retry_at)
         return False, f.describe(self.world.now)
 
-    def _detach(self, slot: str, holding: _Holding, why: str) -> str:
+    def _detach(self, slot: str, holding: _Holding, why: str, device_id: str = "") -> str:
         """Queue a detach unless backing off; returns the failure text if any."""
         ok, failure = self._due(slot, OpKind.DETACH, holding.guest.name)
         if ok:
-            self.actions.append(Detach(slot, holding.guest.name, holding.hostdev, why))
+            self.actions.append(Detach(slot, holding.guest.name, holding.hostdev, why, device_id))
         return failure
 
     def device(self, d: Device) -> Assignment:
@@ -202,7 +204,7 @@ class _Planner:
     def _unmanaged(self, d: Device, held: list[_Holding]) -> Assignment:
         for h in held:
             if h.hostdev.owned:
-                failure = self._detach(d.slot, h, "no rule matches it any more")
+                failure = self._detach(d.slot, h, "no rule matches it any more", d.id)
                 if failure:
                     return Assignment(d.id, State.FAILED, h.guest.name, "", failure)
                 return Assignment(d.id, State.DETACHING, h.guest.name, "",
@@ -215,7 +217,7 @@ class _Planner:
     def _deny(self, d: Device, rule: Rule, held: list[_Holding]) -> Assignment:
         reason = f"denied by rule '{rule.name}'"
         for h in held:
-            failure = self._detach(d.slot, h, reason)
+            failure = self._detach(d.slot, h, reason, d.id)
             if failure:
                 return Assignment(d.id, State.FAILED, h.guest.name, rule.name,
                                   f"{reason}; {failure}")
@@ -238,7 +240,7 @@ class _Planner:
                               f"held by guest '{other}' outside phyllod; detach it there first")
         if elsewhere:
             h = elsewhere[0]
-            failure = self._detach(d.slot, h, f"rule '{rule.name}' sends it to '{name}'")
+            failure = self._detach(d.slot, h, f"rule '{rule.name}' sends it to '{name}'", d.id)
             if failure:
                 return Assignment(d.id, State.FAILED, h.guest.name, rule.name, failure)
             return Assignment(d.id, State.DETACHING, h.guest.name, rule.name,
@@ -257,7 +259,7 @@ class _Planner:
         ok, failure = self._due(d.slot, OpKind.ATTACH, name)
         if not ok:
             return Assignment(d.id, State.FAILED, name, rule.name, failure)
-        self.actions.append(Attach(d.slot, d, name))
+        self.actions.append(Attach(d.slot, d, name, rule.name))
         return Assignment(d.id, State.ATTACHING, name, rule.name,
                           f"attaching to '{name}' by rule '{rule.name}'")
 
@@ -285,14 +287,32 @@ def _disconnected(policy: Policy, world: World) -> Plan:
     return Plan(assignments, ())
 
 
-def reconcile(policy: Policy, world: World) -> Plan:
+def _frozen(world: World, guests: Mapping[str, Guest]) -> Plan:
+    """No usable policy (broken at start-up): report, change nothing."""
+    index = _Index(world.devices, guests)
+    reason = "the policy has errors; nothing is changed until it is fixed and reloaded"
+    assignments = {}
+    for d in world.devices.values():
+        held = index.holders.get(d.id)
+        if held:
+            assignments[d.id] = Assignment(d.id, State.ATTACHED, held[0].guest.name, "", reason)
+        else:
+            assignments[d.id] = Assignment(d.id, State.HOST, "", "", reason)
+    return Plan(assignments, ())
+
+
+def reconcile(policy: Policy | None, world: World) -> Plan:
     """Where each present device should be, and the libvirt calls to get there.
 
     At most one action per slot, never one for a slot with work in flight:
     a flapping device cannot race itself, and nothing is attached twice.
+    ``policy`` is None when none could be loaded: then nothing moves, so a
+    typo at boot cannot pull devices out of running guests.
     """
     if world.guests is None:
-        return _disconnected(policy, world)
+        return _disconnected(policy or Policy(), world)
+    if policy is None:
+        return _frozen(world, world.guests)
     planner = _Planner(policy, world, world.guests)
     assignments = {d.id: planner.device(d) for d in sorted(world.devices.values(),
                                                           key=lambda d: d.id)}

@@ -9,8 +9,8 @@ from phyllod.reconcile import (
     BACKOFF,
     Attach,
     Detach,
-    OpKind,
     Operation,
+    OpKind,
     World,
     reconcile,
     record_failure,
@@ -26,7 +26,7 @@ def world(devices=(), guests=(), **kw) -> World:
 def test_attach_when_guest_runs():
     d = usb()
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work")]))
-    assert plan.actions == (Attach(d.slot, d, "work"),)
+    assert plan.actions == (Attach(d.slot, d, "work", "kbd"),)
     a = plan.assignments[d.id]
     assert (a.state, a.guest, a.rule) == (State.ATTACHING, "work", "kbd")
 
@@ -52,8 +52,9 @@ def test_guest_not_running_or_not_defined_is_pending():
 def test_target_by_uuid():
     d = usb()
     g = guest("work", uuid="8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa")
-    p = policy('[[rule]]\nname="k"\nmatch={port="1-2"}\nguest="8F1B2A6E-0D8E-4A57-9A1C-7F4BD1F0C2AA"\n')
-    assert reconcile(p, world([d], [g])).actions == (Attach(d.slot, d, "work"),)
+    p = policy('[[rule]]\nname="k"\nmatch={port="1-2"}\n'
+               'guest="8F1B2A6E-0D8E-4A57-9A1C-7F4BD1F0C2AA"\n')
+    assert reconcile(p, world([d], [g])).actions == (Attach(d.slot, d, "work", "k"),)
 
 
 def test_unplugged_device_leaves_its_guest():
@@ -76,7 +77,7 @@ def test_replug_removes_the_old_enumeration_first_then_attaches():
     assert plan.actions == (Detach(old.slot, "work", held(old), "the device is gone"),)
     assert plan.assignments[new.id].state is State.PENDING
     plan = reconcile(KBD_TO_WORK, world([new], [guest("work")]))
-    assert plan.actions == (Attach(new.slot, new, "work"),)
+    assert plan.actions == (Attach(new.slot, new, "work", "kbd"),)
 
 
 def test_recycled_device_number_in_another_port_is_not_adopted():
@@ -84,7 +85,7 @@ def test_recycled_device_number_in_another_port_is_not_adopted():
     other = usb(port="1-3", devnum=5)
     g = guest("work", hostdevs=(held(old),))
     plan = reconcile(KBD_TO_WORK, world([other], [g]))
-    assert plan.actions == (Attach(other.slot, other, "work"),
+    assert plan.actions == (Attach(other.slot, other, "work", "kbd"),
                             Detach(old.slot, "work", held(old), "the device is gone"))
 
 
@@ -92,7 +93,7 @@ def test_two_identical_devices_only_the_ruled_port_moves():
     left, right = usb(port="1-2", devnum=3), usb(port="1-3", devnum=4)
     p = policy('[[rule]]\nname="left"\nmatch={vendor="0627", port="1-2"}\nguest="work"\n')
     plan = reconcile(p, world([left, right], [guest("work")]))
-    assert plan.actions == (Attach(left.slot, left, "work"),)
+    assert plan.actions == (Attach(left.slot, left, "work", "left"),)
     assert plan.assignments[right.id].state is State.HOST
 
 
@@ -112,7 +113,7 @@ def test_deny_wins_even_over_a_hand_placed_hostdev():
     p = policy('[[rule]]\nname="no"\nmatch={vendor="0627"}\naction="deny"\n')
     h = held(d, owned=False)
     plan = reconcile(p, world([d], [guest("work", hostdevs=(h,))]))
-    assert plan.actions == (Detach(d.slot, "work", h, "denied by rule 'no'"),)
+    assert plan.actions == (Detach(d.slot, "work", h, "denied by rule 'no'", d.id),)
     plan = reconcile(p, world([d], [guest("work")]))
     assert plan.actions == () and plan.assignments[d.id].state is State.DENIED
 
@@ -121,7 +122,7 @@ def test_rule_removed_sends_phyllods_devices_home_but_not_hand_placed_ones():
     d = usb()
     empty = policy("")
     plan = reconcile(empty, world([d], [guest("work", hostdevs=(held(d),))]))
-    assert plan.actions == (Detach(d.slot, "work", held(d), "no rule matches it any more"),)
+    assert plan.actions == (Detach(d.slot, "work", held(d), "no rule matches it any more", d.id),)
     plan = reconcile(empty, world([d], [guest("work", hostdevs=(held(d, owned=False),))]))
     assert plan.actions == ()
     assert plan.assignments[d.id].reason == "attached outside phyllod; no rule matches it"
@@ -163,13 +164,13 @@ def test_failures_back_off_then_give_up():
     f = record_failure(f, OpKind.ATTACH, "work", "cannot open directory", now=100.0)
     assert f.retry_at is None
     first = record_failure(None, OpKind.ATTACH, "work", "e", now=0.0)
-    w = world([d], [guest("work")], failures={d.slot: first}, now=0.5)
+    w = world([d], [guest("work")], failures={d.slot: first}, now=BACKOFF[0] / 2)
     plan = reconcile(KBD_TO_WORK, w)
-    assert plan.actions == () and plan.wake_at == 1.0
+    assert plan.actions == () and plan.wake_at == BACKOFF[0]
     assert plan.assignments[d.id].state is State.FAILED
     assert "attempt 1" in plan.assignments[d.id].reason
-    plan = reconcile(KBD_TO_WORK, replace(w, now=1.0))
-    assert plan.actions == (Attach(d.slot, d, "work"),)
+    plan = reconcile(KBD_TO_WORK, replace(w, now=BACKOFF[0]))
+    assert plan.actions == (Attach(d.slot, d, "work", "kbd"),)
     plan = reconcile(KBD_TO_WORK, replace(w, failures={d.slot: f}, now=1e9))
     assert plan.actions == () and plan.wake_at is None
     assert "gave up" in plan.assignments[d.id].reason
@@ -179,7 +180,7 @@ def test_failure_for_another_guest_does_not_hold_back():
     d = usb()
     f = record_failure(None, OpKind.ATTACH, "play", "e", now=0.0)
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work")], failures={d.slot: f}))
-    assert plan.actions == (Attach(d.slot, d, "work"),)
+    assert plan.actions == (Attach(d.slot, d, "work", "kbd"),)
 
 
 def test_libvirt_unreachable_changes_nothing():
@@ -273,3 +274,12 @@ def test_reconcile_converges_without_double_attach(scenario):
                 assert a.state is State.ATTACHED and holders == [rule.guest]
         else:
             assert len(holders) <= 1
+
+
+def test_without_a_usable_policy_nothing_moves():
+    d, gone = usb(), usb(port="1-3")
+    g = guest("work", hostdevs=(held(d), held(gone)))
+    plan = reconcile(None, world([d], [g]))
+    assert plan.actions == ()
+    a = plan.assignments[d.id]
+    assert (a.state, a.guest) == (State.ATTACHED, "work") and "policy has errors" in a.reason

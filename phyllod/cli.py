@@ -1,0 +1,89 @@
+"""``phyllod``: run the daemon, or check policy files offline."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from phyllod import __version__
+from phyllod.daemon import Config, run_daemon
+from phyllod.model import Device
+from phyllod.policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy, policy_files
+from phyllod.systemd_glue import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phyllod", description=(
+        "Pass USB devices to libvirt guests by policy (see phyllod.policy(5))."))
+    p.add_argument("--version", action="version", version=f"phyllod {__version__}")
+    p.add_argument("--policy-dir", type=Path,
+                   default=Path(os.environ.get("PHYLLOD_POLICY_DIR", DEFAULT_POLICY_DIR)),
+                   help="drop-in directory of *.toml policy files (default: %(default)s)")
+    p.add_argument("--connect", default=os.environ.get("PHYLLOD_LIBVIRT_URI", "qemu:///system"),
+                   help="libvirt URI (default: %(default)s)")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-target", choices=("auto", "stderr"), default="auto",
+                   help="auto: the journal when journald runs, else stderr")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the daemon (the default)")
+    check = sub.add_parser("check-policy", help="validate policy files offline and show what "
+                           "each rule matches among the devices present")
+    check.add_argument("files", nargs="*", type=Path,
+                       help="files to check (default: the policy directory)")
+    return p
+
+
+def _present_devices() -> list[Device]:
+    from phyllod.udev_source import present_devices
+
+    try:
+        return present_devices()
+    except Exception as e:  # no udev here (a build chroot): still check the syntax
+        print(f"(cannot list devices: {e})", file=sys.stderr)
+        return []
+
+
+def check_policy(files: list[Path], policy_dir: Path) -> int:
+    paths = files or policy_files(policy_dir)
+    if not paths:
+        print(f"no policy files in {policy_dir}: every device stays on the host")
+        return 0
+    try:
+        policy: Policy = load_policy(paths)
+    except PolicyError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        print(f"policy has {len(e.problems)} error(s)", file=sys.stderr)
+        return 1
+    print(f"policy OK: {len(policy.rules)} rules in {len(paths)} files")
+    devices = _present_devices()
+    claimed: set[str] = set()
+    for rule in policy.rules:
+        target = f"{rule.action} to {rule.guest}" if rule.guest else str(rule.action)
+        print(f"{rule.file}:{rule.line}: rule '{rule.name}' ({target})")
+        for d in devices:
+            if d.id not in claimed and rule.match.matches(d):
+                claimed.add(d.id)
+                print(f"    matches {d.describe()}")
+    rest = [d for d in devices if d.id not in claimed]
+    if rest:
+        print("no rule matches (they stay on the host):")
+        for d in rest:
+            print(f"    {d.describe()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-policy":
+        return check_policy(args.files, args.policy_dir)
+    setup_logging(args.log_level, force_stderr=args.log_target == "stderr")
+    asyncio.run(run_daemon(Config(policy_dir=args.policy_dir, uri=args.connect)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

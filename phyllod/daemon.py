@@ -1,0 +1,384 @@
+"""The one place that wires the adapters to the core.
+
+Every input (udev, libvirt events, signals, the end of a libvirt call)
+updates the snapshot and asks for a reconcile; reconcile's actions run as
+tasks whose results come back as snapshot updates. Work in flight is marked
+before its task starts, so no second reconcile can issue it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from phyllod.hostdev_xml import usb_hostdev_xml
+from phyllod.libvirt_client import LibvirtClient, LibvirtError
+from phyllod.model import Assignment, Device, Guest, State
+from phyllod.policy import Policy, PolicyError, load_policy_dir
+from phyllod.reconcile import (
+    Attach,
+    Detach,
+    Failure,
+    Operation,
+    OpKind,
+    World,
+    reconcile,
+    record_failure,
+)
+from phyllod.systemd_glue import notify
+from phyllod.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEvent, UdevWatcher
+
+log = logging.getLogger("phyllod")
+
+RECONNECT_MAX_DELAY = 30.0
+_TRANSITIONS = (State.ATTACHING, State.DETACHING)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    policy_dir: Path
+    uri: str = "qemu:///system"
+    #: How long a guest may take to release a device after a detach returned.
+    detach_timeout: float = 30.0
+    #: How long a stop waits for libvirt calls already issued.
+    stop_timeout: float = 30.0
+
+
+def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "") -> dict:
+    return {"extra": {"PHYLLOD_DEVICE": device, "PHYLLOD_GUEST": guest,
+                      "PHYLLOD_RULE": rule, "PHYLLOD_STATE": state}}
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.policy: Policy | None = None
+        self.devices: dict[str, Device] = {}
+        self.guests: dict[str, Guest] | None = None
+        self.inflight: dict[str, Operation] = {}
+        self.failures: dict[str, Failure] = {}
+        self.assignments: dict[str, Assignment] = {}
+        self.client = LibvirtClient(config.uri, self._on_guest_event,
+                                    self._on_device_removed, self._on_lost)
+        self.udev = UdevWatcher(self._on_udev)
+        self._released: dict[tuple[str, str], asyncio.Event] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._kicked = False
+        self._wake: asyncio.TimerHandle | None = None
+        self._connecting: asyncio.Task | None = None
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._status = ""
+
+    # ------------------------------------------------------------ life cycle
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._load_policy(initial=True)
+        for d in self.udev.start(loop):
+            self.devices[d.id] = d
+            log.info("%s present at start", d.describe(), **_fields(device=d.id))
+        log.info("%d USB devices present at start", len(self.devices))
+        await self._connect()
+        self._reconcile()
+        notify("READY=1")
+        self._notify_status()
+        await self._stop.wait()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        """Stop taking decisions; let issued calls finish and be logged; touch nothing."""
+        notify("STOPPING=1")
+        self._stopping = True
+        log.info("stopping; devices stay where they are")
+        self.udev.stop()
+        if self._wake is not None:
+            self._wake.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        for released in self._released.values():
+            released.set()  # the detach calls have returned; do not wait for QEMU
+        if self._tasks:
+            log.info("waiting for %d libvirt calls to finish", len(self._tasks))
+            await asyncio.wait(self._tasks, timeout=self.config.stop_timeout)
+        await self.client.close()
+
+    # ------------------------------------------------------------ policy
+
+    def _load_policy(self, initial: bool = False) -> bool:
+        try:
+            policy = load_policy_dir(self.config.policy_dir)
+        except PolicyError as e:
+            for problem in e.problems:
+                log.error("policy: %s", problem, **_fields(rule=problem.rule))
+            if initial:
+                log.error("no usable policy: phyllod moves nothing until it is fixed and "
+                          "reloaded (systemctl reload phyllod, or SIGHUP)")
+            else:
+                log.error("policy reload refused; the previous policy stays in force")
+            return False
+        self.policy = policy
+        log.info("policy: %d rules from %d files in %s", len(policy.rules), len(policy.files),
+                 self.config.policy_dir)
+        return True
+
+    def reload(self) -> None:
+        """SIGHUP: read the policy again; a broken one is refused as a whole."""
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        if self._load_policy():
+            self.failures.clear()
+        self._kick()
+        notify("READY=1")
+
+    # ------------------------------------------------------------ libvirt connection
+
+    async def _connect(self) -> None:
+        """Connect once now; on failure keep retrying in the background."""
+        if not await self._try_connect(log_failure=True):
+            self._start_reconnect()
+
+    async def _try_connect(self, log_failure: bool) -> bool:
+        try:
+            await self.client.connect()
+            guests = await self.client.guests()
+        except LibvirtError as e:
+            self.client.mark_lost()
+            if log_failure:
+                log.warning("cannot connect to %s: %s; retrying", self.config.uri, e.message)
+            return False
+        self.guests = guests
+        self.failures.clear()
+        log.info("connected to %s: %d guests, %d running", self.config.uri, len(guests),
+                 sum(g.state.active for g in guests.values()))
+        self._kick()
+        return True
+
+    def _start_reconnect(self) -> None:
+        if self._stopping or (self._connecting is not None and not self._connecting.done()):
+            return
+        self._connecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.5
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            if await self._try_connect(log_failure=delay >= RECONNECT_MAX_DELAY):
+                return
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    def _on_lost(self, reason: str) -> None:
+        if self.guests is None:
+            return
+        log.warning("lost the connection to %s (%s); reconnecting", self.config.uri, reason)
+        self.guests = None
+        self._kick()
+        self._start_reconnect()
+
+    def _connection_failed(self, error: LibvirtError) -> None:
+        self.client.mark_lost()
+        self._on_lost(error.message)
+
+    # ------------------------------------------------------------ inputs
+
+    def _on_udev(self, event: UdevEvent) -> None:
+        if isinstance(event, DeviceGone):
+            d = self.devices.pop(event.device_id, None)
+            if d is not None:
+                self.failures.pop(d.slot, None)
+                log.info("%s unplugged", d.describe(), **_fields(device=d.id))
+        elif isinstance(event, DeviceSeen):
+            d = event.device
+            previous = self.devices.get(d.id)
+            self.devices[d.id] = d
+            if previous is None or previous.devnum != d.devnum:
+                self.failures.pop(d.slot, None)
+                log.info("%s plugged in (udev %s)", d.describe(), event.action,
+                         **_fields(device=d.id))
+        elif isinstance(event, DevicesRescanned):
+            fresh = {d.id: d for d in event.devices}
+            for d in self.devices.values():
+                if fresh.get(d.id) != d:
+                    self.failures.pop(d.slot, None)
+            self.devices = fresh
+        self._kick()
+
+    def _on_guest_event(self, name: str) -> None:
+        for slot, failure in list(self.failures.items()):
+            if failure.guest == name:
+                del self.failures[slot]
+        self._spawn(self._refresh_guest(name))
+
+    def _on_device_removed(self, name: str, alias: str) -> None:
+        released = self._released.get((name, alias))
+        if released is not None:
+            released.set()
+        self._spawn(self._refresh_guest(name))
+
+    async def _refresh_guest(self, name: str) -> None:
+        try:
+            self._store_guest(name, await self.client.guest(name))
+        except LibvirtError as e:
+            if e.connection_lost:
+                self._connection_failed(e)
+            else:
+                log.warning("cannot read guest %s: %s", name, e.message, **_fields(guest=name))
+        self._kick()
+
+    def _store_guest(self, name: str, guest: Guest | None) -> None:
+        if self.guests is None:
+            return
+        before = self.guests.get(name)
+        if guest is None:
+            self.guests.pop(name, None)
+        else:
+            self.guests[name] = guest
+        if before is None or guest is None or before.state != guest.state:
+            state = guest.state if guest is not None else "undefined"
+            log.info("guest %s is %s", name, state, **_fields(guest=name))
+
+    # ------------------------------------------------------------ reconcile
+
+    def _kick(self) -> None:
+        """Ask for a reconcile soon; many events in one loop turn make one."""
+        if not self._kicked:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._reconcile)
+
+    def _reconcile(self) -> None:
+        self._kicked = False
+        loop = asyncio.get_running_loop()
+        world = World(self.devices, self.guests, self.inflight, self.failures, loop.time())
+        plan = reconcile(self.policy, world)
+        self._report(plan.assignments)
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if self._stopping:
+            return
+        for action in plan.actions:
+            if isinstance(action, Attach):
+                op = Operation(OpKind.ATTACH, action.guest, action.device.alias)
+                self.inflight[action.slot] = op
+                self._spawn(self._attach(action))
+            else:
+                op = Operation(OpKind.DETACH, action.guest, action.hostdev.alias)
+                self.inflight[action.slot] = op
+                self._spawn(self._detach(action))
+        if plan.wake_at is not None:
+            self._wake = loop.call_at(plan.wake_at, self._kick)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _report(self, assignments: dict[str, Assignment]) -> None:
+        """Log each change of a device's assignment once, with its fields.
+
+        Transitions (attaching, detaching) are logged by the action itself,
+        which names the libvirt call.
+        """
+        for device_id, a in assignments.items():
+            if self.assignments.get(device_id) == a or a.state in _TRANSITIONS:
+                continue
+            d = self.devices.get(device_id)
+            what = d.describe() if d else device_id
+            where = f" guest={a.guest}" if a.guest else ""
+            level = logging.WARNING if a.state is State.FAILED else logging.INFO
+            log.log(level, "%s: %s%s: %s", what, a.state, where, a.reason,
+                    **_fields(device_id, a.guest, a.rule, a.state))
+        self.assignments = dict(assignments)
+        self._notify_status()
+
+    def _notify_status(self) -> None:
+        counts: dict[State, int] = {}
+        for a in self.assignments.values():
+            counts[a.state] = counts.get(a.state, 0) + 1
+        parts = [f"{n} {state}" for state, n in sorted(counts.items()) if n]
+        status = f"{len(self.assignments)} devices" + (f": {', '.join(parts)}" if parts else "")
+        if self.guests is None:
+            status += "; libvirt not connected"
+        if self.policy is None:
+            status += "; policy has errors"
+        if status != self._status:
+            self._status = status
+            notify(f"STATUS={status}")
+
+    # ------------------------------------------------------------ actions
+
+    def _failed(self, slot: str, kind: OpKind, guest: str, error: LibvirtError) -> None:
+        if error.connection_lost:
+            self._connection_failed(error)
+            return
+        now = asyncio.get_running_loop().time()
+        self.failures[slot] = record_failure(self.failures.get(slot), kind, guest,
+                                             error.message, now)
+
+    async def _attach(self, a: Attach) -> None:
+        d = a.device
+        fields = _fields(d.id, a.guest, a.rule, State.ATTACHING)
+        log.info("attaching %s to %s by rule '%s': libvirt attachDeviceFlags", d.describe(),
+                 a.guest, a.rule, **fields)
+        started = time.monotonic()
+        try:
+            guest = await self.client.attach(a.guest, usb_hostdev_xml(d))
+        except LibvirtError as e:
+            log.info("attach %s to %s failed: %s", d.id, a.guest, e.message, **fields)
+            self._failed(a.slot, OpKind.ATTACH, a.guest, e)
+            self._spawn(self._refresh_guest(a.guest))
+        else:
+            log.info("attached %s to %s in %.0f ms", d.id, a.guest,
+                     (time.monotonic() - started) * 1000, **fields)
+            self._store_guest(a.guest, guest)
+            self.failures.pop(a.slot, None)
+        finally:
+            self.inflight.pop(a.slot, None)
+            self._kick()
+
+    async def _detach(self, a: Detach) -> None:
+        alias = a.hostdev.alias
+        fields = _fields(a.device_id, a.guest, state=State.DETACHING)
+        key = (a.guest, alias)
+        released = self._released[key] = asyncio.Event()
+        log.info("detaching %s from %s (%s): libvirt detachDeviceAlias", alias, a.guest, a.why,
+                 **fields)
+        try:
+            guest = await self.client.detach(a.guest, alias)
+            self._store_guest(a.guest, guest)
+            if guest is not None and guest.state.active and a.hostdev in guest.hostdevs:
+                try:
+                    await asyncio.wait_for(released.wait(), self.config.detach_timeout)
+                except TimeoutError:
+                    error = (f"guest {a.guest} did not release the device within "
+                             f"{self.config.detach_timeout:.0f}s")
+                    log.warning("detach %s: %s", alias, error, **fields)
+                    self._failed(a.slot, OpKind.DETACH, a.guest, LibvirtError(error))
+                    return
+                self._store_guest(a.guest, await self.client.guest(a.guest))
+            log.info("detached %s from %s", alias, a.guest, **fields)
+            self.failures.pop(a.slot, None)
+        except LibvirtError as e:
+            log.info("detach %s from %s failed: %s", alias, a.guest, e.message, **fields)
+            self._failed(a.slot, OpKind.DETACH, a.guest, e)
+            self._spawn(self._refresh_guest(a.guest))
+        finally:
+            self._released.pop(key, None)
+            self.inflight.pop(a.slot, None)
+            self._kick()
+
+
+async def run_daemon(config: Config) -> None:
+    daemon = Daemon(config)
+    with contextlib.suppress(asyncio.CancelledError):
+        await daemon.run()

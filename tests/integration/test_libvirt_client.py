@@ -1,0 +1,109 @@
+"""The libvirt adapter against libvirt's test driver and a real private libvirtd."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import libvirt
+import libvirtd
+import pytest
+from factories import usb
+
+from phyllod.hostdev_xml import usb_hostdev_xml
+from phyllod.libvirt_client import LibvirtClient, LibvirtError
+from phyllod.model import GuestState
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder:
+    """Collects the client's callbacks and checks they run on the loop's thread."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.events: asyncio.Queue[tuple[str, ...]] = asyncio.Queue()
+
+    def _put(self, *item: str) -> None:
+        assert threading.get_ident() == self.thread, "callback off the loop thread"
+        self.events.put_nowait(item)
+
+    def client(self, uri: str) -> LibvirtClient:
+        return LibvirtClient(uri, lambda n: self._put("guest", n),
+                             lambda n, a: self._put("removed", n, a),
+                             lambda r: self._put("lost", r))
+
+    async def wait(self, *item: str, timeout: float = 10.0) -> None:
+        async def until() -> None:
+            while await self.events.get() != item:
+                pass
+        await asyncio.wait_for(until(), timeout)
+
+
+async def test_guests_and_lifecycle_events_with_the_test_driver():
+    # Debug mode makes asyncio raise if anything touches the loop from another thread.
+    asyncio.get_running_loop().set_debug(True)
+    rec = Recorder()
+    client = rec.client("test:///default")
+    await client.connect()
+    try:
+        guests = await client.guests()
+        assert guests["test"].state is GuestState.RUNNING
+        other = libvirt.open("test:///default")  # shared with our connection in-process
+        dom = other.lookupByName("test")
+        for _ in range(20):
+            dom.destroy()
+            await rec.wait("guest", "test")
+            g = await client.guest("test")
+            assert g is not None and g.state is GuestState.SHUTOFF
+            dom.create()
+            await rec.wait("guest", "test")
+        assert (await client.guest("nope")) is None
+        other.close()
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def work_guest(private_libvirtd: libvirtd.PrivateLibvirtd) -> str:
+    libvirtd.start_guest(private_libvirtd.uri, "work")
+    return private_libvirtd.uri
+
+
+async def test_real_libvirtd_attach_error_is_libvirts_own(work_guest: str):
+    rec = Recorder()
+    client = rec.client(work_guest)
+    await client.connect()
+    try:
+        guests = await client.guests()
+        assert guests["work"].state is GuestState.RUNNING and guests["work"].hostdevs == ()
+        with pytest.raises(LibvirtError) as e:
+            await client.attach("work", usb_hostdev_xml(usb(devnum=5)))
+        # This machine kind's kernel has no USB: libvirt cannot even look.
+        assert "/sys/bus/usb/devices" in e.value.message
+        assert not e.value.connection_lost
+        with pytest.raises(LibvirtError) as e:
+            await client.detach("work", "ua-phyllod-usb1-2-5")
+        assert "no device found with alias" in e.value.message
+        assert (await client.guest("work")).hostdevs == ()
+    finally:
+        await client.close()
+
+
+async def test_losing_libvirtd_is_reported_and_a_reconnect_works(
+        work_guest: str, private_libvirtd: libvirtd.PrivateLibvirtd):
+    rec = Recorder()
+    client = rec.client(work_guest)
+    await client.connect()
+    private_libvirtd.stop()
+    await rec.wait("lost", "libvirtd closed the connection")
+    assert not client.connected
+    with pytest.raises(LibvirtError):
+        await client.guests()
+    private_libvirtd.start()
+    await client.connect()
+    try:
+        # The guest outlived libvirtd, which found it again.
+        assert (await client.guests())["work"].state is GuestState.RUNNING
+    finally:
+        await client.close()

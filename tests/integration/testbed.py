@@ -1,0 +1,85 @@
+"""USB devices in a umockdev testbed: real libudev, real uevents, mocked sysfs.
+
+The test process must run under ``umockdev-wrapper`` (scripts/test does);
+children that should see the testbed get ``UMOCKDEV_DIR`` and the preload.
+"""
+
+from __future__ import annotations
+
+import os
+
+import gi
+
+gi.require_version("UMockdev", "1.0")
+from gi.repository import UMockdev  # noqa: E402
+
+PRELOAD = "libumockdev-preload.so.0"
+
+
+def available() -> str:
+    """Why umockdev cannot be used in this process, or "" if it can."""
+    if PRELOAD not in os.environ.get("LD_PRELOAD", ""):
+        return "not running under umockdev-wrapper (use scripts/test)"
+    return ""
+
+
+class UsbTestbed:
+    def __init__(self) -> None:
+        self.tb = UMockdev.Testbed.new()
+        self.paths: dict[str, str] = {}
+        self.hubs: set[int] = set()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a child process needs to see this testbed."""
+        return {"UMOCKDEV_DIR": self.tb.get_root_dir(), "LD_PRELOAD": PRELOAD}
+
+    def _hub(self, bus: int) -> str:
+        name = f"usb{bus}"
+        if bus not in self.hubs:
+            self.hubs.add(bus)
+            self.paths[name] = self.tb.add_device(
+                "usb", name, None, ["busnum", str(bus), "devnum", "1", "bDeviceClass", "09"],
+                ["DEVTYPE", "usb_device", "BUSNUM", f"{bus:03d}", "DEVNUM", "001"])
+        return self.paths[name]
+
+    def plug(self, port: str, devnum: int, vendor: str = "0627", product: str = "0001",
+             serial: str = "", manufacturer: str = "QEMU", product_name: str = "QEMU USB Keyboard",
+             interfaces: tuple[str, ...] = ("030101",), with_property: bool = True) -> str:
+        """Add a USB device at ``port`` (emits ``add``); returns its sysfs path.
+
+        ``with_property=False`` leaves out ``ID_USB_INTERFACES`` so only the
+        interface children tell the classes (they are added after the device,
+        as the kernel does).
+        """
+        bus = int(port.split("-", 1)[0])
+        self._hub(bus)
+        parent = self.paths[f"usb{bus}"] if "." not in port else self.paths[port.rsplit(".", 1)[0]]
+        attrs = ["idVendor", vendor, "idProduct", product, "busnum", str(bus),
+                 "devnum", str(devnum), "bDeviceClass", "00"]
+        for name, value in (("serial", serial), ("manufacturer", manufacturer),
+                            ("product", product_name)):
+            if value:
+                attrs += [name, value]
+        props = ["DEVTYPE", "usb_device", "BUSNUM", f"{bus:03d}", "DEVNUM", f"{devnum:03d}",
+                 "ID_VENDOR_ID", vendor, "ID_MODEL_ID", product,
+                 "PRODUCT", f"{int(vendor, 16):x}/{int(product, 16):x}/0"]
+        if with_property and interfaces:
+            props += ["ID_USB_INTERFACES", ":" + ":".join(interfaces) + ":"]
+        path = self.tb.add_device("usb", port, parent, attrs, props)
+        self.paths[port] = path
+        for n, triple in enumerate(interfaces):
+            name = f"{port}:1.{n}"
+            self.paths[name] = self.tb.add_device(
+                "usb", name, path,
+                ["bInterfaceClass", triple[0:2], "bInterfaceSubClass", triple[2:4],
+                 "bInterfaceProtocol", triple[4:6]], ["DEVTYPE", "usb_interface"])
+        return path
+
+    def unplug(self, port: str) -> None:
+        """Send ``remove`` (umockdev's remove_device sends none) and remove."""
+        path = self.paths.pop(port)
+        for name in [n for n in self.paths if n.startswith(f"{port}:")]:
+            self.tb.uevent(self.paths.pop(name), "remove")
+        self.tb.uevent(path, "remove")
+        self.tb.remove_device(path)
