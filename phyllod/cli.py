@@ -15,22 +15,33 @@ from phyllod.policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy,
 from phyllod.systemd_glue import setup_logging
 
 
+def _options(suppress: bool) -> argparse.ArgumentParser:
+    """Options valid before and after the subcommand (``phyllod check-policy --policy-dir``)."""
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--policy-dir", type=Path, default=default(
+        Path(os.environ.get("PHYLLOD_POLICY_DIR", DEFAULT_POLICY_DIR))),
+        help=f"drop-in directory of *.toml policy files (default: {DEFAULT_POLICY_DIR})")
+    p.add_argument("--connect", default=default(
+        os.environ.get("PHYLLOD_LIBVIRT_URI", "qemu:///system")),
+        help="libvirt URI (default: qemu:///system)")
+    p.add_argument("--log-level", default=default("INFO"))
+    p.add_argument("--log-target", choices=("auto", "stderr"), default=default("auto"),
+                   help="auto: the journal when journald runs, else stderr")
+    return p
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="phyllod", description=(
+    p = argparse.ArgumentParser(prog="phyllod", parents=[_options(False)], description=(
         "Pass USB devices to libvirt guests by policy (see phyllod.policy(5))."))
     p.add_argument("--version", action="version", version=f"phyllod {__version__}")
-    p.add_argument("--policy-dir", type=Path,
-                   default=Path(os.environ.get("PHYLLOD_POLICY_DIR", DEFAULT_POLICY_DIR)),
-                   help="drop-in directory of *.toml policy files (default: %(default)s)")
-    p.add_argument("--connect", default=os.environ.get("PHYLLOD_LIBVIRT_URI", "qemu:///system"),
-                   help="libvirt URI (default: %(default)s)")
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument("--log-target", choices=("auto", "stderr"), default="auto",
-                   help="auto: the journal when journald runs, else stderr")
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("run", help="run the daemon (the default)")
-    check = sub.add_parser("check-policy", help="validate policy files offline and show what "
-                           "each rule matches among the devices present")
+    sub.add_parser("run", parents=[_options(True)], help="run the daemon (the default)")
+    check = sub.add_parser("check-policy", parents=[_options(True)], help=(
+        "validate policy files offline and show what each rule matches among the devices "
+        "present"))
     check.add_argument("files", nargs="*", type=Path,
                        help="files to check (default: the policy directory)")
     return p

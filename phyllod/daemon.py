@@ -328,8 +328,8 @@ class Daemon:
     async def _attach(self, a: Attach) -> None:
         d = a.device
         fields = _fields(d.id, a.guest, a.rule, State.ATTACHING)
-        log.info("attaching %s to %s by rule '%s': libvirt attachDeviceFlags", d.describe(),
-                 a.guest, a.rule, **fields)
+        log.info("attaching %s to %s by rule '%s': libvirt attachDeviceFlags (bus %d device %d)",
+                 d.describe(), a.guest, a.rule, d.busnum, d.devnum, **fields)
         started = time.monotonic()
         try:
             guest = await self.client.attach(a.guest, usb_hostdev_xml(d))

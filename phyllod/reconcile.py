@@ -50,11 +50,11 @@ class Failure:
     attempts: int
     retry_at: float | None  # None: gave up
 
-    def describe(self, now: float) -> str:
+    def describe(self) -> str:
         if self.retry_at is None:
             return f"{self.kind} failed {self.attempts} times, gave up: {self.error}"
-        wait = max(0.0, self.retry_at - now)
-        return f"{self.kind} failed (attempt {self.attempts}, retry in {wait:.1f}s): {self.error}"
+        delay = BACKOFF[self.attempts - 1]
+        return f"{self.kind} failed (attempt {self.attempts}, retry in {delay:g}s): {self.error}"
 
 
 def record_failure(
@@ -174,7 +174,7 @@ class _Planner:
             return True, ""
         if f.retry_at is not None:
             self.wakeups.append(f.retry_at)
-        return False, f.describe(self.world.now)
+        return False, f.describe()
 
     def _detach(self, slot: str, holding: _Holding, why: str, device_id: str = "") -> str:
         """Queue a detach unless backing off; returns the failure text if any."""

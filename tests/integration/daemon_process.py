@@ -15,7 +15,11 @@ from pathlib import Path
 
 
 class NotifySocket:
-    """A datagram socket standing in for systemd's, collecting sd_notify messages."""
+    """A datagram socket standing in for systemd's, collecting sd_notify messages.
+
+    It is drained continuously, as systemd does: sd_notify blocks once the
+    socket's queue is full.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -23,25 +27,41 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.1)
         self.messages: list[str] = []
+        self._closed = False
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def _drain(self) -> None:
-        while True:
+    def _read(self) -> None:
+        while not self._closed:
             try:
-                self.messages.append(self.sock.recv(4096).decode())
+                message = self.sock.recv(4096).decode()
             except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
                 return
+            with self._cond:
+                self.messages.append(message)
+                self._cond.notify_all()
 
     def wait_for(self, prefix: str, timeout: float = 15.0) -> list[str]:
         """Wait for a message line starting with ``prefix`` (``READY=1``); returns those lines."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._drain()
-            lines = [ln for m in self.messages for ln in m.splitlines() if ln.startswith(prefix)]
-            if lines:
-                return lines
-        raise AssertionError(f"no {prefix!r} from the daemon in {timeout}s: {self.messages}")
+        with self._cond:
+            while True:
+                lines = [ln for m in self.messages for ln in m.splitlines()
+                         if ln.startswith(prefix)]
+                if lines:
+                    return lines
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no {prefix!r} from the daemon in {timeout}s: {self.messages}")
+                self._cond.wait(left)
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join(timeout=1)
         self.sock.close()
 
 

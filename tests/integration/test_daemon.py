@@ -193,3 +193,44 @@ def test_libvirtd_restart_is_survived_and_resynced(
     daemon.wait_log(r"connected to .*: 1 guests, 1 running", start=mark, timeout=40)
     daemon.wait_log(rf"attach usb:1-2 to work failed: {NO_USB}", start=mark)
     assert daemon.alive
+
+
+def test_two_identical_devices_only_the_ruled_port_moves(
+        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
+        usb_testbed: testbed.UsbTestbed):
+    libvirtd.start_guest(private_libvirtd.uri, "work")
+    policy = '[[rule]]\nname = "left"\nmatch = { vendor = "0627", port = "1-2" }\nguest = "work"\n'
+    daemon, notify = start_daemon(policy, private_libvirtd.uri, usb_testbed)
+    notify.wait_for("READY=1")
+    usb_testbed.plug("1-2", devnum=3)
+    usb_testbed.plug("1-3", devnum=4)
+    daemon.wait_log(r"attaching usb:1-2 .* \(bus 1 device 3\)")
+    daemon.wait_log(r"usb:1-3 .*: host: no rule matches")
+    daemon.wait_log(r"attach failed \(attempt 2")
+    assert "attaching usb:1-3" not in daemon.log()
+
+
+def test_a_flapping_device_never_races_itself(
+        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
+        usb_testbed: testbed.UsbTestbed):
+    libvirtd.start_guest(private_libvirtd.uri, "work")
+    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
+    notify.wait_for("READY=1")
+    last = 0
+    for devnum in range(2, 42):
+        usb_testbed.plug("1-2", devnum=devnum)
+        last = devnum
+        if devnum < 41:
+            usb_testbed.unplug("1-2")
+    # The end state follows the last event: the last enumeration is attempted.
+    daemon.wait_log(rf"attaching usb:1-2 .* \(bus 1 device {last}\)")
+    daemon.wait_log(rf"usb:1-2 .*: failed guest=work: attach failed \(attempt 1.*{NO_USB}")
+    lines = daemon.log().splitlines()
+    in_flight = 0
+    for line in lines:
+        if "attaching usb:1-2" in line:
+            in_flight += 1
+            assert in_flight == 1, "a second attach of the slot while one was in flight"
+        elif "attach usb:1-2 to work failed" in line or "attached usb:1-2" in line:
+            in_flight -= 1
+    assert daemon.alive and "Traceback" not in daemon.log()

@@ -77,9 +77,15 @@ class UsbTestbed:
         return path
 
     def unplug(self, port: str) -> None:
-        """Send ``remove`` (umockdev's remove_device sends none) and remove."""
+        """Send ``remove`` (umockdev's remove_device sends none) and remove.
+
+        Interfaces first, one by one, as the kernel does: removing only the
+        parent leaves their /sys/bus symlinks behind and a replug then fails.
+        """
         path = self.paths.pop(port)
         for name in [n for n in self.paths if n.startswith(f"{port}:")]:
-            self.tb.uevent(self.paths.pop(name), "remove")
+            child = self.paths.pop(name)
+            self.tb.uevent(child, "remove")
+            self.tb.remove_device(child)
         self.tb.uevent(path, "remove")
         self.tb.remove_device(path)
