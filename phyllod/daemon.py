@@ -246,6 +246,11 @@ class Daemon:
         if before is None or guest is None or before.state != guest.state:
             state = guest.state if guest is not None else "undefined"
             log.info("guest %s is %s", name, state, **_fields(guest=name))
+        if guest is None or not guest.state.active:
+            # A guest that stopped has released everything: end pending detaches.
+            for (holder, _alias), released in self._released.items():
+                if holder == name:
+                    released.set()
 
     # ------------------------------------------------------------ reconcile
 
