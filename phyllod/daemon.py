@@ -94,9 +94,6 @@ class Daemon:
         await self._stop.wait()
         await self._shutdown()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     async def _shutdown(self) -> None:
         """Stop taking decisions; let issued calls finish and be logged; touch nothing."""
         notify("STOPPING=1")

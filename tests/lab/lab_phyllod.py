@@ -1,0 +1,148 @@
+"""phyllod inside the lab's L1, driven the way a person or systemd would.
+
+phyllod runs from the checkout shared into L1 (9p, /opt/phyllod) with Debian's
+own python3-libvirt/pyudev/systemd, as a transient systemd service of
+``Type=notify`` (so ``systemd-run`` returns once phyllod sent READY=1), and
+logs to L1's journal, which the tests read back with journalctl.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any
+
+L2 = "l2"
+UNIT = "phyllod"
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0,
+               interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def keyboard_alias(lab: Any, port: int) -> str:
+    """The alias phyllod gives the device now in L1's port 1-``port``."""
+    devnum = wait_until(f"1-{port} in L1's sysfs", lambda: _read(lab, f"1-{port}/devnum"))
+    return f"ua-phyllod-usb1-{port}-{int(devnum)}"
+
+
+def _read(lab: Any, attr: str) -> str:
+    rc, out, _ = lab.run(f"cat /sys/bus/usb/devices/{attr} 2>/dev/null")
+    return out.strip() if rc == 0 else ""
+
+
+class LabPhyllod:
+    def __init__(self, lab: Any) -> None:
+        self.lab = lab
+        self.plugged: list[str] = []
+        self.cursor = ""
+
+    # ------------------------------------------------------------ L1 shell
+
+    def sh(self, cmd: str, timeout: float = 120.0) -> str:
+        rc, out, err = self.lab.run(cmd, timeout=timeout)
+        if rc != 0:
+            raise AssertionError(f"in L1: {cmd!r} exited {rc}:\n{out}\n{err}")
+        return out
+
+    def virsh(self, args: str) -> str:
+        return self.sh(f"virsh {args}")
+
+    # ------------------------------------------------------------ phyllod
+
+    def start(self, policy: str) -> None:
+        self.sh("mkdir -p /etc/phyllod/policy.d")
+        self.lab.write_file("/etc/phyllod/policy.d/10-lab.toml", policy)
+        out = self.sh("journalctl -n 0 --show-cursor --no-pager")
+        match = re.search(r"-- cursor: (\S+)", out)
+        self.cursor = match.group(1) if match else ""
+        self.sh(f"systemctl reset-failed {UNIT} 2>/dev/null; "
+                f"systemd-run --unit={UNIT} --property=Type=notify "
+                "--setenv=PYTHONPATH=/opt/phyllod "
+                "python3 -m phyllod.cli --policy-dir /etc/phyllod/policy.d")
+
+    def stop(self) -> None:
+        self.lab.run(f"systemctl stop {UNIT}; systemctl reset-failed {UNIT} 2>/dev/null")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        self.sh(f"systemctl kill --signal=KILL {UNIT}")
+        wait_until("phyllod to be gone", lambda: self.lab.run(
+            f"systemctl is-active {UNIT}")[1].strip() in ("failed", "inactive"))
+        self.lab.run(f"systemctl reset-failed {UNIT} 2>/dev/null")
+
+    def journal(self) -> str:
+        after = f"--after-cursor={shlex.quote(self.cursor)} " if self.cursor else ""
+        return self.sh(f"journalctl -u {UNIT} {after}-o cat --no-pager")
+
+    def wait_journal(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        regex = re.compile(pattern)
+        try:
+            return wait_until(f"journal line {pattern!r}",
+                              lambda: regex.search(self.journal()), timeout, 0.5)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- phyllod's journal ---\n{self.journal()}") from None
+
+    # ------------------------------------------------------------ devices
+
+    def plug(self, qdev_id: str, port: int, driver: str = "usb-kbd") -> None:
+        """QMP device_add into L1's xHCI, as a person plugs hardware in."""
+        self.lab.qmp("device_add", driver=driver, bus="xhci.0", port=str(port), id=qdev_id)
+        self.plugged.append(qdev_id)
+
+    def unplug(self, qdev_id: str) -> None:
+        self.lab.qmp("device_del", id=qdev_id)
+        self.plugged.remove(qdev_id)
+
+    def host_driver(self, name: str) -> str:
+        rc, out, _ = self.lab.run(f"basename $(readlink /sys/bus/usb/devices/{name}/driver)")
+        return out.strip() if rc == 0 else ""
+
+    def wait_host_driver(self, name: str, driver: str) -> None:
+        wait_until(f"{name} bound to {driver} in L1", lambda: self.host_driver(name) == driver)
+
+    # ------------------------------------------------------------ L2's view
+
+    def l2_info_usb(self) -> str:
+        return self.sh(f"virsh qemu-monitor-command {L2} --hmp 'info usb'")
+
+    def l2_hostdev_aliases(self) -> list[str]:
+        """The USB hostdevs in L2's live XML, by alias."""
+        root = ET.fromstring(self.virsh(f"dumpxml {L2}"))
+        return [a.get("name", "") for a in
+                root.iterfind("./devices/hostdev[@type='usb']/alias")]
+
+    def wait_in_l2(self, alias: str, timeout: float = 60.0) -> None:
+        try:
+            wait_until(f"{alias} in L2's info usb",
+                       lambda: f"ID: {alias}" in self.l2_info_usb(), timeout, 0.3)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- phyllod's journal ---\n{self.journal()}") from None
+
+    def wait_not_in_l2(self, alias: str, timeout: float = 60.0) -> None:
+        wait_until(f"{alias} gone from L2", lambda: f"ID: {alias}" not in self.l2_info_usb(),
+                   timeout, 0.3)
+
+    # ------------------------------------------------------------ between tests
+
+    def reset(self) -> None:
+        """Leave L1 and L2 as the next test expects: no phyllod, no devices, L2 running."""
+        self.stop()
+        for qdev_id in list(self.plugged):
+            self.unplug(qdev_id)
+        if "running" not in self.virsh(f"domstate {L2}"):
+            self.virsh(f"start {L2}")
+        for alias in self.l2_hostdev_aliases():
+            self.lab.run(f"virsh detach-device-alias {L2} {alias} --live")
+        wait_until("L2 without hostdevs", lambda: not self.l2_hostdev_aliases())

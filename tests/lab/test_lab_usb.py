@@ -1,0 +1,115 @@
+"""USB passthrough end to end: QMP plugs a device into L1, phyllod in L1 moves it to L2.
+
+Every test asserts from both sides: phyllod's own journal in L1, and L2's
+QEMU (``info usb`` through L2's monitor, the hostdevs of L2's live XML) or
+L1's kernel (which driver holds the device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from lab_phyllod import L2, LabPhyllod, keyboard_alias
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def lab_phyllod(lab: Any) -> Iterator[LabPhyllod]:
+    """phyllod in L1 with L2 running and holding nothing; reset after each test."""
+    if lab.run(f"virsh domstate {L2}")[0] != 0:
+        lab.define_l2(L2)
+    driver = LabPhyllod(lab)
+    driver.reset()
+    try:
+        yield driver
+    finally:
+        driver.reset()
+
+KBD_TO_L2 = f"""\
+[[rule]]
+name = "keyboards go to {L2}"
+match = {{ vendor = "0627", product = "0001" }}
+guest = "{L2}"
+"""
+
+
+def test_coldplug_lands_in_the_guest(lab_phyllod: LabPhyllod):
+    lab_phyllod.plug("kbd1", port=1)
+    lab_phyllod.start(KBD_TO_L2)
+    alias = keyboard_alias(lab_phyllod.lab, port=1)
+    lab_phyllod.wait_in_l2(alias)
+    assert lab_phyllod.l2_hostdev_aliases() == [alias]
+    lab_phyllod.wait_journal(rf"attached usb:1-1 to {L2}")
+
+
+def test_hotplug_unplug_replug(lab_phyllod: LabPhyllod):
+    lab_phyllod.start(KBD_TO_L2)
+    lab_phyllod.plug("kbd1", port=2)
+    first = keyboard_alias(lab_phyllod.lab, port=2)
+    lab_phyllod.wait_in_l2(first)
+    lab_phyllod.unplug("kbd1")
+    lab_phyllod.wait_not_in_l2(first)
+    assert lab_phyllod.l2_hostdev_aliases() == [], "no stale hostdev left in L2"
+    lab_phyllod.plug("kbd1", port=2)
+    second = keyboard_alias(lab_phyllod.lab, port=2)
+    assert second != first, "a replug is a new enumeration"
+    lab_phyllod.wait_in_l2(second)
+    assert lab_phyllod.l2_hostdev_aliases() == [second]
+
+
+def test_two_identical_devices_only_the_ruled_port_moves(lab_phyllod: LabPhyllod):
+    lab_phyllod.start(f"""\
+[[rule]]
+name = "the keyboard in port 1-3"
+match = {{ vendor = "0627", port = "1-3" }}
+guest = "{L2}"
+""")
+    lab_phyllod.plug("left", port=2)
+    lab_phyllod.plug("right", port=3)
+    right = keyboard_alias(lab_phyllod.lab, port=3)
+    lab_phyllod.wait_in_l2(right)
+    lab_phyllod.wait_journal(r"usb:1-2 .*: host: no rule matches")
+    assert lab_phyllod.l2_hostdev_aliases() == [right]
+    assert lab_phyllod.host_driver("1-2:1.0") == "usbhid"
+
+
+def test_guest_stop_returns_the_device_and_start_brings_it_back(lab_phyllod: LabPhyllod):
+    lab_phyllod.start(KBD_TO_L2)
+    lab_phyllod.plug("kbd1", port=1)
+    alias = keyboard_alias(lab_phyllod.lab, port=1)
+    lab_phyllod.wait_in_l2(alias)
+    lab_phyllod.virsh(f"destroy {L2}")
+    lab_phyllod.wait_journal(rf"usb:1-1 .*: pending guest={L2}: guest '{L2}' is not running")
+    lab_phyllod.wait_host_driver("1-1:1.0", "usbhid")
+    lab_phyllod.virsh(f"start {L2}")
+    lab_phyllod.wait_in_l2(alias)
+    assert lab_phyllod.l2_hostdev_aliases() == [alias]
+
+
+def test_sigkill_and_restart_adopts_without_attaching_twice(lab_phyllod: LabPhyllod):
+    lab_phyllod.start(KBD_TO_L2)
+    lab_phyllod.plug("kbd1", port=1)
+    alias = keyboard_alias(lab_phyllod.lab, port=1)
+    lab_phyllod.wait_in_l2(alias)
+    lab_phyllod.kill()
+    lab_phyllod.start(KBD_TO_L2)
+    lab_phyllod.wait_journal(rf"usb:1-1 .*: attached guest={L2}: attached to '{L2}' by rule")
+    assert lab_phyllod.l2_hostdev_aliases() == [alias]
+    assert "attaching usb:1-1" not in lab_phyllod.journal(), "attached twice"
+
+
+def test_deny_keeps_the_device_on_the_host(lab_phyllod: LabPhyllod):
+    lab_phyllod.start(f"""\
+[[rule]]
+name = "no keyboards in guests"
+match = {{ vendor = "0627" }}
+action = "deny"
+
+{KBD_TO_L2}""")
+    lab_phyllod.plug("kbd1", port=1)
+    lab_phyllod.wait_journal(r"usb:1-1 .*: denied: denied by rule 'no keyboards in guests'")
+    lab_phyllod.wait_host_driver("1-1:1.0", "usbhid")
+    assert lab_phyllod.l2_hostdev_aliases() == []
