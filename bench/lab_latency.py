@@ -54,7 +54,7 @@ xml=/tmp/baseline-$BUSNUM-$DEVNUM.xml
 cat > $xml <<EOF
 <hostdev mode='subsystem' type='usb'>
   <source><vendor id='0x0627'/><product id='0x0001'/>
-  <address bus='$((10#$BUSNUM))' device='$((10#$DEVNUM))'/></source>
+  <address bus='$(expr $BUSNUM + 0)' device='$(expr $DEVNUM + 0)'/></source>
 </hostdev>
 EOF
 if [ "$1" = attach ]; then

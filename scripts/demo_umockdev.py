@@ -1,6 +1,6 @@
 """phyllod's demo: the real daemon, a real libvirtd and QEMU guest, umockdev devices.
 
-Run through ``scripts/demo`` (it installs what is needed and starts this under
+Run through ``scripts/demo --without-lab`` (it installs what is needed and starts this under
 umockdev-wrapper). What it shows and what it cannot: see README.md.
 """
 
