@@ -320,12 +320,17 @@ class Daemon:
     # ------------------------------------------------------------ actions
 
     def _failed(self, slot: str, kind: OpKind, guest: str, error: LibvirtError) -> None:
+        """Record a failed call for backoff and re-read the guest (it may have stopped).
+
+        A lost connection is no failure of the device: the reconnect resyncs.
+        """
         if error.connection_lost:
             self._connection_failed(error)
             return
         now = asyncio.get_running_loop().time()
         self.failures[slot] = record_failure(self.failures.get(slot), kind, guest,
                                              error.message, now)
+        self._spawn(self._refresh_guest(guest))
 
     async def _attach(self, a: Attach) -> None:
         d = a.device
@@ -338,7 +343,6 @@ class Daemon:
         except LibvirtError as e:
             log.info("attach %s to %s failed: %s", d.id, a.guest, e.message, **fields)
             self._failed(a.slot, OpKind.ATTACH, a.guest, e)
-            self._spawn(self._refresh_guest(a.guest))
         else:
             log.info("attached %s to %s in %.0f ms", d.id, a.guest,
                      (time.monotonic() - started) * 1000, **fields)
@@ -373,7 +377,6 @@ class Daemon:
         except LibvirtError as e:
             log.info("detach %s from %s failed: %s", alias, a.guest, e.message, **fields)
             self._failed(a.slot, OpKind.DETACH, a.guest, e)
-            self._spawn(self._refresh_guest(a.guest))
         finally:
             self._released.pop(key, None)
             self.inflight.pop(a.slot, None)
