@@ -15,6 +15,12 @@ from phyllod.policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy,
 from phyllod.systemd_glue import setup_logging
 
 
+def _state_dir() -> Path:
+    """systemd's StateDirectory= sets $STATE_DIRECTORY (colon-separated if several)."""
+    from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(from_systemd or "/var/lib/phyllod")
+
+
 def _options(suppress: bool) -> argparse.ArgumentParser:
     """Options valid before and after the subcommand (``phyllod check-policy --policy-dir``)."""
     def default(value: object) -> object:
@@ -27,6 +33,11 @@ def _options(suppress: bool) -> argparse.ArgumentParser:
     p.add_argument("--connect", default=default(
         os.environ.get("PHYLLOD_LIBVIRT_URI", "qemu:///system")),
         help="libvirt URI (default: qemu:///system)")
+    p.add_argument("--bus", default=default(os.environ.get("PHYLLOD_BUS", "system")),
+                   help="system (default), session, a D-Bus address (unix:path=…), or none")
+    p.add_argument("--state-dir", type=Path, default=default(_state_dir()),
+                   help="where manual overrides are kept (default: $STATE_DIRECTORY, "
+                        "else /var/lib/phyllod)")
     p.add_argument("--log-level", default=default("INFO"))
     p.add_argument("--log-target", choices=("auto", "stderr"), default=default("auto"),
                    help="auto: the journal when journald runs, else stderr")
@@ -92,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-policy":
         return check_policy(args.files, args.policy_dir)
     setup_logging(args.log_level, force_stderr=args.log_target == "stderr")
-    asyncio.run(run_daemon(Config(policy_dir=args.policy_dir, uri=args.connect)))
-    return 0
+    return asyncio.run(run_daemon(Config(policy_dir=args.policy_dir, uri=args.connect,
+                                         bus=args.bus, state_dir=args.state_dir)))
 
 
 if __name__ == "__main__":

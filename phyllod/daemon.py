@@ -4,6 +4,10 @@ Every input (udev, libvirt events, signals, the end of a libvirt call)
 updates the snapshot and asks for a reconcile; reconcile's actions run as
 tasks whose results come back as snapshot updates. Work in flight is marked
 before its task starts, so no second reconcile can issue it again.
+
+The bus is an input like the others: a manual attach or detach becomes an
+override in the snapshot, and the call returns once reconcile has settled the
+device. Every reconcile's result is published on the bus.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from phyllod import __version__
+from phyllod.dbus_service import BusError, BusService, Snapshot
+from phyllod.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest
+from phyllod.explain import explain
 from phyllod.hostdev_xml import usb_hostdev_xml
 from phyllod.libvirt_client import LibvirtClient, LibvirtError
-from phyllod.model import Assignment, Device, Guest, State
-from phyllod.policy import Policy, PolicyError, load_policy_dir
+from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, State
+from phyllod.policy import Action, Policy, PolicyError, load_policy_dir
 from phyllod.reconcile import (
     Attach,
     Detach,
@@ -27,9 +35,12 @@ from phyllod.reconcile import (
     Operation,
     OpKind,
     World,
+    find_guest,
     reconcile,
     record_failure,
 )
+from phyllod.state_store import StateError, load_overrides, save_overrides
+from phyllod.sysfs import iommu_enabled
 from phyllod.systemd_glue import notify
 from phyllod.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEvent, UdevWatcher
 
@@ -47,6 +58,12 @@ class Config:
     detach_timeout: float = 30.0
     #: How long a stop waits for libvirt calls already issued.
     stop_timeout: float = 30.0
+    #: "system", "session", a D-Bus address, or "none" (no bus at all).
+    bus: str = "system"
+    #: Where manual overrides are kept (systemd's StateDirectory=).
+    state_dir: Path = Path("/var/lib/phyllod")
+    #: How long a manual attach/detach call waits for the device to settle.
+    manual_timeout: float = 90.0
 
 
 def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "") -> dict:
@@ -58,6 +75,8 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.policy: Policy | None = None
+        self.policy_errors: tuple[str, ...] = ()
+        self.overrides: dict[str, Override] = {}
         self.devices: dict[str, Device] = {}
         self.guests: dict[str, Guest] | None = None
         self.inflight: dict[str, Operation] = {}
@@ -74,6 +93,14 @@ class Daemon:
         self._stopping = False
         self._stop = asyncio.Event()
         self._status = ""
+        self.exit_code = 0
+        #: Bumped by every reconcile; a manual call waits for one after its change.
+        self._generation = 0
+        self._reconciled = asyncio.Event()
+        self._manual: set[str] = set()
+        self.bus = (BusService(config.bus, self, self._on_bus_lost)
+                    if config.bus != "none" else None)
+        self._iommu = iommu_enabled()
 
     # ------------------------------------------------------------ life cycle
 
@@ -83,12 +110,23 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._load_policy(initial=True)
+        self.overrides = load_overrides(self.config.state_dir)
+        if self.overrides:
+            log.info("%d manual overrides from %s", len(self.overrides), self.config.state_dir)
         for d in self.udev.start(loop):
             self.devices[d.id] = d
             log.info("%s present at start", d.describe(), **_fields(device=d.id))
         log.info("%d USB devices present at start", len(self.devices))
         await self._connect()
         self._reconcile()
+        if self.bus is not None:
+            try:
+                await self.bus.connect(self._snapshot())
+            except BusError as e:
+                log.error("%s", e)
+                self.exit_code = 1
+                await self._shutdown()
+                return
         notify("READY=1")
         self._notify_status()
         await self._stop.wait()
@@ -110,6 +148,13 @@ class Daemon:
             log.info("waiting for %d libvirt calls to finish", len(self._tasks))
             await asyncio.wait(self._tasks, timeout=self.config.stop_timeout)
         await self.client.close()
+        if self.bus is not None:
+            self.bus.close()
+
+    def _on_bus_lost(self) -> None:
+        """Without the bus phyllod cannot be steered: exit so systemd restarts it."""
+        self.exit_code = 1
+        self._stop.set()
 
     # ------------------------------------------------------------ policy
 
@@ -117,6 +162,7 @@ class Daemon:
         try:
             policy = load_policy_dir(self.config.policy_dir)
         except PolicyError as e:
+            self.policy_errors = tuple(str(p) for p in e.problems)
             for problem in e.problems:
                 log.error("policy: %s", problem, **_fields(rule=problem.rule))
             if initial:
@@ -126,17 +172,106 @@ class Daemon:
                 log.error("policy reload refused; the previous policy stays in force")
             return False
         self.policy = policy
+        self.policy_errors = ()
         log.info("policy: %d rules from %d files in %s", len(policy.rules), len(policy.files),
                  self.config.policy_dir)
         return True
 
-    def reload(self) -> None:
+    def reload(self) -> bool:
         """SIGHUP: read the policy again; a broken one is refused as a whole."""
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        if self._load_policy():
+        loaded = self._load_policy()
+        if loaded:
             self.failures.clear()
         self._kick()
         notify("READY=1")
+        return loaded
+
+    # ------------------------------------------------------------ the bus's requests
+
+    def reload_policy(self) -> None:
+        if not self.reload():
+            raise Failed("the policy has errors; the previous policy stays in force:\n"
+                         + "\n".join(self.policy_errors))
+
+    def explain(self, device_id: str) -> str:
+        d = self.devices.get(device_id)
+        a = self.assignments.get(device_id)
+        if d is None or a is None:
+            raise NoSuchDevice(f"no present device is named {device_id!r}")
+        return explain(d, a, self.overrides.get(d.identity))
+
+    async def set_override(self, device_id: str, override: Override | None) -> None:
+        """A person's choice for a device: check, persist, then wait until it settled.
+
+        Persisting comes first: if the state directory cannot be written, the
+        choice is refused rather than kept only until the next restart.
+        """
+        d = self.devices.get(device_id)
+        if d is None:
+            raise NoSuchDevice(f"no present device is named {device_id!r}")
+        if self.policy is None:
+            raise Failed("the policy has errors; nothing moves until it is fixed and reloaded")
+        if device_id in self._manual:
+            raise Busy(f"another request for {device_id} is still being carried out")
+        if override is not None and override.kind is OverrideKind.ATTACH:
+            override = Override(OverrideKind.ATTACH, self._guest_name(override.guest))
+            rule = self.policy.match(d)
+            if rule is not None and rule.action is Action.DENY:
+                raise Denied(f"{d.id} is denied by rule '{rule.name}' ({rule.file}:{rule.line})")
+        overrides = dict(self.overrides)
+        if override is None:
+            overrides.pop(d.identity, None)
+        else:
+            overrides[d.identity] = override
+        if overrides != self.overrides:
+            notes = {dev.identity: dev.describe() for dev in self.devices.values()
+                     if dev.identity in overrides}
+            try:
+                save_overrides(self.config.state_dir, overrides, notes)
+            except StateError as e:
+                log.error("%s", e, **_fields(device=d.id))
+                raise Failed(str(e)) from None
+            self.overrides = overrides
+            what = f"{override.kind} {override.guest}".strip() if override else "cleared"
+            log.info("manual override for %s: %s", d.describe(), what,
+                     **_fields(device=d.id, guest=override.guest if override else ""))
+        self._manual.add(device_id)
+        try:
+            await self._settle(device_id)
+        finally:
+            self._manual.discard(device_id)
+
+    def _guest_name(self, ref: str) -> str:
+        if self.guests is None:
+            raise Failed(f"libvirt ({self.config.uri}) is not connected; cannot find '{ref}'")
+        g = find_guest(ref, self.guests)
+        if g is None:
+            raise NoSuchGuest(f"no guest named {ref!r} is defined")
+        return g.name
+
+    async def _settle(self, device_id: str) -> None:
+        """Wait for the first reconcile after a change, then until nothing is moving."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.manual_timeout
+        since = self._generation
+        self._kick()
+        while True:
+            a = self.assignments.get(device_id)
+            d = self.devices.get(device_id)
+            if a is None or d is None:
+                raise Failed(f"{device_id} was unplugged")
+            moving = (self._kicked or a.state in _TRANSITIONS or d.slot in self.inflight)
+            if self._generation > since and not moving:
+                break
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Failed(f"{device_id} is still {a.state} after "
+                              f"{self.config.manual_timeout:.0f}s: {a.reason}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconciled.wait(), left)
+        if a.state is State.FAILED:
+            raise Failed(a.reason)
 
     # ------------------------------------------------------------ libvirt connection
 
@@ -260,9 +395,13 @@ class Daemon:
     def _reconcile(self) -> None:
         self._kicked = False
         loop = asyncio.get_running_loop()
-        world = World(self.devices, self.guests, self.inflight, self.failures, loop.time())
+        world = World(self.devices, self.guests, self.inflight, self.failures, loop.time(),
+                      self.overrides)
         plan = reconcile(self.policy, world)
         self._report(plan.assignments)
+        self._generation += 1
+        self._reconciled.set()
+        self._reconciled = asyncio.Event()
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
@@ -302,6 +441,13 @@ class Daemon:
                     **_fields(device_id, a.guest, a.rule, a.state))
         self.assignments = dict(assignments)
         self._notify_status()
+        if self.bus is not None:
+            self.bus.publish(self._snapshot())
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(self.devices, self.assignments, self.guests, self.overrides,
+                        __version__, self._iommu, self.policy_errors,
+                        self.policy.files if self.policy else (), self.config.uri)
 
     def _notify_status(self) -> None:
         counts: dict[State, int] = {}
@@ -383,7 +529,9 @@ class Daemon:
             self._kick()
 
 
-async def run_daemon(config: Config) -> None:
+async def run_daemon(config: Config) -> int:
+    """Run until SIGTERM; the exit code is 1 if the bus could not be used."""
     daemon = Daemon(config)
     with contextlib.suppress(asyncio.CancelledError):
         await daemon.run()
+    return daemon.exit_code

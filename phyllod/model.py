@@ -72,6 +72,17 @@ class Device:
         """
         return f"{self.slot}-{self.devnum}"
 
+    @property
+    def identity(self) -> str:
+        """What a person means by "this device", for choices that outlive a replug.
+
+        A serial number follows the device to any port (``usb:1050:0407:123``);
+        without one, the physical place is all that tells identical devices apart.
+        """
+        if self.subsystem is Subsystem.USB and self.serial:
+            return f"usb:{self.vendor}:{self.product}:{self.serial}"
+        return self.id
+
     def describe(self) -> str:
         """One line a person recognises the device by."""
         ids = f"{self.vendor}:{self.product}"
@@ -145,3 +156,20 @@ class Assignment:
     guest: str = ""
     rule: str = ""
     reason: str = ""
+
+
+class OverrideKind(StrEnum):
+    ATTACH = "attach"
+    HOST = "host"
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A person's explicit choice for a device, which wins over policy (not over deny).
+
+    ``guest`` is the name or UUID given for an ``attach``; it is kept as given
+    so that a guest defined later (or renamed back) is still found.
+    """
+
+    kind: OverrideKind
+    guest: str = ""

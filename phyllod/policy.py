@@ -56,7 +56,6 @@ _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _CLASS = re.compile(r"^(?:[0-9a-f]{2}){1,3}$")
 _PORT = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
 _PCI_ADDR = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +111,6 @@ class Rule:
     def targets(self, name: str, uuid: str) -> bool:
         """Whether this rule's guest designates the guest ``name``/``uuid``."""
         return self.guest == name or self.guest.lower() == uuid.lower()
-
-    @property
-    def guest_is_uuid(self) -> bool:
-        return bool(_UUID.match(self.guest.lower()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,12 @@ It is pure: no clock, no I/O, so every case can be tested as a table.
 Ownership is read from the snapshot, not remembered: a hostdev carrying
 phyllod's alias was placed by phyllod and may be removed by it; any other
 hostdev was placed by a person and is left alone unless a ``deny`` rule says
-the device must not be in a guest at all.
+the device must not be in a guest at all, or a person sends it to the host.
+
+A manual override (``phyllodctl attach``/``detach``) is a person's explicit
+choice: it wins over attach and ignore rules, and a ``deny`` rule wins over it.
+When the policy would decide otherwise, the reason says so: a reload never
+undoes an override silently.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from phyllod.model import Assignment, Device, Guest, State, Subsystem, UsbHostdev
+from phyllod.model import (
+    Assignment,
+    Device,
+    Guest,
+    Override,
+    OverrideKind,
+    State,
+    Subsystem,
+    UsbHostdev,
+)
 from phyllod.policy import Action, Policy, Rule
 
 #: Seconds to wait before attempt n+1 after n failures; then phyllod gives up
@@ -69,13 +83,17 @@ def record_failure(
 
 @dataclass(frozen=True, slots=True)
 class World:
-    """Everything reconcile looks at. ``guests`` is None while libvirt is unreachable."""
+    """Everything reconcile looks at. ``guests`` is None while libvirt is unreachable.
+
+    ``overrides`` is keyed by ``Device.identity``.
+    """
 
     devices: Mapping[str, Device]
     guests: Mapping[str, Guest] | None
     inflight: Mapping[str, Operation] = field(default_factory=dict)
     failures: Mapping[str, Failure] = field(default_factory=dict)
     now: float = 0.0
+    overrides: Mapping[str, Override] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +101,7 @@ class Attach:
     slot: str
     device: Device
     guest: str
-    rule: str
+    rule: str  # "" for a manual override
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +163,42 @@ class _Index:
         return candidates[0] if len(candidates) == 1 else None
 
 
-def _find_guest(rule: Rule, guests: Mapping[str, Guest]) -> Guest | None:
-    if rule.guest in guests:
-        return guests[rule.guest]
-    if rule.guest_is_uuid:
-        for g in guests.values():
-            if rule.targets(g.name, g.uuid):
-                return g
+def find_guest(ref: str, guests: Mapping[str, Guest]) -> Guest | None:
+    """The guest ``ref`` designates, by name first, then by UUID."""
+    if ref in guests:
+        return guests[ref]
+    for g in guests.values():
+        if g.uuid.lower() == ref.lower():
+            return g
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Why:
+    """Who sends a device to a guest: a rule or a person, in words for the reason."""
+
+    rule: str  # "" for a manual override
+    note: str = ""  # what the policy would do instead, when it disagrees
+
+    @property
+    def by(self) -> str:
+        return f"by rule '{self.rule}'" if self.rule else "by a manual override"
+
+    def say(self, text: str) -> str:
+        return f"{text}; {self.note}" if self.note else text
+
+
+def _policy_note(rule: Rule | None, override: Override) -> str:
+    """How the policy disagrees with an override, so a reload never hides it."""
+    if rule is None:
+        return "" if override.kind is OverrideKind.HOST else "no rule matches it"
+    if rule.action is Action.ATTACH:
+        if override.kind is OverrideKind.ATTACH and rule.targets(override.guest, override.guest):
+            return ""
+        return f"rule '{rule.name}' would send it to '{rule.guest}'"
+    if rule.action is Action.IGNORE:
+        return f"rule '{rule.name}' would ignore it"
+    return ""
 
 
 class _Planner:
@@ -191,15 +237,33 @@ class _Planner:
             state = State.ATTACHING if op.kind is OpKind.ATTACH else State.DETACHING
             return Assignment(d.id, state, op.guest, rule_name, f"{op.kind} in progress")
         held = self.index.holders.get(d.id, [])
+        override = self.world.overrides.get(d.identity)
+        if rule is not None and rule.action is Action.DENY:
+            return self._deny(d, rule, held, override)
+        if override is not None:
+            note = _policy_note(rule, override)
+            if override.kind is OverrideKind.ATTACH:
+                return self._attach(d, override.guest, _Why("", note), held)
+            return self._host(d, held, note)
         if rule is None:
             return self._unmanaged(d, held)
         if rule.action is Action.IGNORE:
             where = held[0].guest.name if held else ""
             state = State.ATTACHED if held else State.HOST
             return Assignment(d.id, state, where, rule.name, f"ignored by rule '{rule.name}'")
-        if rule.action is Action.DENY:
-            return self._deny(d, rule, held)
-        return self._attach(d, rule, held)
+        return self._attach(d, rule.guest, _Why(rule.name), held)
+
+    def _host(self, d: Device, held: list[_Holding], note: str) -> Assignment:
+        """A person sent the device to the host: remove it from any guest, ours or not."""
+        why = _Why("", note)
+        reason = "kept on the host by a manual override"
+        for h in held:
+            failure = self._detach(d.slot, h, reason, d.id)
+            if failure:
+                return Assignment(d.id, State.FAILED, h.guest.name, "", why.say(failure))
+            return Assignment(d.id, State.DETACHING, h.guest.name, "",
+                              why.say(f"{reason}; removing it from '{h.guest.name}'"))
+        return Assignment(d.id, State.HOST, "", "", why.say(reason))
 
     def _unmanaged(self, d: Device, held: list[_Holding]) -> Assignment:
         for h in held:
@@ -214,8 +278,11 @@ class _Planner:
                               "attached outside phyllod; no rule matches it")
         return Assignment(d.id, State.HOST, "", "", "no rule matches; stays on the host")
 
-    def _deny(self, d: Device, rule: Rule, held: list[_Holding]) -> Assignment:
+    def _deny(self, d: Device, rule: Rule, held: list[_Holding],
+              override: Override | None) -> Assignment:
         reason = f"denied by rule '{rule.name}'"
+        if override is not None and override.kind is OverrideKind.ATTACH:
+            reason += f" (deny wins over the manual attach to '{override.guest}')"
         for h in held:
             failure = self._detach(d.slot, h, reason, d.id)
             if failure:
@@ -225,43 +292,44 @@ class _Planner:
                               f"{reason}; removing it from '{h.guest.name}'")
         return Assignment(d.id, State.DENIED, "", rule.name, reason)
 
-    def _attach(self, d: Device, rule: Rule, held: list[_Holding]) -> Assignment:
-        target = _find_guest(rule, self.guests)
-        name = target.name if target else rule.guest
+    def _attach(self, d: Device, ref: str, why: _Why, held: list[_Holding]) -> Assignment:
+        target = find_guest(ref, self.guests)
+        name = target.name if target else ref
+        rule = why.rule
+
+        def assignment(state: State, guest: str, reason: str) -> Assignment:
+            return Assignment(d.id, state, guest, rule, why.say(reason))
+
         here = [h for h in held if target is not None and h.guest.uuid == target.uuid]
         elsewhere = [h for h in held if h not in here]
         if here:
-            return Assignment(d.id, State.ATTACHED, name, rule.name,
-                              f"attached to '{name}' by rule '{rule.name}'")
+            return assignment(State.ATTACHED, name, f"attached to '{name}' {why.by}")
         foreign = [h for h in elsewhere if not h.hostdev.owned]
         if foreign:
             other = foreign[0].guest.name
-            return Assignment(d.id, State.FAILED, name, rule.name,
+            return assignment(State.FAILED, name,
                               f"held by guest '{other}' outside phyllod; detach it there first")
         if elsewhere:
             h = elsewhere[0]
-            failure = self._detach(d.slot, h, f"rule '{rule.name}' sends it to '{name}'", d.id)
+            failure = self._detach(d.slot, h, f"{why.by} it goes to '{name}'", d.id)
             if failure:
-                return Assignment(d.id, State.FAILED, h.guest.name, rule.name, failure)
-            return Assignment(d.id, State.DETACHING, h.guest.name, rule.name,
+                return assignment(State.FAILED, h.guest.name, failure)
+            return assignment(State.DETACHING, h.guest.name,
                               f"moving from '{h.guest.name}' to '{name}'")
         if target is None:
-            return Assignment(d.id, State.PENDING, name, rule.name,
-                              f"no guest '{name}' is defined")
+            return assignment(State.PENDING, name, f"no guest '{name}' is defined")
         if not target.state.active:
-            return Assignment(d.id, State.PENDING, name, rule.name,
-                              f"guest '{name}' is not running")
+            return assignment(State.PENDING, name, f"guest '{name}' is not running")
         if d.slot in self.stale_slots:
             # Its previous enumeration still holds a port in some guest:
             # free that first (stale() queues it) so ports never run out.
-            return Assignment(d.id, State.PENDING, name, rule.name,
+            return assignment(State.PENDING, name,
                               "waiting for its previous plug to be removed from the guest")
         ok, failure = self._due(d.slot, OpKind.ATTACH, name)
         if not ok:
-            return Assignment(d.id, State.FAILED, name, rule.name, failure)
-        self.actions.append(Attach(d.slot, d, name, rule.name))
-        return Assignment(d.id, State.ATTACHING, name, rule.name,
-                          f"attaching to '{name}' by rule '{rule.name}'")
+            return assignment(State.FAILED, name, failure)
+        self.actions.append(Attach(d.slot, d, name, rule))
+        return assignment(State.ATTACHING, name, f"attaching to '{name}' {why.by}")
 
     def stale(self) -> None:
         """Remove hostdevs phyllod placed for devices that are gone."""
@@ -276,8 +344,13 @@ def _disconnected(policy: Policy, world: World) -> Plan:
     assignments = {}
     for d in world.devices.values():
         rule = policy.match(d)
+        override = world.overrides.get(d.identity)
         if rule is not None and rule.action is Action.DENY:
             a = Assignment(d.id, State.DENIED, "", rule.name, f"denied by rule '{rule.name}'")
+        elif override is not None and override.kind is OverrideKind.ATTACH:
+            a = Assignment(d.id, State.PENDING, override.guest, "", "libvirt is not connected")
+        elif override is not None:
+            a = Assignment(d.id, State.HOST, "", "", "libvirt is not connected")
         elif rule is not None and rule.action is Action.ATTACH:
             a = Assignment(d.id, State.PENDING, rule.guest, rule.name, "libvirt is not connected")
         else:

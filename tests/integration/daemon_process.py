@@ -135,5 +135,6 @@ def child_env(**extra: str) -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PHYLLOD_BUS"] = "none"  # tests that want the bus pass --bus
     env.update(extra)
     return env

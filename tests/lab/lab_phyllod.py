@@ -70,7 +70,7 @@ class LabPhyllod:
         self.sh(f"systemctl reset-failed {UNIT} 2>/dev/null; "
                 f"systemd-run --unit={UNIT} --property=Type=notify "
                 "--setenv=PYTHONPATH=/opt/phyllod "
-                "python3 -m phyllod.cli --policy-dir /etc/phyllod/policy.d")
+                "python3 -m phyllod.cli --bus none --policy-dir /etc/phyllod/policy.d")
 
     def stop(self) -> None:
         self.lab.run(f"systemctl stop {UNIT}; systemctl reset-failed {UNIT} 2>/dev/null")

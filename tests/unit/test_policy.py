@@ -56,7 +56,7 @@ def test_valid_file_parses_with_lines_and_normalised_values():
     key, bt, port, deny, wifi = rules
     assert key.action is Action.ATTACH and key.guest == "work"
     assert bt.match.interface_class == "e0"
-    assert port.guest_is_uuid
+    assert port.targets("other", port.guest.upper())
     assert deny.action is Action.DENY and deny.match.interface_class == "08"
     assert wifi.match.address == "0000:03:00.0"
 

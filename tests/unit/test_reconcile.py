@@ -4,7 +4,7 @@ from factories import guest, held, policy, usb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phyllod.model import Guest, GuestState, State, UsbHostdev
+from phyllod.model import Guest, GuestState, Override, OverrideKind, State, UsbHostdev
 from phyllod.reconcile import (
     BACKOFF,
     Attach,
@@ -283,3 +283,81 @@ def test_without_a_usable_policy_nothing_moves():
     assert plan.actions == ()
     a = plan.assignments[d.id]
     assert (a.state, a.guest) == (State.ATTACHED, "work") and "policy has errors" in a.reason
+
+
+# ------------------------------------------------------------ manual overrides
+
+def attach_to(name: str) -> dict:
+    return {usb().identity: Override(OverrideKind.ATTACH, name)}
+
+
+def test_manual_attach_without_rule():
+    d = usb()
+    plan = reconcile(policy(""), world([d], [guest("work")], overrides=attach_to("work")))
+    assert plan.actions == (Attach(d.slot, d, "work", ""),)
+    a = plan.assignments[d.id]
+    assert (a.state, a.guest, a.rule) == (State.ATTACHING, "work", "")
+    assert a.reason == "attaching to 'work' by a manual override; no rule matches it"
+
+
+def test_manual_attach_wins_over_a_rule_and_says_so():
+    d = usb()
+    w = world([d], [guest("work", hostdevs=(held(d),)), guest("play")],
+              overrides=attach_to("play"))
+    plan = reconcile(KBD_TO_WORK, w)
+    (detach,) = plan.actions
+    assert isinstance(detach, Detach) and detach.guest == "work"
+    a = plan.assignments[d.id]
+    assert a.state is State.DETACHING
+    assert a.reason.endswith("rule 'kbd' would send it to 'work'")
+    # Once out of work, it goes to play, and stays there at the next reconcile.
+    plan = reconcile(KBD_TO_WORK, replace(w, guests={"work": guest("work"),
+                                                    "play": guest("play")}))
+    assert plan.actions == (Attach(d.slot, d, "play", ""),)
+    settled = world([d], [guest("work"), guest("play", hostdevs=(held(d),))],
+                    overrides=attach_to("play"))
+    assert reconcile(KBD_TO_WORK, settled).actions == ()
+
+
+def test_deny_wins_over_manual_attach():
+    d = usb()
+    deny = policy('[[rule]]\nname="no"\nmatch={vendor="0627"}\naction="deny"\n')
+    plan = reconcile(deny, world([d], [guest("work")], overrides=attach_to("work")))
+    assert plan.actions == ()
+    a = plan.assignments[d.id]
+    assert a.state is State.DENIED
+    assert a.reason == "denied by rule 'no' (deny wins over the manual attach to 'work')"
+
+
+def test_manual_host_removes_owned_and_foreign_hostdevs():
+    d = usb()
+    host = {d.identity: Override(OverrideKind.HOST)}
+    for owned in (True, False):
+        g = guest("work", hostdevs=(held(d, owned),))
+        plan = reconcile(KBD_TO_WORK, world([d], [g], overrides=host))
+        (detach,) = plan.actions
+        assert isinstance(detach, Detach) and detach.hostdev == held(d, owned)
+        assert plan.assignments[d.id].state is State.DETACHING
+    plan = reconcile(KBD_TO_WORK, world([d], [guest("work")], overrides=host))
+    assert plan.actions == ()
+    a = plan.assignments[d.id]
+    assert a.state is State.HOST
+    assert a.reason == ("kept on the host by a manual override; "
+                        "rule 'kbd' would send it to 'work'")
+
+
+def test_override_follows_a_serial_to_another_port():
+    before, after = usb("1-2", serial="S1"), usb("1-4", devnum=9, serial="S1")
+    assert before.identity == after.identity != before.id
+    overrides = {before.identity: Override(OverrideKind.ATTACH, "work")}
+    plan = reconcile(policy(""), world([after], [guest("work")], overrides=overrides))
+    assert plan.actions == (Attach(after.slot, after, "work", ""),)
+    # Without a serial, only the port identifies it.
+    assert usb("1-2").identity == "usb:1-2"
+
+
+def test_override_while_libvirt_is_away():
+    d = usb()
+    w = World({d.id: d}, None, overrides=attach_to("work"))
+    a = reconcile(policy(""), w).assignments[d.id]
+    assert (a.state, a.guest) == (State.PENDING, "work")

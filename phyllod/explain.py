@@ -1,0 +1,36 @@
+"""The answer to "why is this device where it is?", in words a person reads."""
+
+from __future__ import annotations
+
+from phyllod.model import Assignment, Device, Override, OverrideKind, State
+
+_WHERE = {
+    State.HOST: "on the host",
+    State.PENDING: "waiting to go to '{guest}'",
+    State.ATTACHING: "being attached to '{guest}'",
+    State.ATTACHED: "attached to '{guest}'",
+    State.DETACHING: "being removed from '{guest}'",
+    State.DENIED: "on the host (denied)",
+    State.FAILED: "failed (guest '{guest}')",
+}
+
+
+def explain(device: Device, assignment: Assignment, override: Override | None) -> str:
+    """Several ``key: value`` lines: the device, where it is, why, and what decides."""
+    where = _WHERE[assignment.state].format(guest=assignment.guest)
+    if assignment.state is State.FAILED and not assignment.guest:
+        where = "failed"
+    lines = [
+        f"device: {device.describe()}",
+        f"state: {assignment.state}: {where}",
+        f"why: {assignment.reason}",
+        f"rule: {assignment.rule or '(none)'}",
+    ]
+    if override is None:
+        lines.append("override: none (the policy decides)")
+    else:
+        target = f"attach to '{override.guest}'" if override.kind is OverrideKind.ATTACH \
+            else "keep on the host"
+        lines.append(f"override: {target} (set by hand; 'phyllodctl clear' hands the device "
+                     "back to the policy)")
+    return "\n".join(lines)
