@@ -78,6 +78,7 @@ PACKAGES = (
     "python3-libvirt",
     "python3-pyudev",
     "python3-systemd",
+    "python3-dbus-fast",
     "libvirt-daemon-system",
     "libvirt-daemon-driver-qemu",
     "libvirt-clients",

@@ -1,9 +1,10 @@
 """phyllod inside the lab's L1, driven the way a person or systemd would.
 
 phyllod runs from the checkout shared into L1 (9p, /opt/phyllod) with Debian's
-own python3-libvirt/pyudev/systemd, as a transient systemd service of
-``Type=notify`` (so ``systemd-run`` returns once phyllod sent READY=1), and
-logs to L1's journal, which the tests read back with journalctl.
+own python3-libvirt/pyudev/systemd/dbus-fast, as a transient systemd service
+of ``Type=notify`` (so ``systemd-run`` returns once phyllod sent READY=1), on
+L1's system bus with the shipped bus policy, and logs to L1's journal, which
+the tests read back with journalctl.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 L2 = "l2"
 UNIT = "phyllod"
+BUS_POLICY = "/etc/dbus-1/system.d/me.phyllo.Phyllod1.conf"
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0,
@@ -63,6 +65,10 @@ class LabPhyllod:
 
     def start(self, policy: str) -> None:
         self.sh("mkdir -p /etc/phyllod/policy.d")
+        self.sh(f"cmp -s /opt/phyllod/dbus/me.phyllo.Phyllod1.conf {BUS_POLICY} || "
+                f"{{ install -m644 /opt/phyllod/dbus/me.phyllo.Phyllod1.conf {BUS_POLICY} && "
+                "busctl call org.freedesktop.DBus /org/freedesktop/DBus "
+                "org.freedesktop.DBus ReloadConfig; }")
         self.lab.write_file("/etc/phyllod/policy.d/10-lab.toml", policy)
         out = self.sh("journalctl -n 0 --show-cursor --no-pager")
         match = re.search(r"-- cursor: (\S+)", out)
@@ -70,7 +76,12 @@ class LabPhyllod:
         self.sh(f"systemctl reset-failed {UNIT} 2>/dev/null; "
                 f"systemd-run --unit={UNIT} --property=Type=notify "
                 "--setenv=PYTHONPATH=/opt/phyllod "
-                "python3 -m phyllod.cli --bus none --policy-dir /etc/phyllod/policy.d")
+                "python3 -m phyllod.cli --policy-dir /etc/phyllod/policy.d")
+
+    def ctl(self, args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+        """``phyllodctl ARGS`` in L1, as root: (exit code, stdout, stderr)."""
+        return self.lab.run(f"PYTHONPATH=/opt/phyllod python3 -m phyllod.ctl {args}",
+                            timeout=timeout)
 
     def stop(self) -> None:
         self.lab.run(f"systemctl stop {UNIT}; systemctl reset-failed {UNIT} 2>/dev/null")
@@ -139,6 +150,7 @@ class LabPhyllod:
     def reset(self) -> None:
         """Leave L1 and L2 as the next test expects: no phyllod, no devices, L2 running."""
         self.stop()
+        self.lab.run("rm -f /var/lib/phyllod/overrides.json")
         for qdev_id in list(self.plugged):
             self.unplug(qdev_id)
         if "running" not in self.virsh(f"domstate {L2}"):

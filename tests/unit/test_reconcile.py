@@ -236,15 +236,21 @@ def scenarios(draw):
                     taken.add(d.id)
                     hostdevs.append(held(d, draw(st.booleans())))
         guests[name] = guest(name, state, tuple(hostdevs))
-    return policy("\n".join(lines)), devices, guests
+    overrides = {}
+    for d in devices:
+        kind = draw(st.sampled_from([None, OverrideKind.ATTACH, OverrideKind.HOST]))
+        if kind is not None:
+            target = draw(st.sampled_from(GUESTS)) if kind is OverrideKind.ATTACH else ""
+            overrides[d.identity] = Override(kind, target)
+    return policy("\n".join(lines)), devices, guests, overrides
 
 
 @settings(max_examples=300, deadline=None)
 @given(scenarios())
 def test_reconcile_converges_without_double_attach(scenario):
-    p, devices, guests = scenario
+    p, devices, guests, overrides = scenario
     for _ in range(6):
-        plan = reconcile(p, world(devices, guests.values()))
+        plan = reconcile(p, world(devices, guests.values(), overrides=overrides))
         slots = [a.slot for a in plan.actions]
         assert len(slots) == len(set(slots)), "two actions for one slot"
         if not plan.actions:
@@ -260,20 +266,28 @@ def test_reconcile_converges_without_double_attach(scenario):
         holders = [g.name for g in guests.values() for h in g.hostdevs
                    if (h.bus, h.device) == (d.busnum, d.devnum)]
         rule = p.match(d)
+        override = overrides.get(d.identity)
         a = plan.assignments[d.id]
+        target = None
         if rule is not None and rule.action.value == "deny":
             assert holders == [] and a.state is State.DENIED
+        elif override is not None and override.kind is OverrideKind.HOST:
+            assert holders == [] and a.state is State.HOST
+        elif override is not None:
+            target = override.guest
         elif rule is not None and rule.action.value == "attach":
-            foreign = any(not h.owned for g in guests.values() for h in g.hostdevs
-                          if (h.bus, h.device) == (d.busnum, d.devnum) and g.name != rule.guest)
-            if foreign:
-                assert a.state is State.FAILED and rule.guest not in holders
-            elif rule.guest == "off":
-                assert a.state is State.PENDING and holders == []
-            else:
-                assert a.state is State.ATTACHED and holders == [rule.guest]
+            target = rule.guest
         else:
             assert len(holders) <= 1
+        if target is not None:
+            foreign = any(not h.owned for g in guests.values() for h in g.hostdevs
+                          if (h.bus, h.device) == (d.busnum, d.devnum) and g.name != target)
+            if foreign:
+                assert a.state is State.FAILED and target not in holders
+            elif target == "off":
+                assert a.state is State.PENDING and holders == []
+            else:
+                assert a.state is State.ATTACHED and holders == [target]
 
 
 def test_without_a_usable_policy_nothing_moves():
