@@ -176,7 +176,7 @@ class ManagerInterface(_Published):
 
     @method()
     def GetDevice(self, device: "s") -> "o":
-        return device_path(self._service.resolve(device))
+        return self._service.device_object(device)
 
     @method()
     def Explain(self, device: "s") -> "s":
@@ -413,6 +413,12 @@ class BusService:
         if device_id is None:
             raise errors.NoSuchDevice(f"the device {path} is gone")
         return device_id
+
+    def device_object(self, ref: str) -> str:
+        try:
+            return device_path(self.resolve(ref))
+        except errors.PhyllodError as e:
+            raise DBusError(error_name(e), str(e)) from None
 
     def explain(self, ref: str) -> str:
         try:

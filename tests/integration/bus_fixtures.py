@@ -1,15 +1,17 @@
-"""Fixtures for a private system bus and a polkit mock (see private_bus).
+"""Fixtures for a private system bus, polkit (mock or real) and phyllod on that bus.
 
-Kept out of conftest.py so test modules import just what they use:
-``from bus_fixtures import mock_polkit, real_polkit, system_bus``.
+conftest.py imports them, so every integration test module can ask for them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import private_bus
 import pytest
+import testbed
+from phyllod_on_bus import Phyllod
 
 
 @pytest.fixture
@@ -37,3 +39,16 @@ def real_polkit(system_bus: private_bus.PrivateSystemBus) -> Iterator[private_bu
         pytest.skip(why)
     with private_bus.RealPolkit(system_bus, [private_bus.SHIPPED_POLICY]) as polkit:
         yield polkit
+
+
+@pytest.fixture
+def phyllod(system_bus: private_bus.PrivateSystemBus, usb_testbed: testbed.UsbTestbed,
+            tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Phyllod]:
+    """phyllod (not started yet) on the private system bus, a keyboard in port 1-2."""
+    usb_testbed.plug("1-2", devnum=5)
+    p = Phyllod(system_bus, usb_testbed, tmp_path)
+    yield p
+    p.stop()
+    failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else True
+    if failed:
+        print("--- daemon logs ---\n" + "\n---\n".join(p.logs))

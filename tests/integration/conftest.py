@@ -8,7 +8,7 @@ from pathlib import Path
 import libvirtd
 import pytest
 import testbed
-from bus_fixtures import mock_polkit, real_polkit, system_bus  # noqa: F401 (fixtures)
+from bus_fixtures import mock_polkit, phyllod, real_polkit, system_bus  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="session")
@@ -38,4 +38,5 @@ def usb_testbed() -> testbed.UsbTestbed:
     if why:
         pytest.skip(why)
     return testbed.UsbTestbed()
+
 
