@@ -1,0 +1,334 @@
+"""D-Bus benchmark: phyllod's method round trip and GetManagedObjects with 500 devices.
+
+Why: phyllodctl, desktop widgets and scripts see phyllod only through the bus,
+so what a call costs there, at a busy host's scale, is what users feel.
+
+Baseline. The issue asks for busctl calling a trivial systemd method in the
+same run. This benchmark must run where there is no systemd and no system bus,
+so the baseline is the bus daemon's own trivial method instead, served by C
+code in dbus-daemon: ``org.freedesktop.DBus.GetId`` on ``org.freedesktop.DBus``.
+It is one hop shorter than any call to phyllod (the bus answers it itself, a
+call to phyllod is forwarded to phyllod and back), so phyllod's ``Peer.Ping``
+(answered by dbus-fast without reaching phyllod's code) is the floor of what
+any phyllod call can cost. On a systemd host, ``--systemd-baseline`` adds
+``busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1
+org.freedesktop.DBus.Peer Ping`` on the real system bus as an extra row.
+
+Set-up: a private dbus-daemon configured like the system bus with the shipped
+policy (tests/integration/private_bus.py), N umockdev USB devices (coldplug:
+all plugged before the daemon starts), the daemon as a subprocess on libvirt's
+test driver with an empty policy, waited for through a fake NOTIFY_SOCKET.
+A second daemon with 50 devices on a second bus shows how GetManagedObjects
+scales (``--scale-devices 0`` leaves it out).
+
+Measurements are interleaved round by round, in a new random order each round,
+so noise and after-effects (a call right after a large reply) hit every row
+alike; medians and p90 are printed with the ratio to the baseline's median.
+busctl rows include busctl's process spawn, which is how people and scripts
+use it; in-process rows are one dbus-fast aio client, round trip only (for
+GetManagedObjects that includes the client unmarshalling the reply). The
+bench process runs under umockdev's preload (needed for the testbed); busctl
+children run without it, the in-process client with it, for baseline and
+phyllod alike. The daemon logs at INFO to a pipe, as under systemd.
+
+A report, not a test (root needed, as for the integration tests):
+``umockdev-wrapper .venv/bin/python bench/dbus_bench.py [--devices N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+import private_bus  # noqa: E402
+import testbed  # noqa: E402
+from daemon_process import DaemonProcess, NotifySocket, child_env  # noqa: E402
+from dbus_fast import Message, MessageType, Variant  # noqa: E402
+from dbus_fast.aio import MessageBus  # noqa: E402
+
+NAME = "me.phyllo.Phyllod1"
+OBJ = "/me/phyllo/Phyllod1"
+MANAGER = "me.phyllo.Phyllod1.Manager"
+DEVICE = "me.phyllo.Phyllod1.Device"
+FIRST = "usb:1-1"
+FIRST_PATH = f"{OBJ}/devices/usb_1_1"
+PER_BUS = 100  # devices per USB bus: ports b-1 … b-100, device numbers 2 … 101
+SYSTEMD_PING = ("call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                "org.freedesktop.DBus.Peer", "Ping")
+
+
+@dataclass
+class Daemon:
+    """One phyllod on its own private bus, with its own testbed."""
+
+    devices: int
+    bus: private_bus.PrivateSystemBus
+    testbed: testbed.UsbTestbed  # held: the testbed's directory goes with the object
+    proc: DaemonProcess
+    ready_s: float
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+def start_daemon(stack: ExitStack, devices: int, work: Path) -> Daemon:
+    """Bus, testbed with ``devices`` plugged, then phyllod; all stopped by ``stack``."""
+    bus = private_bus.PrivateSystemBus()
+    stack.callback(bus.stop)
+    bus.start()
+    tb = testbed.UsbTestbed()
+    for i in range(devices):
+        tb.plug(f"{1 + i // PER_BUS}-{1 + i % PER_BUS}", devnum=2 + i % PER_BUS,
+                serial=f"BENCH{i:04d}")
+    (work / "policy.d").mkdir()
+    notify = NotifySocket(work / "notify")
+    stack.callback(notify.close)
+    t0 = time.perf_counter()
+    proc = DaemonProcess(
+        ["--bus", bus.address, "--connect", "test:///default",
+         "--policy-dir", str(work / "policy.d"), "--state-dir", str(work / "state")],
+        child_env(**tb.env, NOTIFY_SOCKET=str(notify.path)))
+    stack.callback(proc.stop)
+    try:
+        notify.wait_for("READY=1", timeout=300)
+    except AssertionError:
+        print(proc.log()[-4000:], file=sys.stderr)
+        raise
+    return Daemon(devices, bus, tb, proc, time.perf_counter() - t0)
+
+
+def spread(samples: Sequence[float]) -> tuple[float, float]:
+    """Median and 90th percentile."""
+    return statistics.median(samples), statistics.quantiles(samples, n=10)[-1]
+
+
+# --- busctl, spawn included -------------------------------------------------------------
+
+def busctl_cases(d: Daemon, systemd: bool) -> dict[str, list[str]]:
+    a = f"--address={d.bus.address}"
+    cases = {
+        "busctl: bus GetId (baseline)": ["busctl", a, "call", "org.freedesktop.DBus",
+                                         "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                         "GetId"],
+        "busctl: phyllod Manager.Explain": ["busctl", a, "call", NAME, OBJ, MANAGER,
+                                            "Explain", "s", FIRST],
+        "busctl: phyllod get-property State": ["busctl", a, "get-property", NAME, FIRST_PATH,
+                                               DEVICE, "State"],
+    }
+    if systemd:
+        cases["busctl: systemd1 Peer.Ping (system bus)"] = ["busctl", *SYSTEMD_PING]
+    return cases
+
+
+def run_busctl(argv: list[str]) -> float:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}  # no umockdev preload
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    elapsed = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {r.stderr.strip()}")
+    return elapsed
+
+
+def bench_busctl(cases: dict[str, list[str]], rounds: int) -> dict[str, list[float]]:
+    names = list(cases)
+    for name in names:  # warm-up, and a clear error if a call cannot work at all
+        run_busctl(cases[name])
+    out: dict[str, list[float]] = {n: [] for n in names}
+    rng = random.Random(1)
+    for _ in range(rounds):
+        rng.shuffle(names)
+        for name in names:
+            out[name].append(run_busctl(cases[name]))
+    return out
+
+
+# --- in process, dbus-fast --------------------------------------------------------------
+
+def calls(n: int) -> dict[str, Callable[[], Message]]:
+    """Message factories (a message is sent once: it gets its serial then)."""
+    return {
+        "in-process: bus GetId (baseline)": lambda: Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="GetId"),
+        "in-process: phyllod Peer.Ping": lambda: Message(
+            destination=NAME, path=OBJ, interface="org.freedesktop.DBus.Peer", member="Ping"),
+        "in-process: phyllod Manager.Explain": lambda: Message(
+            destination=NAME, path=OBJ, interface=MANAGER, member="Explain",
+            signature="s", body=[FIRST]),
+        "in-process: phyllod Properties.Get State": lambda: Message(
+            destination=NAME, path=FIRST_PATH, interface="org.freedesktop.DBus.Properties",
+            member="Get", signature="ss", body=[DEVICE, "State"]),
+        f"in-process: phyllod GetManagedObjects, {n} devices": lambda: Message(
+            destination=NAME, path=OBJ, interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects"),
+    }
+
+
+async def call(bus: MessageBus, msg: Message) -> Message:
+    reply = await bus.call(msg)
+    if reply.message_type == MessageType.ERROR:
+        raise RuntimeError(f"{msg.interface}.{msg.member}: {reply.error_name} {reply.body}")
+    return reply
+
+
+async def bench_inprocess(main: Daemon, scale: Daemon | None, rounds: int
+                          ) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Round trips, interleaved; also the GetManagedObjects reply sizes (bytes, marshalled)."""
+    targets: list[tuple[str, MessageBus, Callable[[], Message]]] = []
+    buses: list[MessageBus] = []
+    try:
+        bus = await MessageBus(bus_address=main.bus.address).connect()
+        buses.append(bus)
+        targets += [(name, bus, make) for name, make in calls(main.devices).items()]
+        if scale is not None:
+            small = await MessageBus(bus_address=scale.bus.address).connect()
+            buses.append(small)
+            name, make = list(calls(scale.devices).items())[-1]
+            targets.append((name, small, make))
+        sizes: dict[str, int] = {}
+        for name, b, make in targets:  # warm-up; checks every call works
+            for _ in range(5):
+                reply = await call(b, make())
+            if "GetManagedObjects" in name:
+                objects = reply.body[0]
+                devices = [p for p in objects if p.startswith(f"{OBJ}/devices/")]
+                want = main.devices if b is bus else scale.devices if scale else 0
+                if len(devices) != want:
+                    raise RuntimeError(f"{name}: {len(devices)} device objects, not {want}")
+                sizes[name] = len(reply._marshall(False))
+        out: dict[str, list[float]] = {name: [] for name, _, _ in targets}
+        rng = random.Random(1)
+        for _ in range(rounds):
+            rng.shuffle(targets)
+            for name, b, make in targets:
+                msg = make()
+                t0 = time.perf_counter()
+                await call(b, msg)
+                out[name].append(time.perf_counter() - t0)
+        return out, sizes
+    finally:
+        for b in buses:
+            b.disconnect()
+
+
+async def state_of_first(d: Daemon) -> str:
+    bus = await MessageBus(bus_address=d.bus.address).connect()
+    try:
+        reply = await call(bus, calls(d.devices)["in-process: phyllod Properties.Get State"]())
+        value = reply.body[0]
+        return value.value if isinstance(value, Variant) else str(value)
+    finally:
+        bus.disconnect()
+
+
+# --- report -----------------------------------------------------------------------------
+
+def table(title: str, results: dict[str, list[float]], baseline: str,
+          sizes: dict[str, int] | None = None) -> None:
+    """Median and p90 in ms, ratio of medians to the baseline's; reply sizes if given."""
+    base = statistics.median(results[baseline])
+    print(f"\n{title}")
+    head, rule = f"| {'call':<55} | median ms | p90 ms | vs baseline |", "|---|---:|---:|---:|"
+    print(head + (" reply bytes |" if sizes is not None else ""))
+    print(rule + ("---:|" if sizes is not None else ""))
+    for name, samples in results.items():
+        med, p90 = spread(samples)
+        row = f"| {name:<55} | {med * 1e3:9.3f} | {p90 * 1e3:6.3f} | {med / base:10.2f}x |"
+        if sizes is not None:
+            row += f" {sizes[name]:>11,} |" if name in sizes else f" {'':>11} |"
+        print(row)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=500, help="USB devices (default 500)")
+    parser.add_argument("--rounds", type=int, default=200,
+                        help="in-process repetitions of each call (default 200)")
+    parser.add_argument("--busctl-rounds", type=int, default=50,
+                        help="busctl repetitions of each call (default 50)")
+    parser.add_argument("--scale-devices", type=int, default=50,
+                        help="a second daemon with this many devices for GetManagedObjects "
+                             "scaling; 0: none (default 50)")
+    parser.add_argument("--systemd-baseline", action="store_true",
+                        help="also busctl-call systemd's Peer.Ping on the real system bus")
+    args = parser.parse_args()
+    why = testbed.available() or private_bus.available()
+    if why:
+        print(f"dbus bench cannot run: {why}", file=sys.stderr)
+        return 1
+    if args.devices < 1 or args.devices > 127 * PER_BUS:
+        parser.error(f"--devices must be 1 … {127 * PER_BUS}")
+    if args.systemd_baseline:
+        try:
+            run_busctl(["busctl", *SYSTEMD_PING])
+        except (RuntimeError, OSError) as e:
+            print(f"--systemd-baseline: {e}", file=sys.stderr)
+            return 1
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    with tempfile.TemporaryDirectory(prefix="phyllod-bench-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        (work / "main").mkdir()
+        main_d = start_daemon(stack, args.devices, work / "main")
+        rss_setup = main_d.rss_kib()
+        scale_d = None
+        if 0 < args.scale_devices != args.devices:
+            (work / "scale").mkdir()
+            scale_d = start_daemon(stack, args.scale_devices, work / "scale")
+        first_state = asyncio.run(state_of_first(main_d))
+
+        print("phyllod D-Bus benchmark (private bus configured like the system bus, "
+              "shipped policy; libvirt test:///default, empty policy)")
+        print("baseline: org.freedesktop.DBus.GetId, answered by dbus-daemon itself "
+              "(no systemd here);")
+        print("  phyllod calls take one more hop (bus → phyllod → bus); phyllod Peer.Ping is "
+              "answered by dbus-fast, the floor for any phyllod call")
+        print(f"\nset-up: {args.devices} umockdev USB devices plugged before start "
+              f"(coldplug), {FIRST} is '{first_state}'")
+        print(f"  spawn → READY=1 with {args.devices} devices: {main_d.ready_s:6.2f} s;"
+              f" daemon VmRSS after set-up: {rss_setup / 1024:.1f} MiB")
+        if scale_d is not None:
+            print(f"  spawn → READY=1 with {scale_d.devices} devices: {scale_d.ready_s:6.2f} s;"
+                  f" daemon VmRSS: {scale_d.rss_kib() / 1024:.1f} MiB (second bus, for "
+                  f"scaling)")
+        sys.stdout.flush()
+
+        results, sizes = asyncio.run(bench_inprocess(main_d, scale_d, args.rounds))
+        table(f"in-process, dbus-fast aio client, round trip, {args.rounds} rounds interleaved",
+              results, "in-process: bus GetId (baseline)", sizes)
+        sys.stdout.flush()
+
+        cases = busctl_cases(main_d, args.systemd_baseline)
+        busctl = bench_busctl(cases, args.busctl_rounds)
+        table(f"busctl, process spawn included, {args.busctl_rounds} rounds interleaved",
+              busctl, "busctl: bus GetId (baseline)")
+        print(f"\ndaemon VmRSS after the benchmark: {main_d.rss_kib() / 1024:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
