@@ -54,6 +54,12 @@ class Journal:
         self.shown = len(lines)
 
 
+def ctl(phyllod: LabPhyllod, args: str) -> str:
+    """``phyllodctl ARGS`` in L1; its output, or its error as the output."""
+    rc, out, err = phyllod.ctl(args)
+    return out if rc == 0 else f"(exit {rc}) {err}"
+
+
 def main() -> int:
     why = harness.unavailable()
     if why:
@@ -92,6 +98,8 @@ def main() -> int:
                drive="stick")
         phyllod.wait_journal(r"usb:\S+ .*HARDDRIVE.*: denied")
         journal.show_new()
+        say("the same state on the system bus: phyllodctl list")
+        show(ctl(phyllod, "list"), "phyllodctl")
 
         say(f"shutting {L2} down: the keyboard goes back to L1's own driver")
         phyllod.virsh(f"destroy {L2}")
@@ -101,6 +109,15 @@ def main() -> int:
               f"{phyllod.host_driver('1-1:1.0')}")
         say(f"starting {L2} again: phyllod attaches the keyboard again")
         phyllod.virsh(f"start {L2}")
+        phyllod.wait_in_l2(alias)
+        journal.show_new()
+
+        say("phyllodctl detach usb:1-1: a person keeps the keyboard on the host (an override)")
+        ctl(phyllod, "detach usb:1-1")
+        phyllod.wait_not_in_l2(alias)
+        show(ctl(phyllod, "explain usb:1-1"), "phyllodctl")
+        say("phyllodctl clear usb:1-1: the policy decides again, the keyboard goes back")
+        ctl(phyllod, "clear usb:1-1")
         phyllod.wait_in_l2(alias)
         journal.show_new()
 

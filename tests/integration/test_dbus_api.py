@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 KBD = "/me/phyllo/Phyllod1/devices/usb_1_2"
 ATTACH = "me.phyllo.phyllod.attach"
 RELOAD = "me.phyllo.phyllod.reload"
+#: Every mutating method, with arguments: (member, signature, *args).
+MUTATING = [("Attach", "ss", "usb:1-2", "test"), ("Detach", "s", "usb:1-2"),
+            ("ClearOverride", "s", "usb:1-2"), ("Reload", "")]
+DEVICE_MUTATING = [("Attach", "s", "test"), ("Detach", ""), ("ClearOverride", "")]
 DENY_KBD = '[[rule]]\nname = "no keyboards"\nmatch = { vendor = "0627" }\naction = "deny"\n'
 
 
@@ -63,14 +67,10 @@ def test_objects_and_introspection_match_the_shipped_xml(phyllod: Phyllod):
 
 def test_without_polkit_only_root_may_change_anything(phyllod: Phyllod):
     phyllod.start()
-    mutating = [
-        ("Attach", "ss", "usb:1-2", "test"), ("Detach", "s", "usb:1-2"),
-        ("ClearOverride", "s", "usb:1-2"), ("Reload", ""),
-    ]
-    for member, sig, *args in mutating:
+    for member, sig, *args in MUTATING:
         err = _error(phyllod.call(member, sig, *args, nobody=True))
         assert "polkit is not running, so only root may change anything" in err, member
-    for member, sig, *args in [("Attach", "s", "test"), ("Detach", ""), ("ClearOverride", "")]:
+    for member, sig, *args in DEVICE_MUTATING:
         err = _error(phyllod.call(member, sig, *args, path=KBD, interface=DEVICE, nobody=True))
         assert "only root" in err, member
     # Nothing changed; reading is open to nobody.
@@ -165,6 +165,10 @@ def test_bad_calls_get_errors_and_the_daemon_lives(phyllod: Phyllod):
     assert "no present device is named '0000:0000'" in err
     assert phyllod.proc is not None and phyllod.proc.alive
     assert phyllod.call("GetDevice", "s", "usb:1-2").stdout.strip() == f'o "{KBD}"'
+    phyllod.tb.plug("1-3", devnum=6)  # a second keyboard with the same ids
+    phyllod.proc.wait_log(r"usb:1-3 .* plugged in")
+    err = _error(phyllod.call("GetDevice", "s", "0627:0001"))
+    assert "0627:0001 matches 2 devices (usb:1-2, usb:1-3); name one by its id" in err
 
 
 async def _collect(address: str, action: Callable[[], None], until: Callable[[list], bool],
@@ -224,11 +228,15 @@ async def test_signals_tell_clients_everything(phyllod: Phyllod):
 def test_real_polkitd_with_the_shipped_actions(phyllod: Phyllod,
                                                real_polkit: private_bus.RealPolkit):
     phyllod.start()
-    err = _error(phyllod.call("Detach", "s", "usb:1-2", nobody=True))
-    assert "polkit denied me.phyllo.phyllod.attach" in err
+    for member, sig, *args in MUTATING:
+        err = _error(phyllod.call(member, sig, *args, nobody=True))
+        action = RELOAD if member == "Reload" else ATTACH
+        assert f"polkit denied {action}" in err, member
+    for member, sig, *args in DEVICE_MUTATING:
+        err = _error(phyllod.call(member, sig, *args, path=KBD, interface=DEVICE, nobody=True))
+        assert f"polkit denied {ATTACH}" in err, member
     assert phyllod.prop(KBD, "Override") == ""
-    assert "polkit denied me.phyllo.phyllod.reload" in _error(
-        phyllod.call("Reload", nobody=True))
+    assert not phyllod.state_dir.exists()
     # polkit authorizes root for every action it knows.
     assert phyllod.call("Detach", "s", "usb:1-2").returncode == 0
     assert phyllod.prop(KBD, "Override") == "host"

@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import lab as lab_harness
+from lab_phyllod import L2, LabPhyllod
 
 DEFAULT_CACHE = "/var/tmp/phyllod-lab"
 
@@ -54,3 +55,16 @@ def pytest_runtest_makereport(
     if report.failed and isinstance(l1, lab_harness.Lab):
         tail = "\n".join(l1.serial_log().splitlines()[-60:])
         report.sections.append((f"L1 serial console (run dir {l1.run_dir})", tail))
+
+
+@pytest.fixture
+def lab_phyllod(lab: Any) -> Iterator[LabPhyllod]:
+    """phyllod in L1 with L2 running and holding nothing; reset after each test."""
+    if lab.run(f"virsh domstate {L2}")[0] != 0:
+        lab.define_l2(L2)
+    driver = LabPhyllod(lab)
+    driver.reset()
+    try:
+        yield driver
+    finally:
+        driver.reset()

@@ -7,26 +7,11 @@ L1's kernel (which driver holds the device).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from lab_phyllod import L2, LabPhyllod, keyboard_alias
 
 pytestmark = pytest.mark.lab
 
-
-@pytest.fixture
-def lab_phyllod(lab: Any) -> Iterator[LabPhyllod]:
-    """phyllod in L1 with L2 running and holding nothing; reset after each test."""
-    if lab.run(f"virsh domstate {L2}")[0] != 0:
-        lab.define_l2(L2)
-    driver = LabPhyllod(lab)
-    driver.reset()
-    try:
-        yield driver
-    finally:
-        driver.reset()
 
 KBD_TO_L2 = f"""\
 [[rule]]
