@@ -44,7 +44,7 @@ from phyllod.ctl_format import (
     one_per_line,
     to_json,
 )
-from phyllod.ctl_monitor import MATCH_RULES, Labels, event_for, human_line, json_line
+from phyllod.ctl_monitor import MATCH_RULES, Event, Labels, event_for, human_line, json_line
 from phyllod.ctl_names import DEVICE_IFACE, MANAGER_IFACE, ROOT
 
 PROG = "phyllodctl"
@@ -187,6 +187,10 @@ async def monitor(client: Client, args: argparse.Namespace) -> Iterable[str]:
     await client.watch(MATCH_RULES, lambda *signal_: queue.put_nowait(signal_))
     labels = Labels()
     labels.reset(await client.managed_objects())  # after subscribing: nothing falls between
+    # A first line once subscribed, as udevadm monitor prints: a script (or a
+    # test) knows from here on that no change is missed.
+    ready = Event(datetime.now().astimezone(), "monitoring", "phyllod")
+    print(json_line(ready) if args.json else human_line(ready, labels), flush=True)
     while (item := await queue.get()) is not None:
         if not item:
             raise CtlError(ExitCode.UNREACHABLE, "lost the connection to the bus")

@@ -47,7 +47,7 @@ class Event:
     """One thing that happened, ready for either output format."""
 
     time: datetime
-    kind: str  # added, removed, changed, started, stopped
+    kind: str  # monitoring (subscribed), added, removed, changed, started, stopped
     subject: str  # device id, "guest NAME", or "phyllod"
     path: str = ""
     interface: str = ""

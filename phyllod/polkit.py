@@ -52,8 +52,11 @@ class Authority:
             if reply.error_name in _ABSENT:
                 await self._root_only(sender, action)
                 return
+            text = reply.body[0] if reply.body else ""
+            hint = (" (install me.phyllo.phyllod.policy in /usr/share/polkit-1/actions)"
+                    if "not registered" in str(text) else "")
             raise NotAuthorized(f"polkit could not check {action}: {reply.error_name}: "
-                                f"{reply.body[0] if reply.body else ''}")
+                                f"{text}{hint}")
         authorized, challenge, _details = reply.body[0]
         if not authorized:
             hint = " (authentication is required and no agent answered)" if challenge else ""

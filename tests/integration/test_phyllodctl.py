@@ -100,7 +100,7 @@ def test_monitor_streams_changes_live(phyllod: Phyllod):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        time.sleep(1.0)  # let the monitor subscribe
+        wait_for(lambda e: e["event"] == "monitoring", "that it listens")
         phyllod.tb.plug("1-3", devnum=6)
         added = wait_for(lambda e: e["event"] == "added" and e["subject"] == "usb:1-3",
                          "the plug")

@@ -3,7 +3,7 @@
 phyllod runs from the checkout shared into L1 (9p, /opt/phyllod) with Debian's
 own python3-libvirt/pyudev/systemd/dbus-fast, as a transient systemd service
 of ``Type=notify`` (so ``systemd-run`` returns once phyllod sent READY=1), on
-L1's system bus with the shipped bus policy, and logs to L1's journal, which
+L1's system bus with the shipped bus policy and polkit actions, and logs to L1's journal, which
 the tests read back with journalctl.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 L2 = "l2"
 UNIT = "phyllod"
 BUS_POLICY = "/etc/dbus-1/system.d/me.phyllo.Phyllod1.conf"
+POLKIT_ACTIONS = "/usr/share/polkit-1/actions/me.phyllo.phyllod.policy"
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0,
@@ -65,6 +66,7 @@ class LabPhyllod:
 
     def start(self, policy: str) -> None:
         self.sh("mkdir -p /etc/phyllod/policy.d")
+        self.sh(f"install -m644 /opt/phyllod/dbus/me.phyllo.phyllod.policy {POLKIT_ACTIONS}")
         self.sh(f"cmp -s /opt/phyllod/dbus/me.phyllo.Phyllod1.conf {BUS_POLICY} || "
                 f"{{ install -m644 /opt/phyllod/dbus/me.phyllo.Phyllod1.conf {BUS_POLICY} && "
                 "busctl call org.freedesktop.DBus /org/freedesktop/DBus "
