@@ -8,7 +8,8 @@ adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 #: Prefix of the libvirt user alias (``ua-`` is libvirt's namespace for
@@ -173,3 +174,38 @@ class Override:
 
     kind: OverrideKind
     guest: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PciFunction:
+    """One PCI function as sysfs shows it: what the passthrough safety check weighs."""
+
+    address: str  # 0000:03:00.0
+    vendor: str = ""  # 4 hex digits
+    device: str = ""
+    subsystem_vendor: str = ""
+    subsystem_device: str = ""
+    class_code: str = ""  # 6 hex digits: 020000 Ethernet, 0c0330 xHCI, 060400 bridge
+    driver: str = ""  # "" when no driver is bound
+    iommu_group: int | None = None
+    boot_vga: bool = False
+    physfn: str = ""  # an SR-IOV virtual function's physical function
+    sriov_totalvfs: int = 0  # > 0 for a physical function that can have VFs
+    reset_method: str = ""  # the kernel's reset_method ("flr bus", …); "" if none
+
+    @property
+    def is_bridge(self) -> bool:
+        """PCI bridges and PCIe ports (class 06xx): they route, they are never passed."""
+        return self.class_code.startswith("06")
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What the host's kernel says about IOMMU isolation, read from sysfs and /proc."""
+
+    iommu_enabled: bool = False
+    acs_override: bool = False  # pcie_acs_override= on the kernel command line
+    functions: Mapping[str, PciFunction] = field(default_factory=dict)
+    groups: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    #: PCI address → what the host has mounted from it ("/ (nvme0n1p2)").
+    mounted: Mapping[str, str] = field(default_factory=dict)
