@@ -12,7 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from phyllod.model import Device, Guest, GuestState, Subsystem, UsbHostdev
+from phyllod.model import Device, Guest, GuestState, Subsystem, Hostdev
 from phyllod.policy import Policy, parse_policy_text
 from phyllod.reconcile import World, reconcile
 
@@ -47,7 +47,7 @@ def policy(n_rules: int, devs: list[Device], guests: int, rng: random.Random) ->
 def world(devs: list[Device], n_guests: int, held_every: int) -> World:
     guests = {}
     for g in range(n_guests):
-        hostdevs = tuple(UsbHostdev(d.alias, d.vendor, d.product, d.busnum, d.devnum)
+        hostdevs = tuple(Hostdev(d.alias, d.vendor, d.product, d.busnum, d.devnum)
                          for i, d in enumerate(devs) if i % held_every == 0 and i % n_guests == g)
         guests[f"g{g}"] = Guest(f"g{g}", f"uuid-{g}", GuestState.RUNNING, hostdevs)
     return World({d.id: d for d in devs}, guests)

@@ -40,6 +40,8 @@ from phyllod.ctl_format import (
     escape,
     guest_table,
     guests,
+    iommu_records,
+    iommu_table,
     key_value,
     one_per_line,
     to_json,
@@ -102,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     command("show", read, "all properties of one device", show).add_argument("device")
     command("explain", read, "where a device is and why", explain).add_argument("device")
     command("status", read, "the daemon: version, policy, libvirt", status)
+    command("iommu", read, "IOMMU groups: which PCI functions could be passed, and why not",
+            iommu)
     attach = command("attach", write, "put a device in a guest (manual override)",
                      mutation("Attach", "device", "guest"))
     attach.add_argument("device")
@@ -158,6 +162,12 @@ async def status(client: Client, args: argparse.Namespace) -> Iterable[str]:
     if args.json:
         return [to_json(props)]
     return key_value(props, MANAGER_PROPERTIES, multiline={"PolicyError"})
+
+
+async def iommu(client: Client, args: argparse.Namespace) -> Iterable[str]:
+    """The daemon's verdicts, computed where sysfs is read."""
+    (groups,) = await client.manager("GetIommuGroups")
+    return [to_json(iommu_records(groups))] if args.json else iommu_table(groups, args.legend)
 
 
 def mutation(member: str, *fields: str) -> Command:

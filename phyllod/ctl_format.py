@@ -21,8 +21,8 @@ from phyllod.ctl_names import DEVICE_IFACE, GUEST_IFACE
 # properties follow in name order.
 DEVICE_PROPERTIES = (
     "Id", "Subsystem", "Vendor", "Product", "Serial", "Manufacturer", "Name", "Port",
-    "Address", "Bus", "DeviceNumber", "DeviceClass", "InterfaceClasses", "State", "Guest",
-    "Rule", "Reason", "Override", "OverrideGuest",
+    "Address", "Bus", "DeviceNumber", "DeviceClass", "InterfaceClasses", "Driver",
+    "IommuGroup", "State", "Guest", "Rule", "Reason", "Override", "OverrideGuest",
 )
 MANAGER_PROPERTIES = (
     "Version", "IommuEnabled", "PolicyStatus", "PolicyError", "PolicyFiles", "LibvirtUri",
@@ -211,3 +211,24 @@ def one_per_line(values: Iterable[Any]) -> list[str]:
     """``--ids``/``--names`` for shell completion: escaped, so a newline in a name
     cannot make two completions (and nothing reaches the terminal raw)."""
     return [escape(str(v)) for v in values]
+
+
+IOMMU_FIELDS = ("address", "ids", "class", "driver", "verdict", "reason")
+
+
+def iommu_records(groups: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """``GetIommuGroups``' structs as plain records (``--json``), one per function."""
+    return [{"group": number, **dict(zip(IOMMU_FIELDS, member, strict=True))}
+            for number, members in groups for member in members]
+
+
+def iommu_table(groups: Iterable[Sequence[Any]], legend: bool = True) -> list[str]:
+    """One row per function, grouped: what could be passed, and why not.
+
+    The reason is not cut: it is the point of the command.
+    """
+    rows = [[str(r["group"]), r["address"], r["ids"], r["class"], r["driver"] or "-",
+             r["verdict"], display(r["reason"]) or "-"]
+            for r in iommu_records(groups)]
+    return table(("GROUP", "ADDRESS", "IDS", "CLASS", "DRIVER", "VERDICT", "REASON"),
+                 [[cell(v) for v in row[:-1]] + [row[-1]] for row in rows], legend)

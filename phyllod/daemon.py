@@ -24,9 +24,10 @@ from phyllod import __version__
 from phyllod.dbus_service import BusError, BusService, Snapshot
 from phyllod.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest
 from phyllod.explain import explain
-from phyllod.hostdev_xml import usb_hostdev_xml
+from phyllod.hostdev_xml import hostdev_xml
 from phyllod.libvirt_client import LibvirtClient, LibvirtError
-from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, State
+from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, State, Subsystem
+from phyllod.pci_safety import pci_verdict
 from phyllod.policy import Action, Policy, PolicyError, load_policy_dir
 from phyllod.reconcile import (
     Attach,
@@ -40,7 +41,7 @@ from phyllod.reconcile import (
     record_failure,
 )
 from phyllod.state_store import StateError, load_overrides, save_overrides
-from phyllod.sysfs import iommu_enabled
+from phyllod.sysfs import read_host_facts
 from phyllod.systemd_glue import notify
 from phyllod.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEvent, UdevWatcher
 
@@ -69,6 +70,14 @@ class Config:
 def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "") -> dict:
     return {"extra": {"PHYLLOD_DEVICE": device, "PHYLLOD_GUEST": guest,
                       "PHYLLOD_RULE": rule, "PHYLLOD_STATE": state}}
+
+
+def _touches_pci(event: UdevEvent) -> bool:
+    if isinstance(event, DeviceGone):
+        return event.device_id.startswith(f"{Subsystem.PCI}:")
+    if isinstance(event, DeviceSeen):
+        return event.device.subsystem is Subsystem.PCI
+    return True  # a rescan
 
 
 class Daemon:
@@ -100,7 +109,7 @@ class Daemon:
         self._manual: set[str] = set()
         self.bus = (BusService(config.bus, self, self._on_bus_lost)
                     if config.bus != "none" else None)
-        self._iommu = iommu_enabled()
+        self.host = read_host_facts()
 
     # ------------------------------------------------------------ life cycle
 
@@ -116,7 +125,8 @@ class Daemon:
         for d in self.udev.start(loop):
             self.devices[d.id] = d
             log.info("%s present at start", d.describe(), **_fields(device=d.id))
-        log.info("%d USB devices present at start", len(self.devices))
+        pci = sum(d.subsystem is Subsystem.PCI for d in self.devices.values())
+        log.info("%d USB and %d PCI devices present at start", len(self.devices) - pci, pci)
         await self._connect()
         self._reconcile()
         if self.bus is not None:
@@ -194,6 +204,27 @@ class Daemon:
             raise Failed("the policy has errors; the previous policy stays in force:\n"
                          + "\n".join(self.policy_errors))
 
+    def iommu_groups(self) -> list[tuple[int, list[tuple[str, str, str, str, str, str]]]]:
+        """Every IOMMU group and, per function, whether it could be passed and why not.
+
+        The verdict is the policy-free one (no risk accepted), which is what a
+        person choosing a device to pass wants to see first.
+        """
+        groups = []
+        for number, members in sorted(self.host.groups.items()):
+            rows = []
+            for address in members:
+                f = self.host.functions.get(address)
+                if f is None:
+                    continue
+                verdict = pci_verdict(address, self.host)
+                status = ("bridge" if f.is_bridge else "ok" if verdict.ok and not verdict.warnings
+                          else "warning" if verdict.ok else "unsafe")
+                rows.append((address, f"{f.vendor}:{f.device}", f.class_code, f.driver, status,
+                             "" if f.is_bridge else verdict.reason()))
+            groups.append((number, rows))
+        return groups
+
     def explain(self, device_id: str) -> str:
         d = self.devices.get(device_id)
         a = self.assignments.get(device_id)
@@ -238,9 +269,12 @@ class Daemon:
                      **_fields(device=d.id, guest=override.guest if override else ""))
         self._manual.add(device_id)
         try:
-            await self._settle(device_id)
+            a = await self._settle(device_id)
         finally:
             self._manual.discard(device_id)
+        if a.state is State.DENIED and override is not None \
+                and override.kind is OverrideKind.ATTACH:
+            raise Denied(a.reason)
 
     def _guest_name(self, ref: str) -> str:
         if self.guests is None:
@@ -250,7 +284,7 @@ class Daemon:
             raise NoSuchGuest(f"no guest named {ref!r} is defined")
         return g.name
 
-    async def _settle(self, device_id: str) -> None:
+    async def _settle(self, device_id: str) -> Assignment:
         """Wait for the first reconcile after a change, then until nothing is moving."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.manual_timeout
@@ -272,6 +306,7 @@ class Daemon:
                 await asyncio.wait_for(self._reconciled.wait(), left)
         if a.state is State.FAILED:
             raise Failed(a.reason)
+        return a
 
     # ------------------------------------------------------------ libvirt connection
 
@@ -324,6 +359,9 @@ class Daemon:
     # ------------------------------------------------------------ inputs
 
     def _on_udev(self, event: UdevEvent) -> None:
+        if _touches_pci(event):
+            # Drivers, groups and mounts of every function weigh in a PCI verdict.
+            self.host = read_host_facts()
         if isinstance(event, DeviceGone):
             d = self.devices.pop(event.device_id, None)
             if d is not None:
@@ -396,7 +434,7 @@ class Daemon:
         self._kicked = False
         loop = asyncio.get_running_loop()
         world = World(self.devices, self.guests, self.inflight, self.failures, loop.time(),
-                      self.overrides)
+                      self.overrides, self.host)
         plan = reconcile(self.policy, world)
         self._report(plan.assignments)
         self._generation += 1
@@ -446,7 +484,7 @@ class Daemon:
 
     def _snapshot(self) -> Snapshot:
         return Snapshot(self.devices, self.assignments, self.guests, self.overrides,
-                        __version__, self._iommu, self.policy_errors,
+                        __version__, self.host.iommu_enabled, self.policy_errors,
                         self.policy.files if self.policy else (), self.config.uri)
 
     def _notify_status(self) -> None:
@@ -484,10 +522,17 @@ class Daemon:
         log.info("attaching %s to %s by rule '%s': libvirt attachDeviceFlags (bus %d device %d)",
                  d.describe(), a.guest, a.rule, d.busnum, d.devnum, **fields)
         started = time.monotonic()
+        prepared: list[str] = []
         try:
-            guest = await self.client.attach(a.guest, usb_hostdev_xml(d))
+            for address in a.prepare:
+                log.info("moving %s (IOMMU group of %s) to vfio-pci first", address, d.id,
+                         **fields)
+                await self.client.to_vfio(address)
+                prepared.append(address)
+            guest = await self.client.attach(a.guest, hostdev_xml(d))
         except LibvirtError as e:
             log.info("attach %s to %s failed: %s", d.id, a.guest, e.message, **fields)
+            await self._give_back(prepared)
             self._failed(a.slot, OpKind.ATTACH, a.guest, e)
         else:
             log.info("attached %s to %s in %.0f ms", d.id, a.guest,
@@ -497,6 +542,15 @@ class Daemon:
         finally:
             self.inflight.pop(a.slot, None)
             self._kick()
+
+    async def _give_back(self, addresses: list[str]) -> None:
+        """After a failed group move, return the functions taken for it to their drivers."""
+        for address in addresses:
+            try:
+                await self.client.to_host(address)
+            except LibvirtError as e:
+                log.warning("cannot give %s back to its host driver: %s", address, e.message,
+                            **_fields(device=f"pci:{address}"))
 
     async def _detach(self, a: Detach) -> None:
         alias = a.hostdev.alias

@@ -80,6 +80,8 @@ class Operations(Protocol):
 
     def explain(self, device_id: str) -> str: ...
 
+    def iommu_groups(self) -> list[tuple[int, list[tuple[str, str, str, str, str, str]]]]: ...
+
     async def set_override(self, device_id: str, override: Override | None) -> None: ...
 
     def reload_policy(self) -> None: ...
@@ -134,7 +136,8 @@ def _refuse() -> None:
 _DEVICE_PROPS = {
     "Id": "s", "Subsystem": "s", "Vendor": "s", "Product": "s", "Serial": "s",
     "Manufacturer": "s", "Name": "s", "Port": "s", "Address": "s", "Bus": "u",
-    "DeviceNumber": "u", "DeviceClass": "s", "InterfaceClasses": "as", "State": "s",
+    "DeviceNumber": "u", "DeviceClass": "s", "InterfaceClasses": "as", "Driver": "s",
+    "IommuGroup": "i", "State": "s",
     "Guest": "s", "Rule": "s", "Reason": "s", "Override": "s", "OverrideGuest": "s",
 }
 _GUEST_PROPS = {"Name": "s", "UUID": "s", "State": "s", "Devices": "ao"}
@@ -183,6 +186,10 @@ class ManagerInterface(_Published):
         return self._service.explain(device)
 
     @method()
+    def GetIommuGroups(self) -> "a(ua(ssssss))":
+        return self._service.ops.iommu_groups()
+
+    @method()
     def Attach(self, device: "s", guest: "s") -> None:
         _refuse()
 
@@ -205,6 +212,7 @@ def _device_values(d: Device, a: Assignment | None, o: Override | None) -> dict[
         "Serial": d.serial, "Manufacturer": d.manufacturer, "Name": d.product_name,
         "Port": d.port, "Address": d.address, "Bus": d.busnum, "DeviceNumber": d.devnum,
         "DeviceClass": d.device_class, "InterfaceClasses": list(d.interface_classes),
+        "Driver": d.driver, "IommuGroup": -1 if d.iommu_group is None else d.iommu_group,
         "State": str(a.state) if a else str(State.HOST), "Guest": a.guest if a else "",
         "Rule": a.rule if a else "", "Reason": a.reason if a else "",
         "Override": str(o.kind) if o else "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from phyllod.model import Device, Subsystem, UsbHostdev
+from phyllod.model import Device, Hostdev, Subsystem
 
 
 def usb_hostdev_xml(device: Device) -> str:
@@ -30,6 +30,31 @@ def usb_hostdev_xml(device: Device) -> str:
     return ET.tostring(hostdev, encoding="unicode")
 
 
+def pci_hostdev_xml(device: Device) -> str:
+    """A managed PCI hostdev: libvirt moves the function to vfio-pci and back.
+
+    ``managed='yes'`` makes libvirt unbind the host driver before the attach
+    and bind it again when the guest lets go (detach, shutdown, crash).
+    """
+    if device.subsystem is not Subsystem.PCI:
+        raise ValueError(f"{device.id} is not a PCI device")
+    domain, bus, rest = device.address.split(":")
+    slot, function = rest.split(".")
+    hostdev = ET.Element("hostdev", mode="subsystem", type="pci", managed="yes")
+    source = ET.SubElement(hostdev, "source")
+    ET.SubElement(source, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}",
+                  function=f"0x{function}")
+    ET.SubElement(hostdev, "alias", name=device.alias)
+    return ET.tostring(hostdev, encoding="unicode")
+
+
+def hostdev_xml(device: Device) -> str:
+    """The hostdev XML for a USB or PCI device."""
+    if device.subsystem is Subsystem.PCI:
+        return pci_hostdev_xml(device)
+    return usb_hostdev_xml(device)
+
+
 def _hex_id(element: ET.Element | None) -> str:
     if element is None:
         return ""
@@ -45,21 +70,37 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def parse_usb_hostdevs(domain_xml: str) -> tuple[UsbHostdev, ...]:
-    """The USB hostdevs of a domain's XML, in document order."""
+def _pci_address(address: ET.Element | None) -> str:
+    """``<address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>`` → 0000:03:00.0."""
+    if address is None:
+        return ""
+    parts = [_int(address.get(k)) for k in ("domain", "bus", "slot", "function")]
+    if any(p is None for p in parts):
+        return ""
+    domain, bus, slot, function = parts
+    return f"{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"
+
+
+def parse_hostdevs(domain_xml: str) -> tuple[Hostdev, ...]:
+    """The USB and PCI hostdevs of a domain's XML, in document order."""
     root = ET.fromstring(domain_xml)
     found = []
-    for hostdev in root.iterfind("./devices/hostdev[@type='usb']"):
+    for hostdev in root.iterfind("./devices/hostdev"):
+        kind = hostdev.get("type")
         source = hostdev.find("source")
-        alias = hostdev.find("alias")
+        alias_el = hostdev.find("alias")
+        alias = alias_el.get("name", "") if alias_el is not None else ""
         address = source.find("address") if source is not None else None
-        found.append(
-            UsbHostdev(
-                alias=alias.get("name", "") if alias is not None else "",
-                vendor=_hex_id(source.find("vendor")) if source is not None else "",
-                product=_hex_id(source.find("product")) if source is not None else "",
-                bus=_int(address.get("bus")) if address is not None else None,
-                device=_int(address.get("device")) if address is not None else None,
+        if kind == "pci":
+            found.append(Hostdev(alias, subsystem=Subsystem.PCI, address=_pci_address(address)))
+        elif kind == "usb":
+            found.append(
+                Hostdev(
+                    alias=alias,
+                    vendor=_hex_id(source.find("vendor")) if source is not None else "",
+                    product=_hex_id(source.find("product")) if source is not None else "",
+                    bus=_int(address.get("bus")) if address is not None else None,
+                    device=_int(address.get("device")) if address is not None else None,
+                )
             )
-        )
     return tuple(found)

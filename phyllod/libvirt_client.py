@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from phyllod.hostdev_xml import parse_usb_hostdevs
+from phyllod.hostdev_xml import parse_hostdevs
 from phyllod.model import Guest, GuestState
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class LibvirtClient:
     @staticmethod
     def _guest(dom: libvirt.virDomain) -> Guest:
         state = _STATES.get(dom.state()[0], GuestState.OTHER)
-        hostdevs = parse_usb_hostdevs(dom.XMLDesc(0)) if state.active else ()
+        hostdevs = parse_hostdevs(dom.XMLDesc(0)) if state.active else ()
         return Guest(dom.name(), dom.UUIDString(), state, hostdevs)
 
     def _all_guests(self) -> dict[str, Guest]:
@@ -254,3 +254,29 @@ class LibvirtClient:
         DEVICE_REMOVED event says so.
         """
         return await self._call(self._detach, name, alias)
+
+    # ------------------------------------------------------------ PCI host drivers
+
+    @staticmethod
+    def _node_device_name(address: str) -> str:
+        """libvirt's node device name of a PCI function: ``pci_0000_03_00_0``."""
+        return "pci_" + address.replace(":", "_").replace(".", "_")
+
+    def _to_vfio(self, address: str) -> None:
+        dev = self._require().nodeDeviceLookupByName(self._node_device_name(address))
+        dev.detachFlags("vfio", 0)
+
+    async def to_vfio(self, address: str) -> None:
+        """Take a function from its host driver and bind it to vfio-pci.
+
+        Needed only for group mates of a device being attached: libvirt's
+        managed attach checks that the whole IOMMU group is off host drivers.
+        """
+        await self._call(self._to_vfio, address)
+
+    def _to_host(self, address: str) -> None:
+        self._require().nodeDeviceLookupByName(self._node_device_name(address)).reAttach()
+
+    async def to_host(self, address: str) -> None:
+        """Give a function prepared by ``to_vfio`` back to its host driver."""
+        await self._call(self._to_host, address)

@@ -106,11 +106,12 @@ class GuestState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class UsbHostdev:
-    """A USB ``<hostdev>`` as found in a guest's live XML.
+class Hostdev:
+    """A USB or PCI ``<hostdev>`` as found in a guest's live XML.
 
-    Any of the fields may be missing (libvirt accepts ids only, or an address
-    only); ``alias`` is libvirt's ``<alias name=…>``.
+    USB: any of the fields may be missing (libvirt accepts ids only, or an
+    address only). PCI: ``address`` is the host function (``0000:03:00.0``).
+    ``alias`` is libvirt's ``<alias name=…>``.
     """
 
     alias: str
@@ -118,6 +119,8 @@ class UsbHostdev:
     product: str = ""
     bus: int | None = None
     device: int | None = None
+    subsystem: Subsystem = Subsystem.USB
+    address: str = ""
 
     @property
     def owned(self) -> bool:
@@ -135,7 +138,7 @@ class Guest:
     name: str
     uuid: str
     state: GuestState
-    hostdevs: tuple[UsbHostdev, ...] = ()
+    hostdevs: tuple[Hostdev, ...] = ()
 
 
 class State(StrEnum):

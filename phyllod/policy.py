@@ -107,6 +107,8 @@ class Rule:
     guest: str
     file: str
     line: int
+    #: PCI risks this rule accepts by name (see pci_safety.OPT_IN); never "all".
+    allow_risks: frozenset[str] = frozenset()
 
     def targets(self, name: str, uuid: str) -> bool:
         """Whether this rule's guest designates the guest ``name``/``uuid``."""
@@ -128,7 +130,9 @@ class Policy:
 
 # ---------------------------------------------------------------- parsing
 
-_RULE_KEYS = {"name", "match", "guest", "action"}
+_RULE_KEYS = {"name", "match", "guest", "action", "allow_risks"}
+#: The PCI risks a rule may accept, one by one (pci_safety.OPT_IN says why only these).
+OPT_IN_RISKS = ("acs-override", "boot-vga")
 _MATCH_KEYS = {f.name for f in fields(Match)} | {"class"}
 _MATCH_KEYS.discard("device_class")
 
@@ -281,9 +285,19 @@ def _parse_rule(
         bad("action", "an 'attach' rule needs a target: guest = \"NAME\" or a UUID")
     if action in (Action.IGNORE, Action.DENY) and guest:
         bad("guest", f"a '{action}' rule applies to every guest; remove 'guest'")
+    risks = raw.get("allow_risks", [])
+    if not isinstance(risks, list) or not all(isinstance(r, str) for r in risks):
+        bad("allow_risks", "'allow_risks' must be a list of risk names")
+        risks = []
+    for risk in risks:
+        if risk not in OPT_IN_RISKS:
+            bad("allow_risks", f"'{risk}' cannot be allowed (a rule may accept only: "
+                               f"{', '.join(OPT_IN_RISKS)}; other risks always block)")
+    if risks and action is not Action.ATTACH:
+        bad("allow_risks", "'allow_risks' only applies to 'attach' rules")
     if problems or match is None or action is None:
         return None, problems
-    return Rule(name, match, action, guest, file, line), []
+    return Rule(name, match, action, guest, file, line, frozenset(risks)), []
 
 
 def parse_policy_text(text: str, file: str) -> tuple[list[Rule], list[Problem]]:

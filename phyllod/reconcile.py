@@ -27,12 +27,14 @@ from phyllod.model import (
     Assignment,
     Device,
     Guest,
+    Hostdev,
+    HostFacts,
     Override,
     OverrideKind,
     State,
     Subsystem,
-    UsbHostdev,
 )
+from phyllod.pci_safety import group_members, pci_verdict
 from phyllod.policy import Action, Policy, Rule
 
 #: Seconds to wait before attempt n+1 after n failures; then phyllod gives up
@@ -85,7 +87,8 @@ def record_failure(
 class World:
     """Everything reconcile looks at. ``guests`` is None while libvirt is unreachable.
 
-    ``overrides`` is keyed by ``Device.identity``.
+    ``overrides`` is keyed by ``Device.identity``; ``host`` is what sysfs says
+    about IOMMU groups, which every PCI attach is checked against.
     """
 
     devices: Mapping[str, Device]
@@ -94,6 +97,7 @@ class World:
     failures: Mapping[str, Failure] = field(default_factory=dict)
     now: float = 0.0
     overrides: Mapping[str, Override] = field(default_factory=dict)
+    host: HostFacts = field(default_factory=HostFacts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +106,15 @@ class Attach:
     device: Device
     guest: str
     rule: str  # "" for a manual override
+    #: PCI: group mates going to the same guest, to take from their host drivers first.
+    prepare: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Detach:
     slot: str
     guest: str
-    hostdev: UsbHostdev
+    hostdev: Hostdev
     why: str
     device_id: str = ""  # "" when the device is gone
 
@@ -123,7 +129,7 @@ class Plan:
 @dataclass(frozen=True, slots=True)
 class _Holding:
     guest: Guest
-    hostdev: UsbHostdev
+    hostdev: Hostdev
 
 
 class _Index:
@@ -131,11 +137,14 @@ class _Index:
 
     def __init__(self, devices: Mapping[str, Device], guests: Mapping[str, Guest]) -> None:
         self.by_address: dict[tuple[int, int], Device] = {}
+        self.by_pci_address: dict[str, Device] = {}
         by_ids: dict[tuple[str, str], list[Device]] = defaultdict(list)
         for d in devices.values():
             if d.subsystem is Subsystem.USB:
                 self.by_address[(d.busnum, d.devnum)] = d
                 by_ids[(d.vendor, d.product)].append(d)
+            else:
+                self.by_pci_address[d.address] = d
         self.by_ids = by_ids
         self.holders: dict[str, list[_Holding]] = defaultdict(list)
         self.stale: list[_Holding] = []
@@ -149,7 +158,9 @@ class _Index:
                 elif h.owned:
                     self.stale.append(_Holding(g, h))
 
-    def _resolve(self, h: UsbHostdev) -> Device | None:
+    def _resolve(self, h: Hostdev) -> Device | None:
+        if h.subsystem is Subsystem.PCI:
+            return self.by_pci_address.get(h.address)
         if h.bus is not None and h.device is not None:
             d = self.by_address.get((h.bus, h.device))
             if d is None:
@@ -179,6 +190,7 @@ class _Why:
 
     rule: str  # "" for a manual override
     note: str = ""  # what the policy would do instead, when it disagrees
+    allowed: frozenset[str] = frozenset()  # PCI risks the rule accepts
 
     @property
     def by(self) -> str:
@@ -210,6 +222,25 @@ class _Planner:
         self.stale_slots = {h.hostdev.slot for h in self.index.stale}
         self.actions: list[Attach | Detach] = []
         self.wakeups: list[float] = []
+        pci = [d for d in world.devices.values() if d.subsystem is Subsystem.PCI]
+        #: Where each PCI device is sent (guest UUID), to see which group mates go together.
+        self.pci_targets = {d.address: t.uuid for d in pci
+                            if (t := self._target_guest(d)) is not None}
+        #: IOMMU groups with a move under way: one attach per group at a time.
+        self.groups_busy = {d.iommu_group for d in pci
+                            if d.slot in world.inflight and d.iommu_group is not None}
+
+    def _target_guest(self, d: Device) -> Guest | None:
+        """The guest policy and overrides send ``d`` to, if any (deny wins)."""
+        rule = self.policy.match(d)
+        if rule is not None and rule.action is Action.DENY:
+            return None
+        override = self.world.overrides.get(d.identity)
+        if override is not None:
+            ref = override.guest if override.kind is OverrideKind.ATTACH else ""
+        else:
+            ref = rule.guest if rule is not None and rule.action is Action.ATTACH else ""
+        return find_guest(ref, self.guests) if ref else None
 
     def _due(self, slot: str, kind: OpKind, guest: str) -> tuple[bool, str]:
         """Whether an operation may be issued now, else the failure to show."""
@@ -251,7 +282,7 @@ class _Planner:
             where = held[0].guest.name if held else ""
             state = State.ATTACHED if held else State.HOST
             return Assignment(d.id, state, where, rule.name, f"ignored by rule '{rule.name}'")
-        return self._attach(d, rule.guest, _Why(rule.name), held)
+        return self._attach(d, rule.guest, _Why(rule.name, allowed=rule.allow_risks), held)
 
     def _host(self, d: Device, held: list[_Holding], note: str) -> Assignment:
         """A person sent the device to the host: remove it from any guest, ours or not."""
@@ -303,7 +334,8 @@ class _Planner:
         here = [h for h in held if target is not None and h.guest.uuid == target.uuid]
         elsewhere = [h for h in held if h not in here]
         if here:
-            return assignment(State.ATTACHED, name, f"attached to '{name}' {why.by}")
+            warning = self._pci_warning(d, why) if d.subsystem is Subsystem.PCI else ""
+            return assignment(State.ATTACHED, name, f"attached to '{name}' {why.by}{warning}")
         foreign = [h for h in elsewhere if not h.hostdev.owned]
         if foreign:
             other = foreign[0].guest.name
@@ -325,11 +357,37 @@ class _Planner:
             # free that first (stale() queues it) so ports never run out.
             return assignment(State.PENDING, name,
                               "waiting for its previous plug to be removed from the guest")
+        prepare: tuple[str, ...] = ()
+        warning = ""
+        if d.subsystem is Subsystem.PCI:
+            verdict, together = self._pci_verdict(d, target, why)
+            if not verdict.ok:
+                return assignment(State.DENIED, name, f"not safe to pass: {verdict.reason()}")
+            if d.iommu_group in self.groups_busy:
+                return assignment(State.PENDING, name,
+                                  f"waiting for the rest of IOMMU group {d.iommu_group}")
+            functions = self.world.host.functions
+            prepare = tuple(sorted(m for m in together if m in functions
+                                   and functions[m].driver != "vfio-pci"))
+            warning = f"; {verdict.reason()}" if verdict.warnings else ""
         ok, failure = self._due(d.slot, OpKind.ATTACH, name)
         if not ok:
             return assignment(State.FAILED, name, failure)
-        self.actions.append(Attach(d.slot, d, name, rule))
-        return assignment(State.ATTACHING, name, f"attaching to '{name}' {why.by}")
+        if d.iommu_group is not None:
+            self.groups_busy.add(d.iommu_group)
+        self.actions.append(Attach(d.slot, d, name, rule, prepare))
+        return assignment(State.ATTACHING, name, f"attaching to '{name}' {why.by}{warning}")
+
+    def _pci_verdict(self, d: Device, target: Guest, why: _Why):  # type: ignore[no-untyped-def]
+        """The safety verdict, counting group mates that go to the same guest as safe."""
+        together = frozenset(m for m in group_members(d.address, self.world.host)
+                             if self.pci_targets.get(m) == target.uuid)
+        return pci_verdict(d.address, self.world.host, why.allowed, together), together
+
+    def _pci_warning(self, d: Device, why: _Why) -> str:
+        """For a device already in a guest: the security warnings that still apply."""
+        verdict = pci_verdict(d.address, self.world.host, why.allowed)
+        return f"; {verdict.reason()}" if verdict.ok and verdict.warnings else ""
 
     def stale(self) -> None:
         """Remove hostdevs phyllod placed for devices that are gone."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,41 @@ def _interface_classes(dev: pyudev.Device) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _hex(value: str, digits: int) -> str:
+    """``0x8086`` → ``8086``; "" if it is not a number of at most ``digits`` hex digits."""
+    value = value.lower().removeprefix("0x")
+    return value.zfill(digits) if re.fullmatch(rf"[0-9a-f]{{1,{digits}}}", value) else ""
+
+
+def _iommu_group(dev: pyudev.Device) -> int | None:
+    """The IOMMU group number; libudev cannot read symlink attributes, os.readlink can."""
+    try:
+        return int(os.path.basename(os.readlink(os.path.join(dev.sys_path, "iommu_group"))))
+    except (OSError, ValueError):
+        return None
+
+
+def is_pci_device(dev: pyudev.Device) -> bool:
+    """A PCI function that could be passed: bridges and ports (class 06xx) only route."""
+    code = _hex(_attr(dev, "class") or dev.properties.get("PCI_CLASS", ""), 6)
+    return dev.subsystem == "pci" and not code.startswith("06")
+
+
+def pci_device(dev: pyudev.Device) -> Device:
+    """Translate a pyudev ``pci`` device into the model."""
+    vendor, _, product = dev.properties.get("PCI_ID", "").partition(":")
+    return Device(
+        subsystem=Subsystem.PCI,
+        sys_path=dev.sys_path,
+        address=dev.sys_name,
+        vendor=_hex(_attr(dev, "vendor") or vendor, 4),
+        product=_hex(_attr(dev, "device") or product, 4),
+        device_class=_hex(_attr(dev, "class") or dev.properties.get("PCI_CLASS", ""), 6),
+        iommu_group=_iommu_group(dev),
+        driver=dev.driver or "",
+    )
+
+
 def is_usb_device(dev: pyudev.Device) -> bool:
     """A real USB device (not an interface, not a root hub)."""
     return (dev.subsystem == "usb" and dev.properties.get("DEVTYPE") == "usb_device"
@@ -122,14 +158,16 @@ UdevEvent = DeviceSeen | DeviceGone | DevicesRescanned
 
 
 def present_devices(context: pyudev.Context | None = None) -> list[Device]:
-    """USB devices present now, for one-shot use (``check-policy``)."""
+    """USB and PCI devices present now (coldplug, and ``check-policy``)."""
     context = context or pyudev.Context()
-    return [usb_device(d) for d in context.list_devices(subsystem="usb", DEVTYPE="usb_device")
-            if is_usb_device(d)]
+    usb = [usb_device(d) for d in context.list_devices(subsystem="usb", DEVTYPE="usb_device")
+           if is_usb_device(d)]
+    pci = [pci_device(d) for d in context.list_devices(subsystem="pci") if is_pci_device(d)]
+    return usb + pci
 
 
 class UdevWatcher:
-    """Coldplug then hotplug of USB devices, delivered on the asyncio loop."""
+    """Coldplug then hotplug of USB and PCI devices, delivered on the asyncio loop."""
 
     def __init__(self, on_event: Callable[[UdevEvent], None]) -> None:
         self._on_event = on_event
@@ -141,6 +179,7 @@ class UdevWatcher:
         """Subscribe, then enumerate; returns the devices present at start."""
         monitor = pyudev.Monitor.from_netlink(self._context, source="udev")
         monitor.filter_by("usb")
+        monitor.filter_by("pci")
         monitor.start()
         self._monitor = monitor
         self._loop = loop
@@ -173,6 +212,8 @@ class UdevWatcher:
 
     def _translate(self, dev: pyudev.Device) -> UdevEvent | None:
         action = dev.action or "change"
+        if dev.subsystem == "pci":
+            return self._translate_pci(dev, action)
         devtype = dev.properties.get("DEVTYPE")
         if devtype == "usb_interface":
             # The interfaces complete the parent's identity (e.g. Bluetooth).
@@ -189,3 +230,12 @@ class UdevWatcher:
         if action == "unbind":
             return None
         return DeviceSeen(usb_device(dev), action)
+
+    @staticmethod
+    def _translate_pci(dev: pyudev.Device, action: str) -> UdevEvent | None:
+        """Every PCI event, bind and unbind included: a driver change alters group viability."""
+        if action == "remove":
+            return DeviceGone(f"{Subsystem.PCI}:{dev.sys_name}")
+        if not is_pci_device(dev):
+            return None
+        return DeviceSeen(pci_device(dev), action)

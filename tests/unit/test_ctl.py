@@ -22,6 +22,8 @@ from phyllod.ctl_format import (
     devices,
     escape,
     guest_table,
+    iommu_records,
+    iommu_table,
     key_value,
     one_per_line,
     table,
@@ -41,7 +43,8 @@ def device(device_id: str = "usb:1-2", **props: object) -> dict[str, object]:
         "Id": device_id, "Subsystem": device_id.split(":")[0], "Vendor": "1050",
         "Product": "0407", "Serial": "", "Manufacturer": "", "Name": "YubiKey", "Port": "",
         "Address": "", "Bus": 1, "DeviceNumber": 5, "DeviceClass": "00",
-        "InterfaceClasses": ["03"], "State": "host", "Guest": "", "Rule": "", "Reason": "",
+        "InterfaceClasses": ["03"], "Driver": "usbhid", "IommuGroup": -1, "State": "host",
+        "Guest": "", "Rule": "", "Reason": "",
         "Override": "", "OverrideGuest": "",
     }
     return values | props
@@ -506,10 +509,25 @@ async def test_commands_pass_names_to_the_daemon_unresolved(argv, member, body):
 ])
 async def test_list_reads_everything_in_one_call(argv, expected):
     body = {path_of(i): {DEVICE_IFACE: {k: Variant("s", v) if isinstance(v, str) else
-                                        Variant("u", v) if isinstance(v, int) else
+                                        Variant("i", v) if isinstance(v, int) else
                                         Variant("as", v) for k, v in device(i).items()}}
             for i in ("usb:1-10", "usb:1-2")}
     bus = StandInBus(reply([body], "a{oa{sa{sv}}}"))
     args = ctl.parse_args(argv)
     assert list(await args.run(Client(bus), args)) == expected  # type: ignore[arg-type]
     assert [m.member for m in bus.sent] == ["GetManagedObjects"]
+
+
+def test_iommu_table_and_json_keep_the_whole_reason():
+    groups = [(2, [("0000:00:1c.0", "8086:a110", "060400", "pcieport", "bridge", ""),
+                   ("0000:02:00.0", "8086:2723", "028000", "iwlwifi", "ok", "")]),
+              (4, [("0000:00:17.0", "8086:a352", "010601", "ahci", "unsafe",
+                    "0000:00:17.0 holds / (sda2) \x1b[31m" + "x" * 60)])]
+    lines = iommu_table(groups)
+    assert lines[0].split() == ["GROUP", "ADDRESS", "IDS", "CLASS", "DRIVER", "VERDICT", "REASON"]
+    assert lines[2].split()[:6] == ["2", "0000:02:00.0", "8086:2723", "028000", "iwlwifi", "ok"]
+    assert lines[3].endswith("x" * 60) and "\x1b" not in "".join(lines)
+    records = json.loads(to_json(iommu_records(groups)))
+    assert records[2] == {"group": 4, "address": "0000:00:17.0", "ids": "8086:a352",
+                          "class": "010601", "driver": "ahci", "verdict": "unsafe",
+                          "reason": "0000:00:17.0 holds / (sda2) \x1b[31m" + "x" * 60}

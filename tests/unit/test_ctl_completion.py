@@ -69,7 +69,7 @@ def test_bash_words_matches_how_bash_splits():
 
 
 @pytest.mark.parametrize(("line", "expected"), [
-    ("phyllodctl ", ["list", "guests", "show", "explain", "status", "attach", "detach",
+    ("phyllodctl ", ["list", "guests", "show", "explain", "status", "iommu", "attach", "detach",
                      "clear", "reload", "monitor"]),
     ("phyllodctl s", ["show", "status"]),
     ("phyllodctl --json g", ["guests"]),

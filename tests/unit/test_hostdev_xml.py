@@ -2,8 +2,8 @@ import xml.etree.ElementTree as ET
 
 from factories import usb
 
-from phyllod.hostdev_xml import parse_usb_hostdevs, usb_hostdev_xml
-from phyllod.model import UsbHostdev
+from phyllod.hostdev_xml import hostdev_xml, parse_hostdevs, usb_hostdev_xml
+from phyllod.model import Device, Hostdev, Subsystem
 
 
 def test_hostdev_names_ids_address_and_our_alias():
@@ -44,10 +44,25 @@ def test_parse_domain_hostdevs_round_trip_and_foreign_forms():
         <source><address domain='0' bus='3' slot='0' function='0'/></source>
       </hostdev>
     </devices></domain>"""
-    assert parse_usb_hostdevs(domain) == (
-        UsbHostdev(d.alias, "0627", "0001", 1, 9),
-        UsbHostdev("hostdev1", "046d", "c52b", None, None),
-        UsbHostdev("", "", "", 3, 10),
+    assert parse_hostdevs(domain) == (
+        Hostdev(d.alias, "0627", "0001", 1, 9),
+        Hostdev("hostdev1", "046d", "c52b", None, None),
+        Hostdev("", "", "", 3, 10),
+        Hostdev("", subsystem=Subsystem.PCI, address="0000:03:00.0"),
     )
-    assert parse_usb_hostdevs(domain)[0].owned
-    assert not parse_usb_hostdevs(domain)[1].owned
+    assert parse_hostdevs(domain)[0].owned
+    assert not parse_hostdevs(domain)[1].owned
+
+
+def test_pci_hostdev_is_managed_by_address_with_our_alias():
+    d = Device(Subsystem.PCI, "/sys/devices/pci0000:00/0000:00:1c.0/0000:03:00.0",
+               address="0000:03:00.0", vendor="8086", product="2723", device_class="028000")
+    root = ET.fromstring(hostdev_xml(d))
+    assert (root.get("type"), root.get("managed")) == ("pci", "yes")
+    address = root.find("source/address")
+    assert address is not None and address.attrib == {
+        "domain": "0x0000", "bus": "0x03", "slot": "0x00", "function": "0x0"}
+    assert root.find("alias").get("name") == "ua-phyllod-pci0000_03_00_0-0"
+    domain = f"<domain><devices>{hostdev_xml(d)}</devices></domain>"
+    (parsed,) = parse_hostdevs(domain)
+    assert (parsed.address, parsed.owned, parsed.slot) == (d.address, True, d.slot)

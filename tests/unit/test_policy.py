@@ -166,3 +166,19 @@ def test_unreadable_and_non_utf8_files(tmp_path: Path):
         load_policy([bad, tmp_path / "missing.toml"])
     assert len(e.value.problems) == 2
     assert all("cannot read" in str(p) for p in e.value.problems)
+
+
+def test_allow_risks_names_single_risks_never_all():
+    rules, problems = parse(
+        '[[rule]]\nname = "gpu"\nmatch = { address = "0000:01:00.0" }\nguest = "g"\n'
+        'allow_risks = ["boot-vga"]\n')
+    assert problems == [] and rules[0].allow_risks == frozenset({"boot-vga"})
+    _, problems = parse(
+        '[[rule]]\nname = "gpu"\nmatch = { address = "0000:01:00.0" }\nguest = "g"\n'
+        'allow_risks = ["*", "group"]\n')
+    assert problems == [
+        "p.toml:5: rule 'gpu': '*' cannot be allowed (a rule may accept only: acs-override, "
+        "boot-vga; other risks always block)",
+        "p.toml:5: rule 'gpu': 'group' cannot be allowed (a rule may accept only: "
+        "acs-override, boot-vga; other risks always block)",
+    ]

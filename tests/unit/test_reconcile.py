@@ -1,10 +1,10 @@
 from dataclasses import replace
 
-from factories import guest, held, policy, usb
+from factories import guest, held, host, pci, policy, usb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phyllod.model import Guest, GuestState, Override, OverrideKind, State, UsbHostdev
+from phyllod.model import Guest, GuestState, Hostdev, Override, OverrideKind, State, Subsystem
 from phyllod.reconcile import (
     BACKOFF,
     Attach,
@@ -201,7 +201,7 @@ def apply(guests: dict[str, Guest], actions) -> dict[str, Guest]:
     guests = dict(guests)
     for a in actions:
         if isinstance(a, Attach):
-            h = UsbHostdev(a.device.alias, a.device.vendor, a.device.product,
+            h = Hostdev(a.device.alias, a.device.vendor, a.device.product,
                            a.device.busnum, a.device.devnum)
             g = guests[a.guest]
             guests[a.guest] = replace(g, hostdevs=(*g.hostdevs, h))
@@ -375,3 +375,78 @@ def test_override_while_libvirt_is_away():
     w = World({d.id: d}, None, overrides=attach_to("work"))
     a = reconcile(policy(""), w).assignments[d.id]
     assert (a.state, a.guest) == (State.PENDING, "work")
+
+
+# ------------------------------------------------------------ PCI, safely
+
+WIFI_TO_ROUTER = policy('[[rule]]\nname="wifi"\nmatch={class="0280"}\nguest="router"\n')
+
+
+def pci_world(devices, facts, guests=(), **kw) -> World:
+    return world(devices, guests or [guest("router")], host=facts, **kw)
+
+
+def test_pci_alone_in_its_group_is_attached_managed():
+    d = pci()
+    plan = reconcile(WIFI_TO_ROUTER, pci_world([d], host(d, bridges={"0000:00:1c.0": 5})))
+    assert plan.actions == (Attach(d.slot, d, "router", "wifi"),)
+    assert plan.assignments[d.id].state is State.ATTACHING
+
+
+def test_pci_group_shared_with_a_host_device_is_denied_with_the_members():
+    d, sata = pci(), pci("0000:00:17.0", "8086", "a352", "010601", driver="ahci")
+    plan = reconcile(WIFI_TO_ROUTER, pci_world([d, sata], host(d, sata)))
+    assert plan.actions == ()
+    a = plan.assignments[d.id]
+    assert a.state is State.DENIED
+    assert a.reason.startswith("not safe to pass: ") and "0000:00:17.0" in a.reason
+    assert "ahci" in a.reason
+
+
+def test_pci_without_iommu_is_denied():
+    d = pci()
+    a = reconcile(WIFI_TO_ROUTER, pci_world([d], host(d, iommu=False))).assignments[d.id]
+    assert a.state is State.DENIED and "IOMMU" in a.reason
+
+
+def test_pci_group_moves_together_one_attach_at_a_time():
+    gpu = pci("0000:01:00.0", "10de", "1b80", "030000", group=1, driver="nouveau")
+    audio = pci("0000:01:00.1", "10de", "10f0", "040300", group=1, driver="snd_hda_intel")
+    both = policy('[[rule]]\nname="gpu"\nmatch={vendor="10de"}\nguest="router"\n')
+    plan = reconcile(both, pci_world([gpu, audio], host(gpu, audio)))
+    assert plan.actions == (Attach(gpu.slot, gpu, "router", "gpu", ("0000:01:00.1",)),)
+    assert plan.assignments[audio.id].state is State.PENDING
+    assert plan.assignments[audio.id].reason == "waiting for the rest of IOMMU group 1"
+    # The GPU is in; its audio function now sits on vfio-pci: attached without preparing.
+    g = guest("router", hostdevs=(Hostdev(gpu.alias, subsystem=Subsystem.PCI,
+                                          address=gpu.address),))
+    facts = host(gpu, audio, drivers={gpu.address: "vfio-pci", audio.address: "vfio-pci"})
+    plan = reconcile(both, pci_world([gpu, audio], facts, [g]))
+    assert plan.actions == (Attach(audio.slot, audio, "router", "gpu"),)
+    assert plan.assignments[gpu.id].state is State.ATTACHED
+
+
+def test_pci_risks_block_unless_the_rule_accepts_them_by_name():
+    d = pci()
+    facts = host(d, acs_override=True)
+    a = reconcile(WIFI_TO_ROUTER, pci_world([d], facts)).assignments[d.id]
+    assert a.state is State.DENIED and "pcie_acs_override" in a.reason
+    accepting = policy('[[rule]]\nname="wifi"\nmatch={class="0280"}\nguest="router"\n'
+                       'allow_risks=["acs-override"]\n')
+    plan = reconcile(accepting, pci_world([d], facts))
+    assert plan.actions == (Attach(d.slot, d, "router", "wifi"),)
+    assert "security warning" in plan.assignments[d.id].reason
+    # A manual attach cannot accept a risk: only a rule names one.
+    manual = {d.identity: Override(OverrideKind.ATTACH, "router")}
+    a = reconcile(policy(""), pci_world([d], facts, overrides=manual)).assignments[d.id]
+    assert a.state is State.DENIED
+
+
+def test_pci_hostdev_is_recognised_by_address_and_removed_when_the_device_goes():
+    d = pci()
+    h = Hostdev(d.alias, subsystem=Subsystem.PCI, address=d.address)
+    facts = host(d, drivers={d.address: "vfio-pci"})
+    plan = reconcile(WIFI_TO_ROUTER, pci_world([d], facts, [guest("router", hostdevs=(h,))]))
+    assert plan.actions == () and plan.assignments[d.id].state is State.ATTACHED
+    plan = reconcile(WIFI_TO_ROUTER, pci_world([], host(), [guest("router", hostdevs=(h,))]))
+    assert plan.actions == (Detach(d.slot, "router", h, "the device is gone"),)

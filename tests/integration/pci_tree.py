@@ -1,0 +1,162 @@
+"""PCI functions, IOMMU groups and disks in a umockdev testbed, as a real host shows them.
+
+``add_device`` makes the devices, their attributes, the /sys/bus and
+/sys/class links, and emits ``add``. What umockdev cannot express is written
+into the testbed's root directory by hand, as the kernel lays it out:
+symlink attributes (``driver``, ``iommu_group``, ``physfn``/``virtfnN``),
+/sys/kernel/iommu_groups, device-mapper ``slaves`` and /sys/dev/block
+(umockdev files a block device under /sys/dev/char unless a ``block``
+directory is on its path, as for sda but not for nvme0n1).
+
+Under ``umockdev-wrapper`` code reading /sys sees all of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gi
+
+gi.require_version("UMockdev", "1.0")
+from gi.repository import UMockdev  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Fn:
+    """One PCI function to create; ``parent`` is the address of its upstream bridge."""
+
+    address: str
+    class_code: str
+    vendor: str = "8086"
+    device: str = "1234"
+    subsystem_vendor: str = "17aa"
+    subsystem_device: str = "2233"
+    parent: str = ""
+    driver: str = ""
+    group: int | None = None
+    boot_vga: bool = False
+    physfn: str = ""
+    sriov_totalvfs: int = 0
+    reset_method: str = ""
+
+
+def build(tb: UMockdev.Testbed, functions: Sequence[Fn], iommu: bool = True) -> PciTree:
+    """A host with ``functions`` in ``tb``, with an active IOMMU unless ``iommu`` is False.
+
+    Without an IOMMU the kernel makes no groups, so the functions' ``group``
+    must be None then.
+    """
+    tree = PciTree(tb)
+    if iommu:
+        tree.add_iommu()
+    tree.add(functions)
+    return tree
+
+
+class PciTree:
+    """A testbed's PCI side: functions by address, and where each lives in sysfs."""
+
+    def __init__(self, tb: UMockdev.Testbed) -> None:
+        self.tb = tb
+        self.root = Path(tb.get_root_dir())
+        self.paths: dict[str, str] = {}
+
+    def real(self, sys_path: str) -> Path:
+        """Where a /sys path lives on disk (for writing what umockdev cannot)."""
+        return self.root / sys_path.lstrip("/")
+
+    def add_iommu(self, name: str = "dmar0") -> None:
+        """Register an IOMMU unit (/sys/class/iommu/NAME), as VT-d/AMD-Vi does at boot."""
+        self.tb.add_device("iommu", f"virtual/iommu/{name}", None, [], [])
+        (self.root / "sys" / "kernel" / "iommu_groups").mkdir(parents=True, exist_ok=True)
+
+    def add(self, functions: Sequence[Fn]) -> None:
+        """Create ``functions`` in order (bridges before what is behind them)."""
+        for fn in functions:
+            self._add(fn)
+
+    def _add(self, fn: Fn) -> None:
+        attrs = ["vendor", f"0x{fn.vendor}", "device", f"0x{fn.device}",
+                 "subsystem_vendor", f"0x{fn.subsystem_vendor}",
+                 "subsystem_device", f"0x{fn.subsystem_device}", "class", f"0x{fn.class_code}"]
+        if fn.boot_vga:
+            attrs += ["boot_vga", "1"]
+        if fn.sriov_totalvfs:
+            attrs += ["sriov_totalvfs", str(fn.sriov_totalvfs)]
+        if fn.reset_method:
+            attrs += ["reset_method", fn.reset_method]
+        props = ["PCI_CLASS", fn.class_code.lstrip("0").upper(),
+                 "PCI_ID", f"{fn.vendor}:{fn.device}".upper(),
+                 "PCI_SUBSYS_ID", f"{fn.subsystem_vendor}:{fn.subsystem_device}".upper(),
+                 "PCI_SLOT_NAME", fn.address]
+        if fn.driver:
+            props += ["DRIVER", fn.driver]
+        if fn.parent:
+            path = self.tb.add_device("pci", fn.address, self.paths[fn.parent], attrs, props)
+        else:
+            domain_bus = fn.address.rsplit(":", 1)[0]
+            path = self.tb.add_device("pci", f"pci{domain_bus}/{fn.address}", None, attrs, props)
+        self.paths[fn.address] = path
+        self._links(fn, self.real(path))
+
+    def _links(self, fn: Fn, here: Path) -> None:
+        sys = self.root / "sys"
+        if fn.driver:
+            drivers = sys / "bus" / "pci" / "drivers" / fn.driver
+            drivers.mkdir(parents=True, exist_ok=True)
+            _link(here / "driver", drivers)
+        if fn.group is not None:
+            group = sys / "kernel" / "iommu_groups" / str(fn.group)
+            (group / "devices").mkdir(parents=True, exist_ok=True)
+            _link(here / "iommu_group", group)
+            _link(group / "devices" / fn.address, here)
+        if fn.physfn:
+            pf = self.real(self.paths[fn.physfn])
+            _link(here / "physfn", pf)
+            index = sum(1 for p in pf.iterdir() if p.name.startswith("virtfn"))
+            _link(pf / f"virtfn{index}", here)
+
+    def add_disk(self, controller: str, below: str, name: str, dev: str) -> str:
+        """A whole disk ``name`` at ``below`` under the controller at PCI address ``controller``.
+
+        ``below`` is the kernel's path from the controller (``nvme/nvme0``,
+        ``ata1/host0/target0:0:0/0:0:0:0/block``); ``dev`` is major:minor.
+        """
+        return self._block(self.paths[controller], f"{below}/{name}", name, dev, "disk")
+
+    def add_partition(self, disk: str, name: str, dev: str) -> str:
+        return self._block(disk, name, name, dev, "partition")
+
+    def add_dm(self, name: str, mapper_name: str, dev: str, slaves: Sequence[str]) -> str:
+        """A device-mapper device (LUKS, LVM) on top of block devices named in ``slaves``."""
+        path = self.tb.add_device("block", f"virtual/block/{name}", None,
+                                  ["dev", dev, "dm/name", mapper_name],
+                                  ["DEVNAME", f"/dev/{name}", "DEVTYPE", "disk",
+                                   "DM_NAME", mapper_name])
+        self._dev_block(dev, path)
+        holders = self.real(path) / "slaves"
+        holders.mkdir()
+        for slave in slaves:
+            _link(holders / slave, self.root / "sys" / "class" / "block" / slave)
+        return path
+
+    def _block(self, parent: str, rel: str, name: str, dev: str, devtype: str) -> str:
+        path = self.tb.add_device("block", rel, parent, ["dev", dev],
+                                  ["DEVNAME", f"/dev/{name}", "DEVTYPE", devtype])
+        self._dev_block(dev, path)
+        return path
+
+    def _dev_block(self, dev: str, path: str) -> None:
+        """/sys/dev/block/MAJ:MIN, where umockdev did not already make it."""
+        link = self.root / "sys" / "dev" / "block" / dev
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(link):
+            _link(link, self.real(path))
+
+
+def _link(link: Path, target: Path) -> None:
+    """A relative symlink, as sysfs has them (so it resolves inside the testbed too)."""
+    os.symlink(os.path.relpath(target, link.parent), link)

@@ -1,0 +1,235 @@
+"""Host facts read from a umockdev sysfs, then weighed: sysfs.py and pci_safety.py end to end.
+
+The reader is pointed at /sys itself: umockdev-wrapper redirects it (and
+os.readlink, which the symlink attributes need) into the testbed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pci_tree
+import pytest
+import testbed
+from gi.repository import UMockdev
+from pci_tree import Fn
+
+from phyllod.model import HostFacts, PciFunction
+from phyllod.pci_safety import Risk, pci_verdict
+from phyllod.sysfs import mounted_pci, pci_function, read_host_facts
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(bool(testbed.available()), reason=testbed.available())]
+
+SYS = Path("/sys")
+
+NVME_PORT = Fn("0000:00:1d.0", "060400", driver="pcieport", group=1)
+NVME = Fn("0000:01:00.0", "010802", vendor="144d", device="a808", parent=NVME_PORT.address,
+          driver="nvme", group=1, reset_method="flr bus")
+WIFI_PORT = Fn("0000:00:1c.0", "060400", driver="pcieport", group=2)
+WIFI = Fn("0000:02:00.0", "028000", vendor="8086", device="2723", subsystem_vendor="8086",
+          subsystem_device="0084", parent=WIFI_PORT.address, driver="iwlwifi", group=2,
+          reset_method="flr bus")
+GPU_PORT = Fn("0000:00:01.0", "060400", driver="pcieport", group=3)
+GPU = Fn("0000:03:00.0", "030000", vendor="10de", device="1f91", parent=GPU_PORT.address,
+         driver="nouveau", group=3, boot_vga=True, reset_method="bus")
+GPU_AUDIO = Fn("0000:03:00.1", "040300", vendor="10de", device="10fa", parent=GPU_PORT.address,
+               driver="snd_hda_intel", group=3)
+USB = Fn("0000:00:14.0", "0c0330", device="a36d", driver="xhci_hcd", group=4)
+SATA = Fn("0000:00:17.0", "010601", device="a353", driver="ahci", group=4)
+LAPTOP = (NVME_PORT, NVME, WIFI_PORT, WIFI, GPU_PORT, GPU, GPU_AUDIO, USB, SATA)
+
+# /boot/efi comes first, yet "/" names the NVMe; /home is LUKS on sda1 behind the SATA
+# controller; the rest are no block devices, or one that is gone.
+MOUNTINFO = r"""26 22 259:1 / /boot/efi rw,relatime shared:30 - vfat /dev/nvme0n1p1 rw
+22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw,errors=remount-ro
+23 22 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+24 22 0:5 / /dev rw,nosuid,relatime shared:2 - devtmpfs udev rw,size=8000000k
+25 22 0:25 / /run rw,nosuid,nodev shared:5 - tmpfs tmpfs rw,size=1600000k,mode=755
+27 22 254:0 / /home rw,relatime shared:31 - ext4 /dev/mapper/home rw
+28 22 0:40 / /var/lib/docker/overlay2/x/merged rw - overlay overlay rw,lowerdir=/a:/b
+29 22 8:65 / /media/my\040stick rw,relatime - vfat /dev/sdz1 rw
+30 22 0:41 / /mnt/nas rw - nfs4 nas:/export rw
+garbage
+"""
+
+
+@pytest.fixture
+def tb() -> UMockdev.Testbed:
+    return UMockdev.Testbed.new()
+
+
+def laptop(tb: UMockdev.Testbed) -> pci_tree.PciTree:
+    tree = pci_tree.build(tb, LAPTOP)
+    disk = tree.add_disk(NVME.address, "nvme/nvme0", "nvme0n1", "259:0")
+    tree.add_partition(disk, "nvme0n1p1", "259:1")
+    tree.add_partition(disk, "nvme0n1p2", "259:2")
+    sda = tree.add_disk(SATA.address, "ata1/host0/target0:0:0/0:0:0:0/block", "sda", "8:0")
+    tree.add_partition(sda, "sda1", "8:1")
+    tree.add_partition(sda, "sda2", "8:2")
+    tree.add_dm("dm-0", "home", "254:0", ["sda1"])
+    return tree
+
+
+def facts(cmdline: str = "BOOT_IMAGE=/vmlinuz root=UUID=x intel_iommu=on",
+          mounts: str = MOUNTINFO, swaps: str = "") -> HostFacts:
+    return read_host_facts(SYS, cmdline=cmdline, mounts=mounts, swaps=swaps)
+
+
+def test_laptop_facts(tb):
+    laptop(tb)
+    got = facts()
+    assert got.iommu_enabled
+    assert not got.acs_override
+    assert set(got.functions) == {f.address for f in LAPTOP}
+    assert got.functions[WIFI.address] == PciFunction(
+        WIFI.address, vendor="8086", device="2723", subsystem_vendor="8086",
+        subsystem_device="0084", class_code="028000", driver="iwlwifi", iommu_group=2,
+        reset_method="flr bus")
+    assert got.functions[GPU.address] == PciFunction(
+        GPU.address, vendor="10de", device="1f91", subsystem_vendor="17aa",
+        subsystem_device="2233", class_code="030000", driver="nouveau", iommu_group=3,
+        boot_vga=True, reset_method="bus")
+    for spec in LAPTOP:
+        fn = got.functions[spec.address]
+        assert (fn.class_code, fn.driver, fn.iommu_group, fn.boot_vga) == (
+            spec.class_code, spec.driver, spec.group, spec.boot_vga)
+    assert got.groups == {
+        1: (NVME_PORT.address, NVME.address),
+        2: (WIFI_PORT.address, WIFI.address),
+        3: (GPU_PORT.address, GPU.address, GPU_AUDIO.address),
+        4: (USB.address, SATA.address),
+    }
+    assert got.mounted == {
+        NVME_PORT.address: "/ (nvme0n1p2)",
+        NVME.address: "/ (nvme0n1p2)",
+        SATA.address: "/home (home)",
+    }
+
+
+def test_laptop_verdicts(tb):
+    laptop(tb)
+    got = facts()
+
+    assert pci_verdict(WIFI.address, got).ok
+    assert pci_verdict(WIFI.address, got).reason() == ""
+
+    nvme = pci_verdict(NVME.address, got)
+    assert [f.risk for f in nvme.blocking] == [Risk.HOST_STORAGE]
+    assert nvme.reason() == "0000:01:00.0 holds / (nvme0n1p2)"
+
+    gpu = pci_verdict(GPU.address, got)
+    assert [f.risk for f in gpu.blocking] == [Risk.GROUP, Risk.BOOT_VGA]
+    assert gpu.blocking[0].text == ("IOMMU group 3 is shared with 0000:03:00.1 (class 040300, "
+                                    "bound to snd_hda_intel) which stays on the host")
+    gpu = pci_verdict(GPU.address, got, together=frozenset({GPU_AUDIO.address}))
+    assert [f.risk for f in gpu.blocking] == [Risk.BOOT_VGA]
+    gpu = pci_verdict(GPU.address, got, allowed=frozenset({"boot-vga"}),
+                      together=frozenset({GPU_AUDIO.address}))
+    assert gpu.ok and [f.risk for f in gpu.warnings] == [Risk.BOOT_VGA]
+    assert gpu.reason().startswith("security warning: 0000:03:00.0 is the boot VGA device")
+    # The audio function alone: the GPU stays on the host driver.
+    assert [f.risk for f in pci_verdict(GPU_AUDIO.address, got).blocking] == [Risk.GROUP]
+
+    usb = pci_verdict(USB.address, got)
+    assert [f.risk for f in usb.blocking] == [Risk.GROUP, Risk.HOST_STORAGE]
+    assert usb.blocking[1].text == "IOMMU group 4 member 0000:00:17.0 holds /home (home)"
+    usb = pci_verdict(USB.address, got, together=frozenset({SATA.address}))
+    assert [f.risk for f in usb.blocking] == [Risk.HOST_STORAGE]
+
+    assert [f.risk for f in pci_verdict(WIFI_PORT.address, got).blocking] == [Risk.BRIDGE]
+    assert [f.risk for f in pci_verdict("0000:09:00.0", got).blocking] == [Risk.NOT_FOUND]
+
+
+def test_acs_override_on_the_command_line(tb):
+    laptop(tb)
+    got = facts(cmdline="root=/dev/nvme0n1p2 pcie_acs_override=downstream,multifunction")
+    assert got.acs_override
+    wifi = pci_verdict(WIFI.address, got)
+    assert [f.risk for f in wifi.blocking] == [Risk.ACS_OVERRIDE]
+    wifi = pci_verdict(WIFI.address, got, allowed=frozenset({"acs-override"}))
+    assert wifi.ok
+    assert wifi.reason() == ("security warning: the kernel runs with pcie_acs_override, "
+                             "so IOMMU groups may not isolate this device")
+
+
+def test_mounts_by_device_number_proc_mounts_and_swap(tb):
+    laptop(tb)
+    # /dev/root names nothing in /sys/class/block: mountinfo's 259:2 does.
+    root_only = "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/root rw\n"
+    assert mounted_pci(SYS, root_only) == {NVME_PORT.address: "/ (nvme0n1p2)",
+                                           NVME.address: "/ (nvme0n1p2)"}
+    proc_mounts = "/dev/mapper/home /home ext4 rw 0 0\ntmpfs /run tmpfs rw 0 0\n"
+    assert mounted_pci(SYS, proc_mounts) == {SATA.address: "/home (home)"}
+    swaps = ("Filename\tType\tSize\tUsed\tPriority\n/dev/sda2 partition 8388604 0 -2\n"
+             "/swapfile file 1048572 0 -3\n")
+    assert mounted_pci(SYS, "", swaps) == {SATA.address: "[SWAP] (sda2)"}
+
+
+def test_no_iommu(tb):
+    unisolated = [replace(f, group=None) for f in LAPTOP]
+    pci_tree.build(tb, unisolated, iommu=False)
+    got = facts(mounts="")
+    assert not got.iommu_enabled
+    assert got.groups == {}
+    assert all(f.iommu_group is None for f in got.functions.values())
+    wifi = pci_verdict(WIFI.address, got)
+    assert [f.risk for f in wifi.blocking] == [Risk.NO_IOMMU]
+    assert "intel_iommu=on" in wifi.reason()
+    assert not pci_verdict(WIFI.address, got, allowed=frozenset({"boot-vga", "acs-override"})).ok
+
+
+def test_iommu_unit_without_groups_is_no_iommu(tb):
+    tree = pci_tree.PciTree(tb)
+    tree.add_iommu()
+    tree.add([replace(WIFI, parent="", group=None)])
+    assert not facts(mounts="").iommu_enabled
+
+
+def test_sriov_virtual_functions(tb):
+    port = Fn("0000:00:1b.0", "060400", driver="pcieport", group=6)
+    pf = Fn("0000:05:00.0", "020000", device="10fb", parent=port.address, driver="ixgbe",
+            group=7, sriov_totalvfs=63, reset_method="flr")
+    vfs = [Fn(a, "020000", device="10ed", parent=port.address, driver="ixgbevf", group=g,
+              physfn=pf.address, reset_method="flr")
+           for a, g in (("0000:05:10.0", 8), ("0000:05:10.2", 9))]
+    tree = pci_tree.build(tb, [port, pf, vfs[0]])
+    # A VF created later (sriov_numvfs written) is read like any hotplugged function.
+    assert pci_function(SYS, vfs[1].address) is None
+    tree.add([vfs[1]])
+    assert pci_function(SYS, vfs[1].address) == PciFunction(
+        "0000:05:10.2", vendor="8086", device="10ed", subsystem_vendor="17aa",
+        subsystem_device="2233", class_code="020000", driver="ixgbevf", iommu_group=9,
+        physfn="0000:05:00.0", reset_method="flr")
+    got = facts(mounts="")
+    assert got.functions[pf.address].sriov_totalvfs == 63
+    assert got.functions[pf.address].physfn == ""
+    assert [got.functions[v.address].physfn for v in vfs] == [pf.address] * 2
+    assert {p.name for p in tree.real(tree.paths[pf.address]).iterdir()} >= {"virtfn0",
+                                                                           "virtfn1"}
+    for address in (pf.address, *(v.address for v in vfs)):
+        assert pci_verdict(address, got).ok, address
+
+
+def test_odd_sysfs_is_read_without_crashing(tb):
+    tree = laptop(tb)
+    wifi = tree.real(tree.paths[WIFI.address])
+    (wifi / "vendor").write_text("garbage\n")
+    (wifi / "reset_method").unlink()
+    (wifi / "reset_method").mkdir()  # unreadable as a file
+    (wifi / "iommu_group").unlink()
+    (wifi / "iommu_group").symlink_to("../../../kernel/iommu_groups/not-a-number")
+    block = tree.root / "sys" / "class" / "block"
+    (block / "dm-0" / "slaves" / "dm-0").symlink_to("../../dm-0")  # a cycle
+    (block / "gone").symlink_to("../../devices/nowhere/gone")
+    got = facts(mounts=MOUNTINFO + "31 22 8:99 / /x rw - ext4 /dev/gone rw\n")
+    fn = got.functions[WIFI.address]
+    assert (fn.vendor, fn.reset_method, fn.iommu_group) == ("", "", None)
+    assert got.mounted[SATA.address] == "/home (home)"
+    assert pci_verdict(WIFI.address, got).blocking[0].risk is Risk.GROUP
+
+
+def test_missing_sysfs_gives_empty_facts(tmp_path):
+    assert read_host_facts(tmp_path / "nothing", cmdline="", mounts=MOUNTINFO,
+                           swaps="") == HostFacts()
