@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from phyllod.model import Device, Subsystem
+from phyllod.pci_safety import OPT_IN
 
 DEFAULT_POLICY_DIR = Path("/etc/phyllod/policy.d")
 
@@ -132,7 +133,7 @@ class Policy:
 
 _RULE_KEYS = {"name", "match", "guest", "action", "allow_risks"}
 #: The PCI risks a rule may accept, one by one (pci_safety.OPT_IN says why only these).
-OPT_IN_RISKS = ("acs-override", "boot-vga")
+OPT_IN_RISKS = tuple(sorted(OPT_IN))
 _MATCH_KEYS = {f.name for f in fields(Match)} | {"class"}
 _MATCH_KEYS.discard("device_class")
 

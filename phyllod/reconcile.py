@@ -34,7 +34,7 @@ from phyllod.model import (
     State,
     Subsystem,
 )
-from phyllod.pci_safety import group_members, pci_verdict
+from phyllod.pci_safety import Verdict, group_members, pci_verdict
 from phyllod.policy import Action, Policy, Rule
 
 #: Seconds to wait before attempt n+1 after n failures; then phyllod gives up
@@ -378,7 +378,8 @@ class _Planner:
         self.actions.append(Attach(d.slot, d, name, rule, prepare))
         return assignment(State.ATTACHING, name, f"attaching to '{name}' {why.by}{warning}")
 
-    def _pci_verdict(self, d: Device, target: Guest, why: _Why):  # type: ignore[no-untyped-def]
+    def _pci_verdict(self, d: Device, target: Guest,
+                     why: _Why) -> tuple[Verdict, frozenset[str]]:
         """The safety verdict, counting group mates that go to the same guest as safe."""
         together = frozenset(m for m in group_members(d.address, self.world.host)
                              if self.pci_targets.get(m) == target.uuid)
