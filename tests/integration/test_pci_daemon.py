@@ -83,3 +83,34 @@ def test_pci_verdicts_reach_the_bus_and_phyllodctl(phyllod: Phyllod):
     table = phyllod.ctl("iommu").stdout.splitlines()
     assert table[0].split() == ["GROUP", "ADDRESS", "IDS", "CLASS", "DRIVER", "VERDICT", "REASON"]
     assert len(table) == 6
+
+
+PF = Fn("0000:03:00.0", "020000", device="1521", driver="igb", group=10, sriov_totalvfs=2)
+
+
+def test_sriov_vfs_come_and_go_like_hotplug(phyllod: Phyllod):
+    tree = pci_tree.build(phyllod.tb.tb, [PF])
+    (phyllod.policy_dir / "10-vf.toml").write_text(
+        '[[rule]]\nname = "VFs to the router"\nmatch = { vendor = "8086", product = "1520" }\n'
+        'guest = "test"\n')
+    phyllod.start()
+    assert phyllod.proc is not None
+    # echo 2 > sriov_numvfs: the kernel adds two functions, then binds igbvf to each.
+    vfs = [Fn(f"0000:03:10.{n}", "020000", device="1520", driver="igbvf", group=11 + n,
+              physfn=PF.address) for n in (0, 1)]
+    tree.add(vfs)
+    for vf in vfs:
+        phyllod.tb.tb.uevent(tree.paths[vf.address], "bind")
+    for vf in vfs:
+        phyllod.proc.wait_log(rf"attaching pci:{vf.address} .* to test")
+        shown = _show(phyllod, f"pci:{vf.address}")
+        assert (shown["IommuGroup"], shown["Driver"], shown["Rule"]) == (
+            vf.group, "igbvf", "VFs to the router")
+    # echo 0 > sriov_numvfs: both functions go.
+    for vf in vfs:
+        phyllod.tb.tb.uevent(tree.paths[vf.address], "remove")
+        phyllod.tb.tb.remove_device(tree.paths[vf.address])
+    for vf in vfs:
+        phyllod.proc.wait_log(rf"pci:{vf.address} .* unplugged")
+    ids = phyllod.ctl("list", "--ids").stdout.split()
+    assert "pci:0000:03:00.0" in ids and not any(i.startswith("pci:0000:03:10") for i in ids)
