@@ -348,6 +348,11 @@ class _Planner:
                 return assignment(State.FAILED, h.guest.name, failure)
             return assignment(State.DETACHING, h.guest.name,
                               f"moving from '{h.guest.name}' to '{name}'")
+        verdict, together = (self._pci_verdict(d, target, why) if d.subsystem is Subsystem.PCI
+                             else (None, frozenset[str]()))
+        if verdict is not None and not verdict.ok:
+            # Said before anything else: a person learns it before the guest even starts.
+            return assignment(State.DENIED, name, f"not safe to pass: {verdict.reason()}")
         if target is None:
             return assignment(State.PENDING, name, f"no guest '{name}' is defined")
         if not target.state.active:
@@ -359,10 +364,7 @@ class _Planner:
                               "waiting for its previous plug to be removed from the guest")
         prepare: tuple[str, ...] = ()
         warning = ""
-        if d.subsystem is Subsystem.PCI:
-            verdict, together = self._pci_verdict(d, target, why)
-            if not verdict.ok:
-                return assignment(State.DENIED, name, f"not safe to pass: {verdict.reason()}")
+        if verdict is not None:
             if d.iommu_group in self.groups_busy:
                 return assignment(State.PENDING, name,
                                   f"waiting for the rest of IOMMU group {d.iommu_group}")
@@ -378,11 +380,11 @@ class _Planner:
         self.actions.append(Attach(d.slot, d, name, rule, prepare))
         return assignment(State.ATTACHING, name, f"attaching to '{name}' {why.by}{warning}")
 
-    def _pci_verdict(self, d: Device, target: Guest,
+    def _pci_verdict(self, d: Device, target: Guest | None,
                      why: _Why) -> tuple[Verdict, frozenset[str]]:
         """The safety verdict, counting group mates that go to the same guest as safe."""
         together = frozenset(m for m in group_members(d.address, self.world.host)
-                             if self.pci_targets.get(m) == target.uuid)
+                             if target is not None and self.pci_targets.get(m) == target.uuid)
         return pci_verdict(d.address, self.world.host, why.allowed, together), together
 
     def _pci_warning(self, d: Device, why: _Why) -> str:

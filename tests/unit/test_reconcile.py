@@ -450,3 +450,10 @@ def test_pci_hostdev_is_recognised_by_address_and_removed_when_the_device_goes()
     assert plan.actions == () and plan.assignments[d.id].state is State.ATTACHED
     plan = reconcile(WIFI_TO_ROUTER, pci_world([], host(), [guest("router", hostdevs=(h,))]))
     assert plan.actions == (Detach(d.slot, "router", h, "the device is gone"),)
+
+
+def test_pci_unsafe_is_denied_even_while_the_guest_is_off():
+    d, sata = pci(), pci("0000:00:17.0", "8086", "a352", "010601", driver="ahci")
+    w = pci_world([d, sata], host(d, sata), [guest("router", GuestState.SHUTOFF)])
+    a = reconcile(WIFI_TO_ROUTER, w).assignments[d.id]
+    assert a.state is State.DENIED and "0000:00:17.0" in a.reason
