@@ -11,7 +11,22 @@ plugged them in) and check, through the guest agent, what L1 and L2 see.
 Why TCG only: under KVM on these machines L1 hangs during boot, and TCG needs no
 /dev/kvm, so the lab runs anywhere qemu-system-x86_64 does. L2 is a QEMU guest
 of L1 (``<domain type='qemu'>``) that boots nothing: it only needs to exist and
-hold USB devices.
+hold USB devices. PCI tests need an L2 that runs Linux (lab_pci.py).
+
+L1's PCI topology (qemu_argv), as lspci and /sys/kernel/iommu_groups in L1
+show it; ports get their secondary bus from L1's enumeration, in argv order:
+
+=========  ============  ========  ===========================================
+qdev id    L1 address    sec. bus  IOMMU group
+=========  ============  ========  ===========================================
+xhci       0000:00:01.0  -         its own (L1's USB bus)
+rp1..rp5   00:02.0-06.0  01..05    one each; a device plugged into rpN is
+                                   0000:0N:00.0, alone in its own group
+rpbr       0000:00:07.0  06        its own
+pcibr      0000:06:00.0  07        one group with everything behind it
+l1nic      0000:07:01.0  -         pcibr's; L1 binds it to e1000 (a user
+                                   netdev with restrict=on: no way out)
+=========  ============  ========  ===========================================
 
 Nothing here is thread-safe; one Lab is driven from one thread (pytest's).
 """
@@ -64,6 +79,7 @@ MIRRORS = (
 
 #: minbase has no init, kernel or udev; these make it a bootable libvirt host.
 #: procps for pgrep/ps (minbase lacks them), python3-* are phyllod's deps.
+#: busybox-static and cpio make the initramfs of the Linux L2 (lab_pci.py).
 PACKAGES = (
     "systemd-sysv",
     "udev",
@@ -84,6 +100,8 @@ PACKAGES = (
     "libvirt-clients",
     "qemu-system-x86",
     "qemu-guest-agent",
+    "busybox-static",
+    "cpio",
 )
 
 IMAGE_SIZE = "3G"
@@ -579,6 +597,19 @@ class Lab:
             "-device", "qemu-xhci,id=xhci",
             "-device", "pcie-root-port,id=rp1,chassis=1,slot=1",
             "-device", "pcie-root-port,id=rp2,chassis=2,slot=2",
+            # Empty ports for PCI hot-plug (lab_pci.plug_pci): a PCIe port
+            # takes one device, and QEMU cannot add root ports at run time.
+            "-device", "pcie-root-port,id=rp3,chassis=3,slot=3",
+            "-device", "pcie-root-port,id=rp4,chassis=4,slot=4",
+            "-device", "pcie-root-port,id=rp5,chassis=5,slot=5",
+            # A conventional PCI segment: everything behind a PCIe-to-PCI
+            # bridge shares one IOMMU group, and L1 itself uses l1nic there,
+            # so a device hot-plugged beside it (l1nic2, lab_pci.py) must not
+            # be passed: libvirt finds its group not viable.
+            "-device", "pcie-root-port,id=rpbr,chassis=6,slot=6",
+            "-device", "pcie-pci-bridge,id=pcibr,bus=rpbr",
+            "-netdev", "user,id=l1net,restrict=on",
+            "-device", "e1000,id=l1nic,bus=pcibr,addr=1,netdev=l1net",
             "-virtfs",
             f"local,path={self.share},mount_tag=phyllod,security_model=none,readonly=on",
             "-qmp", f"unix:{rd / 'qmp.sock'},server=on,wait=off",
