@@ -16,7 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "lab"))
 
 import lab as harness  # noqa: E402
+import lab_pci  # noqa: E402
 from lab_phyllod import L2, LabPhyllod, keyboard_alias, wait_until  # noqa: E402
+
+#: Where L1 puts a device hot-plugged into slot 2 of its pcie-pci-bridge (lab_pci).
+BEHIND_BRIDGE = "0000:07:02.0"
 
 POLICY = f"""\
 # The demo's embedded policy, /etc/phyllod/policy.d/10-lab.toml in L1
@@ -29,6 +33,16 @@ guest  = "{L2}"
 name   = "no mass storage in guests"
 match  = {{ interface_class = "08" }}
 action = "deny"
+
+[[rule]]
+name   = "Intel e1000e NICs go to {L2}"
+match  = {{ subsystem = "pci", vendor = "8086", product = "10d3" }}
+guest  = "{L2}"
+
+[[rule]]
+name   = "the NIC in slot 2 behind L1's PCI bridge goes to {L2}"
+match  = {{ address = "{BEHIND_BRIDGE}" }}
+guest  = "{L2}"
 """
 
 
@@ -101,12 +115,31 @@ def main() -> int:
         say("the same state on the system bus: phyllodctl list")
         show(ctl(phyllod, "list"), "phyllodctl")
 
-        say(f"shutting {L2} down: the keyboard goes back to L1's own driver")
+        say("plugging an Intel e1000e NIC into L1's PCIe root port rp3 (QMP device_add)")
+        nic = lab_pci.plug_pci(l1, "nic", "e1000e", "rp3")
+        lab_pci.wait_l1_driver(l1, nic, "vfio-pci", timeout=120)
+        phyllod.wait_journal(rf"attached pci:{nic} to {L2}", timeout=120)
+        journal.show_new()
+        print(f"   L1: {nic} is now driven by {lab_pci.l1_driver(l1, nic)}; {L2}'s QEMU "
+              "has it:")
+        show("\n".join(ln for ln in lab_pci.l2_info_pci(l1, L2).splitlines()
+                       if "8086:10d3" in ln or "Ethernet" in ln), L2)
+
+        say("a second NIC behind L1's PCI bridge: its IOMMU group holds L1's own NIC")
+        lab_pci.plug_pci(l1, "nic2", "e1000", "pcibr", addr="2")
+        phyllod.wait_journal(rf"pci:{BEHIND_BRIDGE} .*: denied", timeout=120)
+        journal.show_new()
+        show(ctl(phyllod, f"explain pci:{BEHIND_BRIDGE}"), "phyllodctl")
+        say("phyllodctl iommu: every IOMMU group, and what could be passed")
+        show(ctl(phyllod, "iommu"), "phyllodctl")
+
+        say(f"shutting {L2} down: the keyboard and the NIC go back to L1's own drivers")
         phyllod.virsh(f"destroy {L2}")
         phyllod.wait_host_driver("1-1:1.0", "usbhid")
+        lab_pci.wait_l1_driver(l1, nic, "e1000e", timeout=120)
         journal.show_new()
         print("   L1: /sys/bus/usb/devices/1-1:1.0/driver -> "
-              f"{phyllod.host_driver('1-1:1.0')}")
+              f"{phyllod.host_driver('1-1:1.0')}; {nic} -> {lab_pci.l1_driver(l1, nic)}")
         say(f"starting {L2} again: phyllod attaches the keyboard again")
         phyllod.virsh(f"start {L2}")
         phyllod.wait_in_l2(alias)

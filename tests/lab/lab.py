@@ -413,7 +413,9 @@ GUEST_ENV = (
     "LIBVIRT_DEFAULT_URI=qemu:///system",
 )
 
-#: L2: no disk, no display, just a machine with an xHCI controller.
+#: L2: no disk, no display, just a machine with an xHCI controller and two free
+#: PCIe root ports (libvirt hot-plugs a PCIe hostdev only into a free port).
+#: With no OS it never acknowledges a PCI unplug: see lab_pci's Linux L2.
 L2_XML = """\
 <domain type='qemu'>
   <name>{name}</name>
@@ -423,6 +425,8 @@ L2_XML = """\
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <controller type='usb' model='qemu-xhci' ports='15'/>
+    <controller type='pci' model='pcie-root-port'/>
+    <controller type='pci' model='pcie-root-port'/>
     <memballoon model='none'/>
   </devices>
 </domain>
