@@ -12,7 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from phyllod.model import Device, Guest, GuestState, Subsystem, Hostdev
+from phyllod.model import Device, Guest, GuestState, Hostdev, Subsystem
 from phyllod.policy import Policy, parse_policy_text
 from phyllod.reconcile import World, reconcile
 

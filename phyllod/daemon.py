@@ -519,8 +519,11 @@ class Daemon:
     async def _attach(self, a: Attach) -> None:
         d = a.device
         fields = _fields(d.id, a.guest, a.rule, State.ATTACHING)
-        log.info("attaching %s to %s by rule '%s': libvirt attachDeviceFlags (bus %d device %d)",
-                 d.describe(), a.guest, a.rule, d.busnum, d.devnum, **fields)
+        source = (f"managed, host {d.address}" if d.subsystem is Subsystem.PCI
+                  else f"bus {d.busnum} device {d.devnum}")
+        by = f"by rule '{a.rule}'" if a.rule else "by a manual override"
+        log.info("attaching %s to %s %s: libvirt attachDeviceFlags (%s)",
+                 d.describe(), a.guest, by, source, **fields)
         started = time.monotonic()
         prepared: list[str] = []
         try:

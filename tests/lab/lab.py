@@ -425,6 +425,7 @@ L2_XML = """\
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <controller type='usb' model='qemu-xhci' ports='15'/>
+    <controller type='pci' index='0' model='pcie-root'/>
     <controller type='pci' model='pcie-root-port'/>
     <controller type='pci' model='pcie-root-port'/>
     <memballoon model='none'/>
