@@ -42,7 +42,7 @@ from phyllod.reconcile import (
 )
 from phyllod.state_store import StateError, load_overrides, save_overrides
 from phyllod.sysfs import read_host_facts
-from phyllod.systemd_glue import notify
+from phyllod.systemd_glue import MessageId, notify, watchdog_interval
 from phyllod.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEvent, UdevWatcher
 
 log = logging.getLogger("phyllod")
@@ -67,9 +67,14 @@ class Config:
     manual_timeout: float = 90.0
 
 
-def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "") -> dict:
-    return {"extra": {"PHYLLOD_DEVICE": device, "PHYLLOD_GUEST": guest,
-                      "PHYLLOD_RULE": rule, "PHYLLOD_STATE": state}}
+def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "",
+            event: MessageId | None = None) -> dict:
+    """Journal fields of a log record (``journalctl PHYLLOD_GUEST=work``)."""
+    extra = {"PHYLLOD_DEVICE": device, "PHYLLOD_GUEST": guest, "PHYLLOD_RULE": rule,
+             "PHYLLOD_STATE": state}
+    if event is not None:
+        extra["MESSAGE_ID"] = str(event)
+    return {"extra": extra}
 
 
 def _touches_pci(event: UdevEvent) -> bool:
@@ -138,7 +143,9 @@ class Daemon:
                 await self._shutdown()
                 return
         notify("READY=1")
+        log.info("phyllod %s ready", __version__, **_fields(event=MessageId.STARTED))
         self._notify_status()
+        self._watchdog(watchdog_interval())
         await self._stop.wait()
         await self._shutdown()
 
@@ -161,6 +168,13 @@ class Daemon:
         if self.bus is not None:
             self.bus.close()
 
+    def _watchdog(self, interval: float | None) -> None:
+        """Ping systemd from the loop itself: a loop that hangs stops pinging and is restarted."""
+        if interval is None or self._stopping:
+            return
+        notify("WATCHDOG=1")
+        asyncio.get_running_loop().call_later(interval, self._watchdog, interval)
+
     def _on_bus_lost(self) -> None:
         """Without the bus phyllod cannot be steered: exit so systemd restarts it."""
         self.exit_code = 1
@@ -174,7 +188,8 @@ class Daemon:
         except PolicyError as e:
             self.policy_errors = tuple(str(p) for p in e.problems)
             for problem in e.problems:
-                log.error("policy: %s", problem, **_fields(rule=problem.rule))
+                log.error("policy: %s", problem,
+                          **_fields(rule=problem.rule, event=MessageId.POLICY_REFUSED))
             if initial:
                 log.error("no usable policy: phyllod moves nothing until it is fixed and "
                           "reloaded (systemctl reload phyllod, or SIGHUP)")
@@ -184,7 +199,7 @@ class Daemon:
         self.policy = policy
         self.policy_errors = ()
         log.info("policy: %d rules from %d files in %s", len(policy.rules), len(policy.files),
-                 self.config.policy_dir)
+                 self.config.policy_dir, **_fields(event=MessageId.POLICY_LOADED))
         return True
 
     def reload(self) -> bool:
@@ -266,7 +281,8 @@ class Daemon:
             self.overrides = overrides
             what = f"{override.kind} {override.guest}".strip() if override else "cleared"
             log.info("manual override for %s: %s", d.describe(), what,
-                     **_fields(device=d.id, guest=override.guest if override else ""))
+                     **_fields(device=d.id, guest=override.guest if override else "",
+                               event=MessageId.OVERRIDE))
         self._manual.add(device_id)
         try:
             a = await self._settle(device_id)
@@ -327,7 +343,8 @@ class Daemon:
         self.guests = guests
         self.failures.clear()
         log.info("connected to %s: %d guests, %d running", self.config.uri, len(guests),
-                 sum(g.state.active for g in guests.values()))
+                 sum(g.state.active for g in guests.values()),
+                 **_fields(event=MessageId.LIBVIRT_CONNECTED))
         self._kick()
         return True
 
@@ -347,7 +364,8 @@ class Daemon:
     def _on_lost(self, reason: str) -> None:
         if self.guests is None:
             return
-        log.warning("lost the connection to %s (%s); reconnecting", self.config.uri, reason)
+        log.warning("lost the connection to %s (%s); reconnecting", self.config.uri, reason,
+                    **_fields(event=MessageId.LIBVIRT_LOST))
         self.guests = None
         self._kick()
         self._start_reconnect()
@@ -366,7 +384,8 @@ class Daemon:
             d = self.devices.pop(event.device_id, None)
             if d is not None:
                 self.failures.pop(d.slot, None)
-                log.info("%s unplugged", d.describe(), **_fields(device=d.id))
+                log.info("%s unplugged", d.describe(),
+                         **_fields(device=d.id, event=MessageId.DEVICE_REMOVED))
         elif isinstance(event, DeviceSeen):
             d = event.device
             previous = self.devices.get(d.id)
@@ -374,7 +393,7 @@ class Daemon:
             if previous is None or previous.devnum != d.devnum:
                 self.failures.pop(d.slot, None)
                 log.info("%s plugged in (udev %s)", d.describe(), event.action,
-                         **_fields(device=d.id))
+                         **_fields(device=d.id, event=MessageId.DEVICE_ADDED))
         elif isinstance(event, DevicesRescanned):
             fresh = {d.id: d for d in event.devices}
             for d in self.devices.values():
@@ -415,7 +434,8 @@ class Daemon:
             self.guests[name] = guest
         if before is None or guest is None or before.state != guest.state:
             state = guest.state if guest is not None else "undefined"
-            log.info("guest %s is %s", name, state, **_fields(guest=name))
+            log.info("guest %s is %s", name, state,
+                     **_fields(guest=name, event=MessageId.GUEST_STATE))
         if guest is None or not guest.state.active:
             # A guest that stopped has released everything: end pending detaches.
             for (holder, _alias), released in self._released.items():
@@ -476,7 +496,7 @@ class Daemon:
             where = f" guest={a.guest}" if a.guest else ""
             level = logging.WARNING if a.state is State.FAILED else logging.INFO
             log.log(level, "%s: %s%s: %s", what, a.state, where, a.reason,
-                    **_fields(device_id, a.guest, a.rule, a.state))
+                    **_fields(device_id, a.guest, a.rule, a.state, MessageId.DECISION))
         self.assignments = dict(assignments)
         self._notify_status()
         if self.bus is not None:
@@ -534,12 +554,14 @@ class Daemon:
                 prepared.append(address)
             guest = await self.client.attach(a.guest, hostdev_xml(d))
         except LibvirtError as e:
-            log.info("attach %s to %s failed: %s", d.id, a.guest, e.message, **fields)
+            log.warning("attach %s to %s failed: %s", d.id, a.guest, e.message,
+                        **_fields(d.id, a.guest, a.rule, State.FAILED, MessageId.ATTACH_FAILED))
             await self._give_back(prepared)
             self._failed(a.slot, OpKind.ATTACH, a.guest, e)
         else:
             log.info("attached %s to %s in %.0f ms", d.id, a.guest,
-                     (time.monotonic() - started) * 1000, **fields)
+                     (time.monotonic() - started) * 1000,
+                     **_fields(d.id, a.guest, a.rule, State.ATTACHED, MessageId.ATTACHED))
             self._store_guest(a.guest, guest)
             self.failures.pop(a.slot, None)
         finally:
@@ -571,14 +593,19 @@ class Daemon:
                 except TimeoutError:
                     error = (f"guest {a.guest} did not release the device within "
                              f"{self.config.detach_timeout:.0f}s")
-                    log.warning("detach %s: %s", alias, error, **fields)
+                    log.warning("detach %s: %s", alias, error,
+                                **_fields(a.device_id, a.guest, "", State.FAILED,
+                                          MessageId.DETACH_FAILED))
                     self._failed(a.slot, OpKind.DETACH, a.guest, LibvirtError(error))
                     return
                 self._store_guest(a.guest, await self.client.guest(a.guest))
-            log.info("detached %s from %s", alias, a.guest, **fields)
+            log.info("detached %s from %s", alias, a.guest,
+                     **_fields(a.device_id, a.guest, "", State.HOST, MessageId.DETACHED))
             self.failures.pop(a.slot, None)
         except LibvirtError as e:
-            log.info("detach %s from %s failed: %s", alias, a.guest, e.message, **fields)
+            log.warning("detach %s from %s failed: %s", alias, a.guest, e.message,
+                        **_fields(a.device_id, a.guest, "", State.FAILED,
+                                  MessageId.DETACH_FAILED))
             self._failed(a.slot, OpKind.DETACH, a.guest, e)
         finally:
             self._released.pop(key, None)

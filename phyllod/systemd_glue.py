@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from enum import StrEnum, unique
 
 from systemd import daemon, journal
 
@@ -19,6 +20,46 @@ log = logging.getLogger(__name__)
 #: Structured fields phyllod attaches to log records (``extra=``), in the
 #: order the stderr formatter shows them.
 FIELDS = ("PHYLLOD_DEVICE", "PHYLLOD_GUEST", "PHYLLOD_RULE", "PHYLLOD_STATE")
+
+
+@unique
+class MessageId(StrEnum):
+    """``MESSAGE_ID=`` of phyllod's main events, for ``journalctl MESSAGE_ID=…``.
+
+    Fixed 128-bit ids (as systemd's own catalog uses): a tool can follow
+    "every attach that failed" across versions, whatever the wording.
+    """
+
+    STARTED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c40"
+    POLICY_LOADED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c41"
+    POLICY_REFUSED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c42"
+    DEVICE_ADDED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c43"
+    DEVICE_REMOVED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c44"
+    DECISION = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c45"
+    ATTACHED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c46"
+    ATTACH_FAILED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c47"
+    DETACHED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c48"
+    DETACH_FAILED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c49"
+    OVERRIDE = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4a"
+    GUEST_STATE = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4b"
+    LIBVIRT_CONNECTED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4c"
+    LIBVIRT_LOST = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4d"
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings (half of ``WatchdogSec=``), None if off.
+
+    systemd sets ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``, which must be us)
+    when the unit has ``WatchdogSec=``.
+    """
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+    except ValueError:
+        return None
+    return usec / 2 / 1_000_000 if usec > 0 else None
 
 
 def notify(message: str) -> None:

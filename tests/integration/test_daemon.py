@@ -10,6 +10,7 @@ and keeps going. Success is proven in the lab.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,11 +35,12 @@ def start_daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sta
     policy_dir = tmp_path / "policy.d"
     policy_dir.mkdir()
 
-    def start(policy: str, uri: str, tb: testbed.UsbTestbed) -> tuple[DaemonProcess, NotifySocket]:
+    def start(policy: str, uri: str, tb: testbed.UsbTestbed,
+              extra_env: dict[str, str] | None = None) -> tuple[DaemonProcess, NotifySocket]:
         if policy:
             (policy_dir / "10-test.toml").write_text(policy)
         notify = NotifySocket(tmp_path / f"notify-{len(started)}")
-        env = child_env(**tb.env, NOTIFY_SOCKET=str(notify.path))
+        env = child_env(**tb.env, NOTIFY_SOCKET=str(notify.path), **(extra_env or {}))
         proc = DaemonProcess(["--policy-dir", str(policy_dir), "--connect", uri], env)
         started.append((proc, notify))
         return proc, notify
@@ -234,3 +236,20 @@ def test_a_flapping_device_never_races_itself(
         elif "attach usb:1-2 to work failed" in line or "attached usb:1-2" in line:
             in_flight -= 1
     assert daemon.alive and "Traceback" not in daemon.log()
+
+
+def test_watchdog_pings_come_from_the_loop(start_daemon: Start,
+                                           usb_testbed: testbed.UsbTestbed):
+    proc, notify = start_daemon("", "test:///default", usb_testbed,
+                                extra_env={"WATCHDOG_USEC": "200000"})
+    notify.wait_for("READY=1")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(notify.wait_for("WATCHDOG=1")) < 5:
+        time.sleep(0.1)
+    assert len(notify.wait_for("WATCHDOG=1")) >= 5, "pings every WatchdogSec/2"
+    # A hung loop stops pinging, which is what lets systemd restart it.
+    proc.signal(signal.SIGSTOP)
+    before = len(notify.wait_for("WATCHDOG=1"))
+    time.sleep(0.6)
+    assert len(notify.wait_for("WATCHDOG=1")) == before
+    proc.signal(signal.SIGCONT)

@@ -17,7 +17,7 @@ import pytest
 import testbed
 from daemon_process import DaemonProcess, NotifySocket, child_env
 
-from phyllod.systemd_glue import JOURNAL_SOCKET
+from phyllod.systemd_glue import JOURNAL_SOCKET, MessageId
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,9 @@ def test_decisions_carry_device_guest_and_rule_fields(
         assert r["SYSLOG_IDENTIFIER"] == "phyllod"
         assert r["PRIORITY"] == "6"
         assert r["MESSAGE"].endswith("denied: denied by rule 'no sticks'")
+        assert r["MESSAGE_ID"] == MessageId.DECISION
+        ids = {rec.get("MESSAGE_ID") for rec in records}
+        assert {MessageId.POLICY_LOADED, MessageId.LIBVIRT_CONNECTED, MessageId.STARTED} <= ids
         assert proc.lines == [], "with the journal there, nothing goes to stderr"
     finally:
         proc.stop()
