@@ -1,10 +1,13 @@
 """phyllod inside the lab's L1, driven the way a person or systemd would.
 
-phyllod runs from the checkout shared into L1 (9p, /opt/phyllod) with Debian's
-own python3-libvirt/pyudev/systemd/dbus-fast, as a transient systemd service
-of ``Type=notify`` (so ``systemd-run`` returns once phyllod sent READY=1), on
-L1's system bus with the shipped bus policy and polkit actions, and logs to L1's journal, which
-the tests read back with journalctl.
+phyllod runs under the shipped unit, systemd/phyllod.service (Type=notify,
+so ``systemctl restart`` returns once phyllod sent READY=1, with all its
+hardening), installed into L1's /etc/systemd/system. phyllod is not installed
+as a package in L1: a drop-in (lab.conf) only points ExecStart= at the
+checkout shared into L1 (9p, read-only, /opt/phyllod), run with Debian's own
+python3-libvirt/pyudev/systemd/dbus-fast. phyllod is on L1's system bus with
+the shipped bus policy, polkit actions and bus activation file, and logs to
+L1's journal, which the tests read back with journalctl.
 """
 
 from __future__ import annotations
@@ -20,6 +23,16 @@ L2 = "l2"
 UNIT = "phyllod"
 BUS_POLICY = "/etc/dbus-1/system.d/me.phyllo.Phyllod1.conf"
 POLKIT_ACTIONS = "/usr/share/polkit-1/actions/me.phyllo.phyllod.policy"
+BUS_ACTIVATION = "/usr/share/dbus-1/system-services/me.phyllo.Phyllod1.service"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}.service"
+DROPIN_DIR = f"/etc/systemd/system/{UNIT}.service.d"
+#: The only change to the shipped unit: run the checkout, not /usr/bin/phyllod.
+LAB_DROPIN = """\
+[Service]
+ExecStart=
+ExecStart=/usr/bin/python3 -m phyllod.cli --policy-dir /etc/phyllod/policy.d
+Environment=PYTHONPATH=/opt/phyllod
+"""
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0,
@@ -64,21 +77,40 @@ class LabPhyllod:
 
     # ------------------------------------------------------------ phyllod
 
-    def start(self, policy: str) -> None:
-        self.sh("mkdir -p /etc/phyllod/policy.d")
+    def install(self) -> None:
+        """The unit, its lab drop-in, the bus policy, activation file and polkit actions."""
+        self.sh(f"mkdir -p /etc/phyllod/policy.d {DROPIN_DIR}")
         self.sh(f"install -m644 /opt/phyllod/dbus/me.phyllo.phyllod.policy {POLKIT_ACTIONS}")
+        self.sh(f"install -m644 -D /opt/phyllod/dbus/me.phyllo.Phyllod1.service "
+                f"{BUS_ACTIVATION}")
         self.sh(f"cmp -s /opt/phyllod/dbus/me.phyllo.Phyllod1.conf {BUS_POLICY} || "
                 f"{{ install -m644 /opt/phyllod/dbus/me.phyllo.Phyllod1.conf {BUS_POLICY} && "
                 "busctl call org.freedesktop.DBus /org/freedesktop/DBus "
                 "org.freedesktop.DBus ReloadConfig; }")
-        self.lab.write_file("/etc/phyllod/policy.d/10-lab.toml", policy)
+        self.sh(f"install -m644 /opt/phyllod/systemd/{UNIT}.service {UNIT_FILE}")
+        self.lab.write_file(f"{DROPIN_DIR}/lab.conf", LAB_DROPIN)
+        self.sh("systemctl daemon-reload")
+
+    def mark_journal(self) -> None:
+        """journal() shows only what phyllod logs from now on."""
         out = self.sh("journalctl -n 0 --show-cursor --no-pager")
         match = re.search(r"-- cursor: (\S+)", out)
         self.cursor = match.group(1) if match else ""
-        self.sh(f"systemctl reset-failed {UNIT} 2>/dev/null; "
-                f"systemd-run --unit={UNIT} --property=Type=notify "
-                "--setenv=PYTHONPATH=/opt/phyllod "
-                "python3 -m phyllod.cli --policy-dir /etc/phyllod/policy.d")
+
+    def start(self, policy: str) -> None:
+        """Write the policy and (re)start phyllod under its unit; returns after READY=1."""
+        self.install()
+        self.lab.write_file("/etc/phyllod/policy.d/10-lab.toml", policy)
+        self.mark_journal()
+        rc, out, err = self.lab.run(f"systemctl reset-failed {UNIT} 2>/dev/null; "
+                                    f"systemctl restart {UNIT}", timeout=180)
+        if rc != 0:
+            status = self.lab.run(f"systemctl status --no-pager -l {UNIT}")[1]
+            raise AssertionError(f"in L1: systemctl restart {UNIT} exited {rc}:\n{out}{err}\n"
+                                 f"{status}\n--- phyllod's journal ---\n{self.journal()}")
+
+    def main_pid(self) -> int:
+        return int(self.sh(f"systemctl show -P MainPID {UNIT}").strip() or 0)
 
     def ctl(self, args: str, timeout: float = 120.0) -> tuple[int, str, str]:
         """``phyllodctl ARGS`` in L1, as root: (exit code, stdout, stderr)."""
@@ -89,11 +121,15 @@ class LabPhyllod:
         self.lab.run(f"systemctl stop {UNIT}; systemctl reset-failed {UNIT} 2>/dev/null")
 
     def kill(self) -> None:
-        """SIGKILL, as a crash or the OOM killer would."""
+        """SIGKILL, as a crash or the OOM killer would; returns once that process is gone.
+
+        The unit says Restart=on-failure, so systemd starts phyllod again
+        RestartSec= later; a test that wants it back now calls start().
+        """
+        pid = self.main_pid()
         self.sh(f"systemctl kill --signal=KILL {UNIT}")
-        wait_until("phyllod to be gone", lambda: self.lab.run(
-            f"systemctl is-active {UNIT}")[1].strip() in ("failed", "inactive"))
-        self.lab.run(f"systemctl reset-failed {UNIT} 2>/dev/null")
+        wait_until("phyllod to be gone", lambda: self.main_pid() != pid
+                   and self.lab.run(f"test -d /proc/{pid}")[0] != 0)
 
     def journal(self) -> str:
         after = f"--after-cursor={shlex.quote(self.cursor)} " if self.cursor else ""
