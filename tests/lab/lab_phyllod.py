@@ -1,38 +1,35 @@
 """phyllod inside the lab's L1, driven the way a person or systemd would.
 
-phyllod runs under the shipped unit, systemd/phyllod.service (Type=notify,
-so ``systemctl restart`` returns once phyllod sent READY=1, with all its
-hardening), installed into L1's /etc/systemd/system. phyllod is not installed
-as a package in L1: a drop-in (lab.conf) only points ExecStart= at the
-checkout shared into L1 (9p, read-only, /opt/phyllod), run with Debian's own
-python3-libvirt/pyudev/systemd/dbus-fast. phyllod is on L1's system bus with
-the shipped bus policy, polkit actions and bus activation file, and logs to
-L1's journal, which the tests read back with journalctl.
+phyllod is installed in L1 from its Debian package, built on the host from the
+checkout (packaging/build-deb) and read by L1 over the 9p share: it runs as
+the package ships it, under systemd/phyllod.service (Type=notify, so
+``systemctl restart`` returns once phyllod sent READY=1, with all its
+hardening), with Debian's own python3-libvirt/pyudev/systemd/dbus-fast, on
+L1's system bus with the packaged bus policy, polkit actions and bus
+activation file, and logs to L1's journal, which the tests read back with
+journalctl.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 L2 = "l2"
 UNIT = "phyllod"
-BUS_POLICY = "/etc/dbus-1/system.d/me.phyllo.Phyllod1.conf"
-POLKIT_ACTIONS = "/usr/share/polkit-1/actions/me.phyllo.phyllod.policy"
-BUS_ACTIVATION = "/usr/share/dbus-1/system-services/me.phyllo.Phyllod1.service"
-UNIT_FILE = f"/etc/systemd/system/{UNIT}.service"
+#: Where tests put their own drop-ins for the packaged unit (watchdog timing).
 DROPIN_DIR = f"/etc/systemd/system/{UNIT}.service.d"
-#: The only change to the shipped unit: run the checkout, not /usr/bin/phyllod.
-LAB_DROPIN = """\
-[Service]
-ExecStart=
-ExecStart=/usr/bin/python3 -m phyllod.cli --policy-dir /etc/phyllod/policy.d
-Environment=PYTHONPATH=/opt/phyllod
-"""
+REPO = Path(__file__).resolve().parents[2]
+#: Where the host builds the .deb: inside the checkout, so L1 sees it over 9p.
+DEB_DIR = REPO / "build" / "deb"
+#: In L1: the hash of the .deb installed there (build-deb writes the host's).
+INSTALLED_HASH = "/var/lib/phyllod-lab.deb.hash"
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0,
@@ -78,18 +75,21 @@ class LabPhyllod:
     # ------------------------------------------------------------ phyllod
 
     def install(self) -> None:
-        """The unit, its lab drop-in, the bus policy, activation file and polkit actions."""
-        self.sh(f"mkdir -p /etc/phyllod/policy.d {DROPIN_DIR}")
-        self.sh(f"install -m644 /opt/phyllod/dbus/me.phyllo.phyllod.policy {POLKIT_ACTIONS}")
-        self.sh(f"install -m644 -D /opt/phyllod/dbus/me.phyllo.Phyllod1.service "
-                f"{BUS_ACTIVATION}")
-        self.sh(f"cmp -s /opt/phyllod/dbus/me.phyllo.Phyllod1.conf {BUS_POLICY} || "
-                f"{{ install -m644 /opt/phyllod/dbus/me.phyllo.Phyllod1.conf {BUS_POLICY} && "
+        """Install phyllod's Debian package in L1, as a user would; once per checkout state.
+
+        The host builds it from the checkout (packaging/build-deb, cached by a
+        hash of the tree), L1 installs it from the 9p share: the lab then
+        tests what a distribution ships (unit, bus policy, activation file,
+        polkit actions, /usr/bin/phyllod), not a copy of the checkout.
+        """
+        subprocess.run([str(REPO / "packaging" / "build-deb"), str(DEB_DIR)], check=True,
+                       stdout=subprocess.DEVNULL)
+        share = f"/opt/phyllod/{DEB_DIR.relative_to(REPO)}"
+        self.sh(f"cmp -s {share}/phyllod.deb.hash {INSTALLED_HASH} || "
+                f"{{ DEBIAN_FRONTEND=noninteractive dpkg -i {share}/phyllod_*_all.deb && "
                 "busctl call org.freedesktop.DBus /org/freedesktop/DBus "
-                "org.freedesktop.DBus ReloadConfig; }")
-        self.sh(f"install -m644 /opt/phyllod/systemd/{UNIT}.service {UNIT_FILE}")
-        self.lab.write_file(f"{DROPIN_DIR}/lab.conf", LAB_DROPIN)
-        self.sh("systemctl daemon-reload")
+                "org.freedesktop.DBus ReloadConfig && "
+                f"cp {share}/phyllod.deb.hash {INSTALLED_HASH}; }}", timeout=300)
 
     def mark_journal(self) -> None:
         """journal() shows only what phyllod logs from now on."""
@@ -114,8 +114,7 @@ class LabPhyllod:
 
     def ctl(self, args: str, timeout: float = 120.0) -> tuple[int, str, str]:
         """``phyllodctl ARGS`` in L1, as root: (exit code, stdout, stderr)."""
-        return self.lab.run(f"PYTHONPATH=/opt/phyllod python3 -m phyllod.ctl {args}",
-                            timeout=timeout)
+        return self.lab.run(f"phyllodctl {args}", timeout=timeout)
 
     def stop(self) -> None:
         self.lab.run(f"systemctl stop {UNIT}; systemctl reset-failed {UNIT} 2>/dev/null")

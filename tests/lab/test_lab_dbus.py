@@ -35,8 +35,8 @@ def test_phyllodctl_attach_detach_and_monitor(lab_phyllod: LabPhyllod):
     out = lab_phyllod.sh("busctl introspect me.phyllo.Phyllod1 /me/phyllo/Phyllod1")
     assert "me.phyllo.Phyllod1.Manager" in out and "org.freedesktop.DBus.ObjectManager" in out
     lab_phyllod.sh(f"systemctl reset-failed {MONITOR} 2>/dev/null; "
-                   f"systemd-run --unit={MONITOR} --setenv=PYTHONPATH=/opt/phyllod "
-                   "sh -c 'exec python3 -u -m phyllod.ctl monitor > /run/monitor.log 2>&1'")
+                   f"systemd-run --unit={MONITOR} "
+                   "sh -c 'exec phyllodctl monitor > /run/monitor.log 2>&1'")
     try:
         wait_until("phyllodctl monitor to listen", lambda: "phyllod monitoring" in lab.run(
             "cat /run/monitor.log")[1], timeout=120)
@@ -54,7 +54,7 @@ def test_phyllodctl_attach_detach_and_monitor(lab_phyllod: LabPhyllod):
 
         # Not root, no session: polkit wants an admin password; refused, nothing moves.
         rc, _, err = lab.run("setpriv --reuid=65534 --regid=65534 --clear-groups "
-                             "env PYTHONPATH=/opt/phyllod python3 -m phyllod.ctl detach usb:1-3")
+                             "phyllodctl detach usb:1-3")
         assert rc == 4, err
         assert lab_phyllod.l2_hostdev_aliases() == [alias]
 

@@ -2,7 +2,7 @@
 
 Reload, status, restart after a crash, the watchdog, bus activation and the
 exposure score that ``systemd-analyze security`` gives the hardened unit.
-LabPhyllod.start installs the unit with a drop-in that only runs the checkout.
+LabPhyllod.start installs phyllod's Debian package (the unit comes with it).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from lab_phyllod import DROPIN_DIR, L2, UNIT, LabPhyllod, keyboard_alias, wait_until
+
+from phyllod.systemd_glue import MessageId
 
 pytestmark = pytest.mark.lab
 
@@ -47,11 +49,12 @@ def _active(p: LabPhyllod) -> bool:
 
 
 def _dropin(p: LabPhyllod, name: str, text: str | None) -> None:
-    """Add (or with None remove) a test drop-in next to the lab's."""
+    """Add (or with None remove) a test drop-in for the packaged unit."""
     path = f"{DROPIN_DIR}/{name}"
     if text is None:
         p.lab.run(f"rm -f {path}; systemctl daemon-reload")
     else:
+        p.sh(f"mkdir -p {DROPIN_DIR}")
         p.lab.write_file(path, text)
         p.sh("systemctl daemon-reload")
 
@@ -142,14 +145,10 @@ def test_a_bus_call_starts_a_stopped_phyllod(lab_phyllod: LabPhyllod):
          "org.freedesktop.DBus.Peer Ping", timeout=200)
     assert _active(p)
     p.wait_journal(r"phyllod .* ready")
-    # Enabling creates the bus-activation alias of [Install].
-    try:
-        out = p.sh(f"systemctl enable {UNIT} 2>&1")
-        assert "dbus-me.phyllo.Phyllod1.service" in out, out
-        assert p.sh("readlink /etc/systemd/system/dbus-me.phyllo.Phyllod1.service").strip() \
-            .endswith(f"{UNIT}.service")
-    finally:
-        p.lab.run(f"systemctl disable {UNIT}")
+    # The package enabled the unit, which made the bus-activation alias of [Install].
+    assert p.sh(f"systemctl is-enabled {UNIT}").strip() == "enabled"
+    assert p.sh("readlink /etc/systemd/system/dbus-me.phyllo.Phyllod1.service").strip() \
+        .endswith(f"{UNIT}.service")
 
 
 def test_the_hardened_unit_scores_as_documented(lab_phyllod: LabPhyllod):
@@ -167,3 +166,19 @@ def test_the_hardened_unit_scores_as_documented(lab_phyllod: LabPhyllod):
     assert re.search(r"CapBnd:\s+0+$", status, re.M), status
     assert re.search(r"NoNewPrivs:\s+1$", status, re.M), status
     assert re.search(r"Seccomp:\s+2$", status, re.M), status
+
+
+def test_journal_answers_what_happened_to_my_guest(lab_phyllod: LabPhyllod):
+    """Structured fields and MESSAGE_IDs, read back with journalctl as a person would."""
+    p = lab_phyllod
+    p.start(KBD_TO_L2)
+    p.plug("kbd1", port=1)
+    alias = keyboard_alias(p.lab, port=1)
+    p.wait_in_l2(alias)
+    attached = p.sh(f"journalctl -u {UNIT} PHYLLOD_GUEST={L2} MESSAGE_ID={MessageId.ATTACHED} "
+                    "-o cat --no-pager")
+    assert re.search(rf"attached usb:1-1 to {L2} in \d+ ms", attached), attached
+    fields = p.sh(f"journalctl -u {UNIT} MESSAGE_ID={MessageId.DECISION} PHYLLOD_DEVICE=usb:1-1 "
+                  "-o export --no-pager")
+    assert f"PHYLLOD_GUEST={L2}" in fields and "PHYLLOD_RULE=keyboards to l2" in fields
+    assert "PHYLLOD_STATE=attached" in fields
