@@ -190,32 +190,58 @@ class PrivateSystemBus:
         self.stop()
 
 
-class MockPolkit:
-    """python-dbusmock's polkitd template on a private bus: allows the actions it is told to.
+class _BusPeer:
+    """A process that owns a name on the private bus, logging to a file there.
 
-    It is steered with busctl rather than dbus-python: the repo's dbus/ directory
-    makes ``import dbus`` look first-party to ruff, and busctl needs no event loop.
+    A file, not a pipe nobody reads while the peer runs: a full pipe would hang it.
     """
+
+    LOG = ""
 
     def __init__(self, bus: PrivateSystemBus) -> None:
         self.bus = bus
         self.proc: subprocess.Popen[str] | None = None
         assert bus.dir is not None, "start the bus first"
-        self.log_path = bus.dir / "polkit-mock.log"
+        self.log_path = bus.dir / self.LOG
 
-    def start(self, timeout: float = 10.0) -> MockPolkit:
-        """Start the mock; returns once it owns org.freedesktop.PolicyKit1."""
+    def _spawn(self, argv: Sequence[str], timeout: float) -> None:
+        """Start ``argv``; return once it owns org.freedesktop.PolicyKit1."""
         try:
-            # A file, not a pipe nobody reads while the mock runs: a full pipe would hang it.
             with open(self.log_path, "w") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "dbusmock", "--system", "--template", "polkitd"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     text=True, env=self.bus.env())
             _wait_for_owner(self.bus, POLKIT_NAME, self.proc, self.log_path, timeout)
         except BaseException:
             self.stop()
             raise
+
+    def log(self) -> str:
+        """What the process printed (see the subclass for what that holds)."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class MockPolkit(_BusPeer):
+    """python-dbusmock's polkitd template on a private bus: allows the actions it is told to.
+
+    It is steered with busctl rather than dbus-python: the repo's dbus/ directory
+    makes ``import dbus`` look first-party to ruff, and busctl needs no event loop.
+    Its log holds the methods it was called with, and any traceback.
+    """
+
+    LOG = "polkit-mock.log"
+
+    def start(self, timeout: float = 10.0) -> MockPolkit:
+        """Start the mock; returns once it owns org.freedesktop.PolicyKit1."""
+        self._spawn([sys.executable, "-m", "dbusmock", "--system", "--template", "polkitd"],
+                    timeout)
         return self
 
     def set_allowed(self, actions: Sequence[str]) -> None:
@@ -223,38 +249,28 @@ class MockPolkit:
         self.bus.call(POLKIT_NAME, POLKIT_PATH, dbusmock.MOCK_IFACE, "SetAllowed", "as",
                       str(len(actions)), *actions)
 
-    def log(self) -> str:
-        """What the mock printed: the methods it was called with, and any traceback."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        _stop(self.proc)
-
     def __enter__(self) -> MockPolkit:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
-
-class RealPolkit:
+class RealPolkit(_BusPeer):
     """The host's polkitd on a private bus, knowing only the given actions and no rules.
 
     polkitd reads actions and rules from compiled-in paths, so it runs in its own
     mount namespace with temp directories bind-mounted over them: the host's
     actions and rules (which vary from host to host) stay out, the host is untouched.
     It finds the bus through DBUS_SYSTEM_BUS_ADDRESS (GDBus), starts as root and
-    drops to user polkitd itself, after the mounts.
+    drops to user polkitd itself, after the mounts. Its log holds the rules and
+    actions loaded, and each check's verdict.
     """
 
+    LOG = "polkitd.log"
+
     def __init__(self, bus: PrivateSystemBus, policies: Sequence[Path]) -> None:
-        self.bus = bus
+        super().__init__(bus)
         self.policies = policies
-        self.proc: subprocess.Popen[str] | None = None
-        assert bus.dir is not None, "start the bus first"
+        assert bus.dir is not None
         self.base = bus.dir / "polkit"
-        self.log_path = bus.dir / "polkitd.log"
 
     @staticmethod
     def available() -> str:
@@ -267,42 +283,22 @@ class RealPolkit:
 
     def start(self, timeout: float = 10.0) -> RealPolkit:
         """Start polkitd; returns once it owns org.freedesktop.PolicyKit1."""
-        try:
-            actions, rules = self.base / "actions", self.base / "rules"
-            actions.mkdir(parents=True)
-            rules.mkdir()
-            for policy in self.policies:
-                shutil.copy(policy, actions)
-            script = ["set -e",
-                      f"mount --bind {actions} /usr/share/polkit-1/actions",
-                      f"mount --bind {rules} /usr/share/polkit-1/rules.d",
-                      f"mount --bind {rules} /etc/polkit-1/rules.d",
-                      f"exec {POLKITD}"]
-            with open(self.log_path, "w") as log:
-                self.proc = subprocess.Popen(
-                    ["unshare", "--mount", "--propagation", "private",
-                     "sh", "-c", "\n".join(script)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    text=True, env=self.bus.env())
-            _wait_for_owner(self.bus, POLKIT_NAME, self.proc, self.log_path, timeout)
-        except BaseException:
-            self.stop()
-            raise
+        actions, rules = self.base / "actions", self.base / "rules"
+        actions.mkdir(parents=True)
+        rules.mkdir()
+        for policy in self.policies:
+            shutil.copy(policy, actions)
+        script = ["set -e",
+                  f"mount --bind {actions} /usr/share/polkit-1/actions",
+                  f"mount --bind {rules} /usr/share/polkit-1/rules.d",
+                  f"mount --bind {rules} /etc/polkit-1/rules.d",
+                  f"exec {POLKITD}"]
+        self._spawn(["unshare", "--mount", "--propagation", "private",
+                     "sh", "-c", "\n".join(script)], timeout)
         return self
-
-    def log(self) -> str:
-        """polkitd's debug output: rules and actions loaded, and each check's verdict."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        _stop(self.proc)
 
     def __enter__(self) -> RealPolkit:
         return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 #: Prefix for a command to run as uid and gid 65534 with no supplementary groups.
