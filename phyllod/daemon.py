@@ -27,7 +27,7 @@ from phyllod.explain import explain
 from phyllod.hostdev_xml import hostdev_xml
 from phyllod.libvirt_client import LibvirtClient, LibvirtError
 from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, State, Subsystem
-from phyllod.pci_safety import pci_verdict
+from phyllod.pci_safety import TableRow, iommu_table
 from phyllod.policy import Action, Policy, PolicyError, load_policy_dir
 from phyllod.reconcile import (
     Attach,
@@ -219,26 +219,8 @@ class Daemon:
             raise Failed("the policy has errors; the previous policy stays in force:\n"
                          + "\n".join(self.policy_errors))
 
-    def iommu_groups(self) -> list[tuple[int, list[tuple[str, str, str, str, str, str]]]]:
-        """Every IOMMU group and, per function, whether it could be passed and why not.
-
-        The verdict is the policy-free one (no risk accepted), which is what a
-        person choosing a device to pass wants to see first.
-        """
-        groups = []
-        for number, members in sorted(self.host.groups.items()):
-            rows = []
-            for address in members:
-                f = self.host.functions.get(address)
-                if f is None:
-                    continue
-                verdict = pci_verdict(address, self.host)
-                status = ("bridge" if f.is_bridge else "ok" if verdict.ok and not verdict.warnings
-                          else "warning" if verdict.ok else "unsafe")
-                rows.append((address, f"{f.vendor}:{f.device}", f.class_code, f.driver, status,
-                             "" if f.is_bridge else verdict.reason()))
-            groups.append((number, rows))
-        return groups
+    def iommu_groups(self) -> list[tuple[int, list[TableRow]]]:
+        return iommu_table(self.host)
 
     def explain(self, device_id: str) -> str:
         d = self.devices.get(device_id)

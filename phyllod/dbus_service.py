@@ -31,6 +31,7 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, m
 
 from phyllod import errors, polkit
 from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, State
+from phyllod.pci_safety import TableRow
 
 log = logging.getLogger("phyllod")
 
@@ -80,7 +81,7 @@ class Operations(Protocol):
 
     def explain(self, device_id: str) -> str: ...
 
-    def iommu_groups(self) -> list[tuple[int, list[tuple[str, str, str, str, str, str]]]]: ...
+    def iommu_groups(self) -> list[tuple[int, list[TableRow]]]: ...
 
     async def set_override(self, device_id: str, override: Override | None) -> None: ...
 

@@ -106,6 +106,33 @@ def pci_verdict(address: str, facts: HostFacts, allowed: frozenset[str] = frozen
     return Verdict(tuple(blocking), tuple(warnings))
 
 
+#: One function in ``iommu_table``: address, vendor:device, class, driver, verdict, reason.
+TableRow = tuple[str, str, str, str, str, str]
+
+
+def iommu_table(facts: HostFacts) -> list[tuple[int, list[TableRow]]]:
+    """Every IOMMU group and, per function, whether it could be passed and why not.
+
+    The verdict is the policy-free one (no risk accepted), which is what a
+    person choosing a device to pass wants to see first: ``ok``, ``warning``
+    (only an opt-in risk), ``unsafe`` or ``bridge``.
+    """
+    groups = []
+    for number, members in sorted(facts.groups.items()):
+        rows = []
+        for address in members:
+            f = facts.functions.get(address)
+            if f is None:
+                continue
+            verdict = pci_verdict(address, facts)
+            status = ("bridge" if f.is_bridge else "ok" if verdict.ok and not verdict.warnings
+                      else "warning" if verdict.ok else "unsafe")
+            rows.append((address, f"{f.vendor}:{f.device}", f.class_code, f.driver, status,
+                         "" if f.is_bridge else verdict.reason()))
+        groups.append((number, rows))
+    return groups
+
+
 def group_members(address: str, facts: HostFacts) -> tuple[str, ...]:
     """The other functions in the IOMMU group of ``address`` (sorted; () if none known).
 

@@ -77,3 +77,9 @@ class Phyllod:
         if nobody:
             return private_bus.run_as_nobody(argv, env)
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+    def show(self, device: str) -> dict:
+        """``phyllodctl --json show DEVICE``: the device's properties."""
+        r = self.ctl("--json", "show", device)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)

@@ -42,12 +42,6 @@ guest = "test"
 """
 
 
-def _show(phyllod: Phyllod, device: str) -> dict:
-    r = phyllod.ctl("--json", "show", device)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 def test_pci_verdicts_reach_the_bus_and_phyllodctl(phyllod: Phyllod):
     pci_tree.build(phyllod.tb.tb, [ROOT_PORT, WIFI, SATA, XHCI, GPU])
     (phyllod.policy_dir / "10-pci.toml").write_text(POLICY)
@@ -58,20 +52,20 @@ def test_pci_verdicts_reach_the_bus_and_phyllodctl(phyllod: Phyllod):
                         "me.phyllo.Phyllod1.Manager") is True
 
     # Safe: alone in its group but for its root port. The test driver refuses.
-    wifi = _show(phyllod, "pci:0000:02:00.0")
+    wifi = phyllod.show("pci:0000:02:00.0")
     assert (wifi["IommuGroup"], wifi["Driver"], wifi["DeviceClass"]) == (2, "iwlwifi", "028000")
     phyllod.proc.wait_log(r"attaching pci:0000:02:00.0 .* to test")
     # Unsafe: its group holds the SATA controller the host keeps.
-    xhci = _show(phyllod, "pci:0000:00:14.0")
+    xhci = phyllod.show("pci:0000:00:14.0")
     assert xhci["State"] == "denied"
     assert xhci["Reason"].startswith("not safe to pass: ") and "0000:00:17.0" in xhci["Reason"]
     # The boot GPU: a risk the rule did not accept by name.
-    gpu = _show(phyllod, "pci:0000:00:02.0")
+    gpu = phyllod.show("pci:0000:00:02.0")
     assert gpu["State"] == "denied" and "boot" in gpu["Reason"].lower()
     # A manual attach cannot accept a risk (only a rule names one): Denied, nothing moves.
     r = phyllod.ctl("attach", "pci:0000:00:02.0", "test")
     assert r.returncode == 1 and "not safe to pass" in r.stderr, r.stderr
-    assert _show(phyllod, "pci:0000:00:02.0")["State"] == "denied"
+    assert phyllod.show("pci:0000:00:02.0")["State"] == "denied"
 
     r = phyllod.ctl("--json", "iommu")
     assert r.returncode == 0, r.stderr
@@ -103,7 +97,7 @@ def test_sriov_vfs_come_and_go_like_hotplug(phyllod: Phyllod):
         phyllod.tb.tb.uevent(tree.paths[vf.address], "bind")
     for vf in vfs:
         phyllod.proc.wait_log(rf"attaching pci:{vf.address} .* to test")
-        shown = _show(phyllod, f"pci:{vf.address}")
+        shown = phyllod.show(f"pci:{vf.address}")
         assert (shown["IommuGroup"], shown["Driver"], shown["Rule"]) == (
             vf.group, "igbvf", "VFs to the router")
     # echo 0 > sriov_numvfs: both functions go.

@@ -29,7 +29,7 @@ def test_read_commands_tables_and_json(phyllod: Phyllod):
     assert [g["Name"] for g in guests] == ["test"]
     show = phyllod.ctl("show", "0627:0001").stdout
     assert "\nReason:           no rule matches; stays on the host\n" in show
-    assert json.loads(phyllod.ctl("--json", "show", "usb:1-2").stdout)["Vendor"] == "0627"
+    assert phyllod.show("usb:1-2")["Vendor"] == "0627"
     explain = phyllod.ctl("explain", "/me/phyllo/Phyllod1/devices/usb_1_2")
     assert explain.returncode == 0 and "no rule matches; stays on the host" in explain.stdout
     status = json.loads(phyllod.ctl("--json", "status").stdout)
@@ -44,10 +44,10 @@ def test_changes_and_exit_codes(phyllod: Phyllod):
     r = phyllod.ctl("attach", "usb:1-2", "test")  # the test driver cannot attach
     assert r.returncode == 1 and "not supported by the connection driver" in r.stderr
     assert phyllod.ctl("detach", "usb:1-2").returncode == 0
-    shown = json.loads(phyllod.ctl("--json", "show", "usb:1-2").stdout)
+    shown = phyllod.show("usb:1-2")
     assert (shown["State"], shown["Override"]) == ("host", "host")
     assert phyllod.ctl("clear", "usb:1-2").returncode == 0
-    assert json.loads(phyllod.ctl("--json", "show", "usb:1-2").stdout)["Override"] == ""
+    assert phyllod.show("usb:1-2")["Override"] == ""
     assert phyllod.ctl("reload").returncode == 0
     # Without polkit only root may change anything; nobody may still read.
     r = phyllod.ctl("detach", "usb:1-2", nobody=True)
@@ -66,7 +66,7 @@ def test_hostile_device_strings_do_not_reach_the_terminal(phyllod: Phyllod):
     for args in (("list",), ("show", "usb:1-3"), ("explain", "usb:1-3")):
         out = phyllod.ctl(*args).stdout
         assert "\x1b" not in out and "\x07" not in out, args
-    data = json.loads(phyllod.ctl("--json", "show", "usb:1-3").stdout)
+    data = phyllod.show("usb:1-3")
     assert "\x1b" not in data["Manufacturer"] and "Evil" in data["Manufacturer"]
 
 
