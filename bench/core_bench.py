@@ -39,9 +39,9 @@ def policy(n_rules: int, devs: list[Device], guests: int, rng: random.Random) ->
             key = f'serial = "{rng.choice(devs).serial}"'
         text.append(f'[[rule]]\nname = "r{i}"\nmatch = {{ {key} }}\n'
                     f'guest = "g{i % guests}"\n')
-    rules, problems = parse_policy_text("\n".join(text), "bench.toml")
+    content, problems = parse_policy_text("\n".join(text), "bench.toml")
     assert not problems
-    return Policy(tuple(rules))
+    return Policy(content.rules)
 
 
 def world(devs: list[Device], n_guests: int, held_every: int) -> World:

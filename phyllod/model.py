@@ -144,6 +144,7 @@ class Guest:
 class State(StrEnum):
     HOST = "host"
     PENDING = "pending"
+    ASKING = "asking"
     ATTACHING = "attaching"
     ATTACHED = "attached"
     DETACHING = "detaching"
@@ -177,6 +178,26 @@ class Override:
 
     kind: OverrideKind
     guest: str = ""
+
+
+class AskOutcome(StrEnum):
+    PENDING = "pending"  # a request is open
+    ANSWERED = "answered"
+    EXPIRED = "expired"  # no answer before the deadline
+    UNASKED = "unasked"  # plugged in while none of the candidate guests was running
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Where the question about one plug of a device stands (keyed by ``Device.id``).
+
+    It lives as long as the plug: an unplug or a re-enumeration forgets it, so
+    an answer without ``remember`` applies to this plug only.
+    """
+
+    outcome: AskOutcome
+    guest: str = ""  # ANSWERED: the guest, "" for the host
+    candidates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Policy: which device goes to which guest, read from TOML drop-in files.
 
 Files are read in lexical order and the first matching rule wins; a device no
-rule matches stays on the host. Every mistake a person can make in a file
+rule matches stays on the host, or, with ``[settings] unmatched = "ask"``, is
+asked about when it is plugged in. Every mistake a person can make in a file
 (unknown key, bad hex id, duplicate name, missing target, TOML syntax) is
 reported with the file, the line and the rule, all at once, so a reload can be
 refused as a whole and the previous policy kept.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +28,18 @@ class Action(StrEnum):
     ATTACH = "attach"
     IGNORE = "ignore"
     DENY = "deny"
+    ASK = "ask"
+
+
+class Unmatched(StrEnum):
+    """What a device no rule matches gets when it is plugged in (never at start-up)."""
+
+    HOST = "host"
+    ASK = "ask"
+
+
+#: Seconds a request waits for an answer unless ``[settings] ask_timeout`` says otherwise.
+DEFAULT_ASK_TIMEOUT = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +123,8 @@ class Rule:
     line: int
     #: PCI risks this rule accepts by name (see pci_safety.OPT_IN); never "all".
     allow_risks: frozenset[str] = frozenset()
+    #: An ``ask`` rule's candidate guests (names or UUIDs); empty: any running guest.
+    candidates: tuple[str, ...] = ()
 
     def targets(self, name: str, uuid: str) -> bool:
         """Whether this rule's guest designates the guest ``name``/``uuid``."""
@@ -117,9 +132,18 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class Settings:
+    """The policy's global settings (``[settings]``, in at most one file)."""
+
+    unmatched: Unmatched = Unmatched.HOST
+    ask_timeout: int = DEFAULT_ASK_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[Rule, ...] = ()
     files: tuple[str, ...] = ()
+    settings: Settings = Settings()
 
     def match(self, device: Device) -> Rule | None:
         """The first rule that matches ``device``, in file then rule order."""
@@ -270,18 +294,28 @@ def _parse_rule(
             bad(key, f"unknown key '{key}' (known: {', '.join(sorted(_RULE_KEYS))})")
     match, match_problems = _parse_match(raw.get("match"), file, loc, index, name)
     problems += match_problems
-    guest = raw.get("guest", "")
-    if not isinstance(guest, str):
-        bad("guest", "'guest' must be a guest name or UUID (a string)")
-        guest = ""
-    guest = guest.strip()
     action_raw = raw.get("action", Action.ATTACH.value)
     try:
         action = Action(action_raw)
-    except ValueError:
+    except (ValueError, TypeError):
         allowed = ", ".join(a.value for a in Action)
         bad("action", f"action must be one of {allowed}, not {action_raw!r}")
         action = None
+    guest = raw.get("guest", "")
+    candidates: tuple[str, ...] = ()
+    if action is Action.ASK and isinstance(guest, list):
+        if not all(isinstance(g, str) and g.strip() for g in guest):
+            bad("guest", "an 'ask' rule's 'guest' must be a list of guest names or UUIDs")
+        else:
+            candidates = tuple(dict.fromkeys(g.strip() for g in guest))
+        guest = ""
+    elif not isinstance(guest, str):
+        hint = " (a list is only for 'ask' rules)" if isinstance(guest, list) else ""
+        bad("guest", f"'guest' must be a guest name or UUID (a string){hint}")
+        guest = ""
+    guest = guest.strip()
+    if action is Action.ASK and guest:
+        candidates, guest = (guest,), ""
     if action is Action.ATTACH and not guest:
         bad("action", "an 'attach' rule needs a target: guest = \"NAME\" or a UUID")
     if action in (Action.IGNORE, Action.DENY) and guest:
@@ -298,24 +332,69 @@ def _parse_rule(
         bad("allow_risks", "'allow_risks' only applies to 'attach' rules")
     if problems or match is None or action is None:
         return None, problems
-    return Rule(name, match, action, guest, file, line, frozenset(risks)), []
+    return Rule(name, match, action, guest, file, line, frozenset(risks), candidates), []
 
 
-def parse_policy_text(text: str, file: str) -> tuple[list[Rule], list[Problem]]:
-    """Parse one file's text; returns its rules and the problems found."""
+_SETTINGS_KEYS = {"unmatched", "ask_timeout"}
+
+
+def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any], list[Problem]]:
+    """The keys of one file's ``[settings]`` table, checked."""
+    problems: list[Problem] = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append(Problem(file, loc.top_key_line(key) or loc.top_key_line("settings"),
+                                message))
+
+    if not isinstance(raw, dict):
+        bad("settings", "'settings' must be a table: [settings]")
+        return {}, problems
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _SETTINGS_KEYS:
+            bad(key, f"unknown setting '{key}' (known: {', '.join(sorted(_SETTINGS_KEYS))})")
+        elif key == "unmatched":
+            try:
+                values[key] = Unmatched(value)
+            except (ValueError, TypeError):
+                bad(key, f"unmatched must be 'host' or 'ask', not {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
+            bad(key, f"ask_timeout must be a whole number of seconds from 1 to 3600, "
+                     f"not {value!r}")
+        else:
+            values[key] = value
+    return values, problems
+
+
+@dataclass(frozen=True, slots=True)
+class FileContent:
+    """What one policy file says: its rules and its ``[settings]`` keys, if any."""
+
+    rules: tuple[Rule, ...]
+    settings: Mapping[str, Any]
+    settings_line: int = 0
+
+
+def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]:
+    """Parse one file's text; returns what it says and the problems found."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column \d+\)", str(e))
-        return [], [Problem(file, int(m.group(1)) if m else 0, f"TOML syntax error: {e}")]
+        line = int(m.group(1)) if m else 0
+        return FileContent((), {}), [Problem(file, line, f"TOML syntax error: {e}")]
     loc = _Locator(text)
     problems: list[Problem] = []
     for key in data:
-        if key != "rule":
+        if key not in ("rule", "settings"):
             problems.append(
                 Problem(file, loc.top_key_line(key), f"unknown top-level key '{key}' "
-                        "(a policy file holds [[rule]] tables)")
+                        "(a policy file holds [[rule]] tables and one [settings] table)")
             )
+    settings: dict[str, Any] = {}
+    if "settings" in data:
+        settings, settings_problems = _parse_settings(data["settings"], file, loc)
+        problems += settings_problems
     raw_rules = data.get("rule", [])
     if not isinstance(raw_rules, list):
         problems.append(Problem(file, loc.top_key_line("rule"), "'rule' must be [[rule]] tables"))
@@ -326,7 +405,7 @@ def parse_policy_text(text: str, file: str) -> tuple[list[Rule], list[Problem]]:
         problems += rule_problems
         if rule is not None:
             rules.append(rule)
-    return rules, problems
+    return FileContent(tuple(rules), settings, loc.top_key_line("settings")), problems
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -342,6 +421,8 @@ def load_policy(paths: Iterable[Path]) -> Policy:
     problems: list[Problem] = []
     files: list[str] = []
     seen: dict[str, Rule] = {}
+    settings: dict[str, Any] = {}
+    settings_at: str = ""
     for path in paths:
         file = str(path)
         files.append(file)
@@ -350,9 +431,18 @@ def load_policy(paths: Iterable[Path]) -> Policy:
         except (OSError, UnicodeDecodeError) as e:
             problems.append(Problem(file, 0, f"cannot read: {e}"))
             continue
-        file_rules, file_problems = parse_policy_text(text, file)
+        content, file_problems = parse_policy_text(text, file)
         problems += file_problems
-        for rule in file_rules:
+        if content.settings_line:
+            if settings_at:
+                # Two files setting the same global would make the result depend
+                # on file names nobody reads together: refuse, name both.
+                problems.append(Problem(file, content.settings_line, "[settings] may appear "
+                                        f"in only one file (already in {settings_at})"))
+            else:
+                settings_at = f"{file}:{content.settings_line}"
+                settings.update(content.settings)
+        for rule in content.rules:
             first = seen.get(rule.name)
             if first is not None:
                 problems.append(Problem(file, rule.line, f"duplicate rule name (first defined "
@@ -362,7 +452,7 @@ def load_policy(paths: Iterable[Path]) -> Policy:
             rules.append(rule)
     if problems:
         raise PolicyError(problems)
-    return Policy(tuple(rules), tuple(files))
+    return Policy(tuple(rules), tuple(files), Settings(**settings))
 
 
 def load_policy_dir(directory: Path) -> Policy:

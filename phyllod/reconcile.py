@@ -14,6 +14,12 @@ A manual override (``phyllodctl attach``/``detach``) is a person's explicit
 choice: it wins over attach and ignore rules, and a ``deny`` rule wins over it.
 When the policy would decide otherwise, the reason says so: a reload never
 undoes an override silently.
+
+An ``ask`` rule (or ``unmatched = "ask"``) leaves the choice to the person at
+the machine, for devices plugged in while phyllod runs: reconcile names the
+devices to ask about (``Plan.questions``), the daemon opens the requests and
+feeds the answers back (``World.asks``; remembered ones in ``World.remembered``).
+The order of precedence is: deny, manual override, answer, remembered answer.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from phyllod.model import (
+    Ask,
+    AskOutcome,
     Assignment,
     Device,
     Guest,
+    GuestState,
     Hostdev,
     HostFacts,
     Override,
@@ -35,7 +44,7 @@ from phyllod.model import (
     Subsystem,
 )
 from phyllod.pci_safety import Verdict, group_members, pci_verdict
-from phyllod.policy import Action, Policy, Rule
+from phyllod.policy import Action, Policy, Rule, Unmatched
 
 #: Seconds to wait before attempt n+1 after n failures; then phyllod gives up
 #: until something about the device or guest changes.
@@ -88,7 +97,11 @@ class World:
     """Everything reconcile looks at. ``guests`` is None while libvirt is unreachable.
 
     ``overrides`` is keyed by ``Device.identity``; ``host`` is what sysfs says
-    about IOMMU groups, which every PCI attach is checked against.
+    about IOMMU groups, which every PCI attach is checked against. ``asks``
+    (by ``Device.id``) is where the question about each plug stands,
+    ``remembered`` (by identity) the answers kept for good (guest, or "" for
+    the host), ``inserted`` the devices plugged in since phyllod started that
+    have not been considered for a question yet.
     """
 
     devices: Mapping[str, Device]
@@ -98,6 +111,18 @@ class World:
     now: float = 0.0
     overrides: Mapping[str, Override] = field(default_factory=dict)
     host: HostFacts = field(default_factory=HostFacts)
+    asks: Mapping[str, Ask] = field(default_factory=dict)
+    remembered: Mapping[str, str] = field(default_factory=dict)
+    inserted: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A device to ask about: the running guests it may go to (none: do not ask)."""
+
+    device_id: str
+    rule: str  # "" when asked because no rule matched
+    candidates: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +149,7 @@ class Plan:
     assignments: Mapping[str, Assignment]
     actions: tuple[Attach | Detach, ...]
     wake_at: float | None = None
+    questions: tuple[Question, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +217,12 @@ class _Why:
     rule: str  # "" for a manual override
     note: str = ""  # what the policy would do instead, when it disagrees
     allowed: frozenset[str] = frozenset()  # PCI risks the rule accepts
+    source: str = ""  # who decided, when not the rule or an override ("by your answer")
 
     @property
     def by(self) -> str:
+        if self.source:
+            return self.source
         return f"by rule '{self.rule}'" if self.rule else "by a manual override"
 
     def say(self, text: str) -> str:
@@ -222,6 +251,7 @@ class _Planner:
         self.stale_slots = {h.hostdev.slot for h in self.index.stale}
         self.actions: list[Attach | Detach] = []
         self.wakeups: list[float] = []
+        self.questions: list[Question] = []
         pci = [d for d in world.devices.values() if d.subsystem is Subsystem.PCI]
         #: Where each PCI device is sent (guest UUID), to see which group mates go together.
         self.pci_targets = {d.address: t.uuid for d in pci
@@ -238,9 +268,27 @@ class _Planner:
         override = self.world.overrides.get(d.identity)
         if override is not None:
             ref = override.guest if override.kind is OverrideKind.ATTACH else ""
+        elif self._asks(d, rule):
+            ref = self._answer(d)[0] or ""
         else:
             ref = rule.guest if rule is not None and rule.action is Action.ATTACH else ""
         return find_guest(ref, self.guests) if ref else None
+
+    def _asks(self, d: Device, rule: Rule | None) -> bool:
+        """Whether the person at the machine decides for ``d`` (an ask rule, or unmatched)."""
+        if rule is not None:
+            return rule.action is Action.ASK
+        return self.policy.settings.unmatched is Unmatched.ASK
+
+    def _answer(self, d: Device) -> tuple[str | None, str]:
+        """The answer in force for ``d`` (guest, "" for the host, None) and whose it is."""
+        ask = self.world.asks.get(d.id)
+        if ask is not None and ask.outcome is AskOutcome.ANSWERED:
+            return ask.guest, "your answer"
+        remembered = self.world.remembered.get(d.identity)
+        if remembered is not None:
+            return remembered, "a remembered answer"
+        return None, ""
 
     def _due(self, slot: str, kind: OpKind, guest: str) -> tuple[bool, str]:
         """Whether an operation may be issued now, else the failure to show."""
@@ -276,6 +324,8 @@ class _Planner:
             if override.kind is OverrideKind.ATTACH:
                 return self._attach(d, override.guest, _Why("", note), held)
             return self._host(d, held, note)
+        if self._asks(d, rule):
+            return self._ask(d, rule, held)
         if rule is None:
             return self._unmanaged(d, held)
         if rule.action is Action.IGNORE:
@@ -295,6 +345,63 @@ class _Planner:
             return Assignment(d.id, State.DETACHING, h.guest.name, "",
                               why.say(f"{reason}; removing it from '{h.guest.name}'"))
         return Assignment(d.id, State.HOST, "", "", why.say(reason))
+
+    def _ask(self, d: Device, rule: Rule | None, held: list[_Holding]) -> Assignment:
+        """A device the person at the machine decides for; never moved without an answer."""
+        name = rule.name if rule else ""
+        label = f"rule '{name}' asks" if rule else "no rule matches and unmatched devices are asked"
+        guest, whose = self._answer(d)
+        if guest == "":
+            reason = f"kept on the host by {whose}"
+            for h in held:
+                if not h.hostdev.owned:
+                    continue
+                failure = self._detach(d.slot, h, reason, d.id)
+                if failure:
+                    return Assignment(d.id, State.FAILED, h.guest.name, name, failure)
+                return Assignment(d.id, State.DETACHING, h.guest.name, name,
+                                  f"{reason}; removing it from '{h.guest.name}'")
+            if held:
+                return Assignment(d.id, State.ATTACHED, held[0].guest.name, name,
+                                  f"{reason}, but attached outside phyllod")
+            return Assignment(d.id, State.HOST, "", name, reason)
+        if guest is not None:
+            return self._attach(d, guest, _Why(name, source=f"by {whose}"), held)
+        ask = self.world.asks.get(d.id)
+        if ask is not None and ask.outcome is AskOutcome.PENDING:
+            return Assignment(d.id, State.ASKING, "", name, _asking(label, ask.candidates))
+        if held:
+            where = held[0].guest.name
+            return Assignment(d.id, State.ATTACHED, held[0].guest.name, name,
+                              f"{label}; left in '{where}' until someone answers")
+        if ask is not None and ask.outcome is AskOutcome.EXPIRED:
+            return Assignment(d.id, State.HOST, "", name,
+                              f"{label}; no answer before the deadline, stays on the host")
+        if ask is not None and ask.outcome is AskOutcome.UNASKED:
+            return Assignment(d.id, State.HOST, "", name, f"{label}, but none of its guests "
+                              "was running when it was plugged in; stays on the host")
+        if d.id not in self.world.inserted:
+            return Assignment(d.id, State.HOST, "", name, f"{label} only about devices plugged "
+                              "in while phyllod runs; this one was present at start, "
+                              "stays on the host")
+        candidates = self._candidates(rule)
+        self.questions.append(Question(d.id, name, candidates))
+        if not candidates:
+            return Assignment(d.id, State.HOST, "", name, f"{label}, but none of its guests "
+                              "is running; stays on the host")
+        return Assignment(d.id, State.ASKING, "", name, _asking(label, candidates))
+
+    def _candidates(self, rule: Rule | None) -> tuple[str, ...]:
+        """The running guests an ask rule offers (all running guests when it names none)."""
+        running = [g for g in self.guests.values() if g.state is GuestState.RUNNING]
+        if rule is None or not rule.candidates:
+            return tuple(sorted(g.name for g in running))
+        named = []
+        for ref in rule.candidates:
+            g = find_guest(ref, self.guests)
+            if g is not None and g.state is GuestState.RUNNING and g.name not in named:
+                named.append(g.name)
+        return tuple(named)
 
     def _unmanaged(self, d: Device, held: list[_Holding]) -> Assignment:
         for h in held:
@@ -401,6 +508,11 @@ class _Planner:
             self._detach(slot, h, "the device is gone")
 
 
+def _asking(label: str, candidates: tuple[str, ...]) -> str:
+    offers = ", ".join(f"'{c}'" for c in candidates)
+    return f"{label}: waiting for an answer ({offers} or the host)"
+
+
 def _disconnected(policy: Policy, world: World) -> Plan:
     assignments = {}
     for d in world.devices.values():
@@ -414,11 +526,25 @@ def _disconnected(policy: Policy, world: World) -> Plan:
             a = Assignment(d.id, State.HOST, "", "", "libvirt is not connected")
         elif rule is not None and rule.action is Action.ATTACH:
             a = Assignment(d.id, State.PENDING, rule.guest, rule.name, "libvirt is not connected")
+        elif (answer := _kept_answer(policy, rule, d, world)):
+            a = Assignment(d.id, State.PENDING, answer, rule.name if rule else "",
+                           "libvirt is not connected")
         else:
             a = Assignment(d.id, State.HOST, "", rule.name if rule else "",
                            "libvirt is not connected")
         assignments[d.id] = a
     return Plan(assignments, ())
+
+
+def _kept_answer(policy: Policy, rule: Rule | None, d: Device, world: World) -> str:
+    """The guest an answer or a remembered answer sends ``d`` to, "" if none."""
+    asks = rule.action is Action.ASK if rule else policy.settings.unmatched is Unmatched.ASK
+    if not asks:
+        return ""
+    ask = world.asks.get(d.id)
+    if ask is not None and ask.outcome is AskOutcome.ANSWERED:
+        return ask.guest
+    return world.remembered.get(d.identity, "")
 
 
 def _frozen(world: World, guests: Mapping[str, Guest]) -> Plan:
@@ -458,4 +584,5 @@ def reconcile(policy: Policy | None, world: World) -> Plan:
         if a.slot not in seen:
             seen.add(a.slot)
             actions.append(a)
-    return Plan(assignments, tuple(actions), min(planner.wakeups, default=None))
+    return Plan(assignments, tuple(actions), min(planner.wakeups, default=None),
+                tuple(planner.questions))

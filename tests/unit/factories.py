@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from phyllod.model import Device, Guest, GuestState, Hostdev, HostFacts, PciFunction, Subsystem
-from phyllod.policy import Policy, parse_policy_text
+from phyllod.policy import Policy, Settings, parse_policy_text
 
 
 def usb(port: str = "1-2", devnum: int = 5, vendor: str = "0627", product: str = "0001",
@@ -28,9 +28,9 @@ def held(device: Device, owned: bool = True) -> Hostdev:
 
 
 def policy(text: str) -> Policy:
-    rules, problems = parse_policy_text(text, "test.toml")
+    content, problems = parse_policy_text(text, "test.toml")
     assert not problems, problems
-    return Policy(tuple(rules), ("test.toml",))
+    return Policy(content.rules, ("test.toml",), Settings(**content.settings))
 
 
 def pci(address: str = "0000:03:00.0", vendor: str = "8086", product: str = "2723",

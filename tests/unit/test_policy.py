@@ -45,8 +45,8 @@ guest = "router"
 
 
 def parse(text: str):
-    rules, problems = parse_policy_text(text, "p.toml")
-    return rules, [str(p) for p in problems]
+    content, problems = parse_policy_text(text, "p.toml")
+    return list(content.rules), [str(p) for p in problems]
 
 
 def test_valid_file_parses_with_lines_and_normalised_values():
