@@ -8,6 +8,10 @@ before its task starts, so no second reconcile can issue it again.
 The bus is an input like the others: a manual attach or detach becomes an
 override in the snapshot, and the call returns once reconcile has settled the
 device. Every reconcile's result is published on the bus.
+
+Ask mode: reconcile names the newly plugged devices to ask about; the daemon
+opens a request for each (with a deadline timer), and an answer, a deadline
+or an unplug closes it. Answers are inputs like overrides.
 """
 
 from __future__ import annotations
@@ -22,25 +26,44 @@ from pathlib import Path
 
 from phyllod import __version__
 from phyllod.dbus_service import BusError, BusService, Snapshot
-from phyllod.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest
+from phyllod.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest, NoSuchRequest
 from phyllod.explain import explain
 from phyllod.hostdev_xml import hostdev_xml
 from phyllod.libvirt_client import LibvirtClient, LibvirtError
-from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, State, Subsystem
+from phyllod.model import (
+    Ask,
+    AskOutcome,
+    Assignment,
+    Device,
+    Guest,
+    Override,
+    OverrideKind,
+    Request,
+    State,
+    Subsystem,
+)
 from phyllod.pci_safety import TableRow, iommu_table
-from phyllod.policy import Action, Policy, PolicyError, load_policy_dir
+from phyllod.policy import DEFAULT_ASK_TIMEOUT, Action, Policy, PolicyError, load_policy_dir
 from phyllod.reconcile import (
     Attach,
     Detach,
     Failure,
     Operation,
     OpKind,
+    Plan,
+    Question,
     World,
     find_guest,
     reconcile,
     record_failure,
 )
-from phyllod.state_store import StateError, load_overrides, save_overrides
+from phyllod.state_store import (
+    StateError,
+    load_answers,
+    load_overrides,
+    save_answers,
+    save_overrides,
+)
 from phyllod.sysfs import read_host_facts
 from phyllod.systemd_glue import MessageId, notify, watchdog_interval
 from phyllod.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEvent, UdevWatcher
@@ -96,6 +119,13 @@ class Daemon:
         self.inflight: dict[str, Operation] = {}
         self.failures: dict[str, Failure] = {}
         self.assignments: dict[str, Assignment] = {}
+        #: Ask mode: per plug (by device id), remembered (by identity), open requests.
+        self.asks: dict[str, Ask] = {}
+        self.remembered: dict[str, str] = {}
+        self.inserted: set[str] = set()
+        self.requests: dict[int, Request] = {}
+        self._request_timers: dict[int, asyncio.TimerHandle] = {}
+        self._next_request = 1
         self.client = LibvirtClient(config.uri, self._on_guest_event,
                                     self._on_device_removed, self._on_lost)
         self.udev = UdevWatcher(self._on_udev)
@@ -127,6 +157,10 @@ class Daemon:
         self.overrides = load_overrides(self.config.state_dir)
         if self.overrides:
             log.info("%d manual overrides from %s", len(self.overrides), self.config.state_dir)
+        self.remembered = load_answers(self.config.state_dir)
+        if self.remembered:
+            log.info("%d remembered answers from %s", len(self.remembered),
+                     self.config.state_dir)
         for d in self.udev.start(loop):
             self.devices[d.id] = d
             log.info("%s present at start", d.describe(), **_fields(device=d.id))
@@ -161,6 +195,8 @@ class Daemon:
             self._connecting.cancel()
         for released in self._released.values():
             released.set()  # the detach calls have returned; do not wait for QEMU
+        for timer in self._request_timers.values():
+            timer.cancel()
         if self._tasks:
             log.info("waiting for %d libvirt calls to finish", len(self._tasks))
             await asyncio.wait(self._tasks, timeout=self.config.stop_timeout)
@@ -227,7 +263,7 @@ class Daemon:
         a = self.assignments.get(device_id)
         if d is None or a is None:
             raise NoSuchDevice(f"no present device is named {device_id!r}")
-        return explain(d, a, self.overrides.get(d.identity))
+        return explain(d, a, self.overrides.get(d.identity), self.remembered.get(d.identity))
 
     async def set_override(self, device_id: str, override: Override | None) -> None:
         """A person's choice for a device: check, persist, then wait until it settled.
@@ -253,10 +289,8 @@ class Daemon:
         else:
             overrides[d.identity] = override
         if overrides != self.overrides:
-            notes = {dev.identity: dev.describe() for dev in self.devices.values()
-                     if dev.identity in overrides}
             try:
-                save_overrides(self.config.state_dir, overrides, notes)
+                save_overrides(self.config.state_dir, overrides, self._notes(overrides))
             except StateError as e:
                 log.error("%s", e, **_fields(device=d.id))
                 raise Failed(str(e)) from None
@@ -281,6 +315,60 @@ class Daemon:
         if g is None:
             raise NoSuchGuest(f"no guest named {ref!r} is defined")
         return g.name
+
+    async def answer(self, number: int, guest: str, remember: bool) -> None:
+        """A person's answer to a request: record it (for good if asked), then settle."""
+        r = self.requests.get(number)
+        if r is None:
+            raise NoSuchRequest(f"request {number} was answered, expired or withdrawn")
+        d = self.devices[r.device_id]
+        if guest:
+            g = find_guest(guest, self.guests or {})
+            if g is None or g.name not in r.candidates:
+                offers = ", ".join(r.candidates)
+                raise NoSuchGuest(f"{guest!r} is not one of the guests offered for "
+                                  f"{d.id} ({offers}); answer one of them or the host")
+            guest = g.name
+        if remember:
+            remembered = {**self.remembered, d.identity: guest}
+            try:
+                save_answers(self.config.state_dir, remembered, self._notes(remembered))
+            except StateError as e:
+                log.error("%s", e, **_fields(device=d.id))
+                raise Failed(str(e)) from None
+            self.remembered = remembered
+        self._close_request(number)
+        self.asks[d.id] = Ask(AskOutcome.ANSWERED, guest)
+        log.info("request %d answered for %s: %s%s", number, d.describe(),
+                 f"to '{guest}'" if guest else "keep on the host",
+                 " (remembered)" if remember else "",
+                 **_fields(device=d.id, guest=guest, rule=r.rule, event=MessageId.ANSWERED))
+        self._manual.add(d.id)
+        try:
+            a = await self._settle(d.id)
+        finally:
+            self._manual.discard(d.id)
+        if a.state is State.DENIED and guest:
+            raise Denied(a.reason)
+
+    async def forget(self, identity: str) -> None:
+        """Drop a remembered answer: the device is asked about again at its next plug."""
+        if identity not in self.remembered:
+            raise NoSuchDevice(f"no answer is remembered for {identity!r}")
+        remembered = {k: v for k, v in self.remembered.items() if k != identity}
+        try:
+            save_answers(self.config.state_dir, remembered, self._notes(remembered))
+        except StateError as e:
+            log.error("%s", e)
+            raise Failed(str(e)) from None
+        self.remembered = remembered
+        log.info("forgot the remembered answer for %s", identity, **_fields(device=identity))
+        self._kick()
+
+    def _notes(self, by_identity: dict[str, object]) -> dict[str, str]:
+        """Device descriptions for the entries of a state file, to help a reader."""
+        return {d.identity: d.describe() for d in self.devices.values()
+                if d.identity in by_identity}
 
     async def _settle(self, device_id: str) -> Assignment:
         """Wait for the first reconcile after a change, then until nothing is moving."""
@@ -364,6 +452,7 @@ class Daemon:
             self.host = read_host_facts()
         if isinstance(event, DeviceGone):
             d = self.devices.pop(event.device_id, None)
+            self._plug_ended(event.device_id, "unplugged")
             if d is not None:
                 self.failures.pop(d.slot, None)
                 log.info("%s unplugged", d.describe(),
@@ -373,6 +462,8 @@ class Daemon:
             previous = self.devices.get(d.id)
             self.devices[d.id] = d
             if previous is None or previous.devnum != d.devnum:
+                self._plug_ended(d.id, "plugged in again")
+                self.inserted.add(d.id)
                 self.failures.pop(d.slot, None)
                 log.info("%s plugged in (udev %s)", d.describe(), event.action,
                          **_fields(device=d.id, event=MessageId.DEVICE_ADDED))
@@ -381,6 +472,13 @@ class Daemon:
             for d in self.devices.values():
                 if fresh.get(d.id) != d:
                     self.failures.pop(d.slot, None)
+            for d in fresh.values():
+                before = self.devices.get(d.id)
+                if before is None or before.devnum != d.devnum:
+                    self._plug_ended(d.id, "plugged in again")
+                    self.inserted.add(d.id)
+            for device_id in self.devices.keys() - fresh.keys():
+                self._plug_ended(device_id, "unplugged")
             self.devices = fresh
         self._kick()
 
@@ -436,8 +534,10 @@ class Daemon:
         self._kicked = False
         loop = asyncio.get_running_loop()
         world = World(self.devices, self.guests, self.inflight, self.failures, loop.time(),
-                      self.overrides, self.host)
+                      self.overrides, self.host, self.asks, self.remembered,
+                      frozenset(self.inserted))
         plan = reconcile(self.policy, world)
+        self._questions(plan)
         self._report(plan.assignments)
         self._generation += 1
         self._reconciled.set()
@@ -458,6 +558,78 @@ class Daemon:
                 self._spawn(self._detach(action))
         if plan.wake_at is not None:
             self._wake = loop.call_at(plan.wake_at, self._kick)
+
+    # ------------------------------------------------------------ ask mode
+
+    def _questions(self, plan: Plan) -> None:
+        """Open the requests reconcile asks for; close those no longer asked for.
+
+        Only a reconcile that could decide (libvirt connected, a policy in
+        force) uses up ``inserted``: a device plugged in while libvirt is away
+        is asked about once it is back.
+        """
+        if self.guests is None or self.policy is None:
+            return
+        for q in plan.questions:
+            self._open_request(q)
+        self.inserted.clear()
+        for number, r in list(self.requests.items()):
+            a = plan.assignments.get(r.device_id)
+            if a is None or a.state is not State.ASKING:
+                # A reload, an override or a deny took the decision out of the person's hands.
+                self._close_request(number)
+                self.asks.pop(r.device_id, None)
+                log.info("request %d for %s withdrawn: %s", number, r.device_id,
+                         a.reason if a else "the device is gone",
+                         **_fields(device=r.device_id, event=MessageId.NOT_ANSWERED))
+
+    def _open_request(self, q: Question) -> None:
+        d = self.devices[q.device_id]
+        if not q.candidates:
+            self.asks[d.id] = Ask(AskOutcome.UNASKED)
+            log.info("%s: not asked, none of the guests it may go to is running",
+                     d.describe(), **_fields(device=d.id, rule=q.rule))
+            return
+        assert self.policy is not None
+        timeout = self.policy.settings.ask_timeout
+        number = self._next_request
+        self._next_request += 1
+        deadline = time.time_ns() // 1000 + timeout * 1_000_000
+        self.requests[number] = Request(number, d.id, d.describe(), q.candidates, deadline,
+                                        q.rule)
+        self._request_timers[number] = asyncio.get_running_loop().call_later(
+            timeout, self._expire, number)
+        self.asks[d.id] = Ask(AskOutcome.PENDING, candidates=q.candidates)
+        log.info("request %d: where does %s go? (%s or the host; %ds to answer)", number,
+                 d.describe(), ", ".join(q.candidates), timeout,
+                 **_fields(device=d.id, rule=q.rule, event=MessageId.ASKED))
+
+    def _expire(self, number: int) -> None:
+        r = self.requests.get(number)
+        if r is None:
+            return
+        self._close_request(number)
+        self.asks[r.device_id] = Ask(AskOutcome.EXPIRED)
+        log.info("request %d for %s: no answer before the deadline; it stays on the host",
+                 number, r.device_id, **_fields(device=r.device_id, rule=r.rule,
+                                                event=MessageId.NOT_ANSWERED))
+        self._kick()
+
+    def _close_request(self, number: int) -> None:
+        self.requests.pop(number, None)
+        timer = self._request_timers.pop(number, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _plug_ended(self, device_id: str, why: str) -> None:
+        """An unplug or a new enumeration: the question about the previous plug is void."""
+        self.asks.pop(device_id, None)
+        self.inserted.discard(device_id)
+        for number, r in list(self.requests.items()):
+            if r.device_id == device_id:
+                self._close_request(number)
+                log.info("request %d for %s withdrawn: %s", number, device_id, why,
+                         **_fields(device=device_id, event=MessageId.NOT_ANSWERED))
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coro)
@@ -487,7 +659,9 @@ class Daemon:
     def _snapshot(self) -> Snapshot:
         return Snapshot(self.devices, self.assignments, self.guests, self.overrides,
                         __version__, self.host.iommu_enabled, self.policy_errors,
-                        self.policy.files if self.policy else (), self.config.uri)
+                        self.policy.files if self.policy else (), self.config.uri,
+                        dict(self.remembered), dict(self.requests),
+                        self.policy.settings.ask_timeout if self.policy else DEFAULT_ASK_TIMEOUT)
 
     def _notify_status(self) -> None:
         counts: dict[State, int] = {}

@@ -30,7 +30,7 @@ from dbus_fast.constants import NameFlag, RequestNameReply
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method
 
 from phyllod import errors, polkit
-from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, State
+from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, Request, State
 from phyllod.pci_safety import TableRow
 
 log = logging.getLogger("phyllod")
@@ -40,6 +40,7 @@ ROOT = "/me/phyllo/Phyllod1"
 MANAGER = "me.phyllo.Phyllod1.Manager"
 DEVICE = "me.phyllo.Phyllod1.Device"
 GUEST = "me.phyllo.Phyllod1.Guest"
+REQUEST = "me.phyllo.Phyllod1.Request"
 ERROR = "me.phyllo.Phyllod1.Error."
 _OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 _HELD = (State.ATTACHED, State.DETACHING)
@@ -55,6 +56,10 @@ def device_path(device_id: str) -> str:
 
 def guest_path(uuid: str) -> str:
     return f"{ROOT}/guests/{re.sub('[^A-Za-z0-9]', '_', uuid)}"
+
+
+def request_path(number: int) -> str:
+    return f"{ROOT}/requests/{number}"
 
 
 def error_name(e: errors.PhyllodError) -> str:
@@ -74,6 +79,9 @@ class Snapshot:
     policy_errors: tuple[str, ...]
     policy_files: tuple[str, ...]
     libvirt_uri: str
+    remembered: Mapping[str, str]
+    requests: Mapping[int, Request]
+    ask_timeout: int
 
 
 class Operations(Protocol):
@@ -86,6 +94,10 @@ class Operations(Protocol):
     async def set_override(self, device_id: str, override: Override | None) -> None: ...
 
     def reload_policy(self) -> None: ...
+
+    async def answer(self, number: int, guest: str, remember: bool) -> None: ...
+
+    async def forget(self, identity: str) -> None: ...
 
 
 # ------------------------------------------------------------ published objects
@@ -140,11 +152,17 @@ _DEVICE_PROPS = {
     "DeviceNumber": "u", "DeviceClass": "s", "InterfaceClasses": "as", "Driver": "s",
     "IommuGroup": "i", "State": "s",
     "Guest": "s", "Rule": "s", "Reason": "s", "Override": "s", "OverrideGuest": "s",
+    "Identity": "s", "Remembered": "b", "RememberedGuest": "s",
+}
+_REQUEST_PROPS = {
+    "Device": "o", "DeviceId": "s", "Description": "s", "Candidates": "as", "Deadline": "t",
+    "Rule": "s",
 }
 _GUEST_PROPS = {"Name": "s", "UUID": "s", "State": "s", "Devices": "ao"}
 _MANAGER_PROPS = {
     "Version": "s", "IommuEnabled": "b", "PolicyStatus": "s", "PolicyError": "s",
     "PolicyFiles": "as", "LibvirtUri": "s", "LibvirtConnected": "b",
+    "Remembered": "a{ss}", "AskTimeout": "u",
 }
 
 
@@ -168,6 +186,15 @@ class DeviceInterface(_Published):
 @_properties(_GUEST_PROPS)
 class GuestInterface(_Published):
     """One defined guest and the present devices it holds."""
+
+
+@_properties(_REQUEST_PROPS)
+class RequestInterface(_Published):
+    """A question to the person at the machine: where does this newly plugged device go?"""
+
+    @method()
+    def Answer(self, guest: "s", remember: "b") -> None:
+        _refuse()
 
 
 @_properties(_MANAGER_PROPS)
@@ -203,11 +230,16 @@ class ManagerInterface(_Published):
         _refuse()
 
     @method()
+    def Forget(self, device: "s") -> None:
+        _refuse()
+
+    @method()
     def Reload(self) -> None:
         _refuse()
 
 
-def _device_values(d: Device, a: Assignment | None, o: Override | None) -> dict[str, Any]:
+def _device_values(d: Device, a: Assignment | None, o: Override | None,
+                   remembered: str | None) -> dict[str, Any]:
     return {
         "Id": d.id, "Subsystem": str(d.subsystem), "Vendor": d.vendor, "Product": d.product,
         "Serial": d.serial, "Manufacturer": d.manufacturer, "Name": d.product_name,
@@ -218,7 +250,15 @@ def _device_values(d: Device, a: Assignment | None, o: Override | None) -> dict[
         "Rule": a.rule if a else "", "Reason": a.reason if a else "",
         "Override": str(o.kind) if o else "",
         "OverrideGuest": o.guest if o and o.kind is OverrideKind.ATTACH else "",
+        "Identity": d.identity, "Remembered": remembered is not None,
+        "RememberedGuest": remembered or "",
     }
+
+
+def _request_values(r: Request) -> dict[str, Any]:
+    return {"Device": device_path(r.device_id), "DeviceId": r.device_id,
+            "Description": r.description, "Candidates": list(r.candidates),
+            "Deadline": r.deadline_usec, "Rule": r.rule}
 
 
 def _manager_values(s: Snapshot) -> dict[str, Any]:
@@ -227,6 +267,7 @@ def _manager_values(s: Snapshot) -> dict[str, Any]:
         "PolicyStatus": "error" if s.policy_errors else "ok",
         "PolicyError": "\n".join(s.policy_errors), "PolicyFiles": list(s.policy_files),
         "LibvirtUri": s.libvirt_uri, "LibvirtConnected": s.guests is not None,
+        "Remembered": dict(s.remembered), "AskTimeout": s.ask_timeout,
     }
 
 
@@ -288,12 +329,28 @@ async def _device_clear(s: "BusService", m: Message) -> None:
     await s.ops.set_override(s.device_at(m.path), None)
 
 
+async def _forget(s: "BusService", m: Message) -> None:
+    """A present device (named as usual), or the identity of one that is gone."""
+    ref = m.body[0]
+    try:
+        identity = s.identity_of(s.resolve(ref))
+    except errors.NoSuchDevice:
+        identity = ref
+    await s.ops.forget(identity)
+
+
+async def _answer(s: "BusService", m: Message) -> None:
+    await s.ops.answer(s.request_at(m.path), m.body[0], m.body[1])
+
+
 #: Every mutating method: its signature, the polkit action it needs, what it does.
 MUTATIONS: Mapping[tuple[str, str], _Mutation] = {
     (MANAGER, "Attach"): _Mutation("ss", polkit.ATTACH, _attach),
     (MANAGER, "Detach"): _Mutation("s", polkit.ATTACH, _detach),
     (MANAGER, "ClearOverride"): _Mutation("s", polkit.ATTACH, _clear),
     (MANAGER, "Reload"): _Mutation("", polkit.RELOAD, _reload),
+    (MANAGER, "Forget"): _Mutation("s", polkit.ANSWER, _forget),
+    (REQUEST, "Answer"): _Mutation("sb", polkit.ANSWER, _answer),
     (DEVICE, "Attach"): _Mutation("s", polkit.ATTACH, _device_attach),
     (DEVICE, "Detach"): _Mutation("", polkit.ATTACH, _device_detach),
     (DEVICE, "ClearOverride"): _Mutation("", polkit.ATTACH, _device_clear),
@@ -318,6 +375,8 @@ class BusService:
         self._devices: dict[str, DeviceInterface] = {}
         self._device_ids: dict[str, str] = {}
         self._guests: dict[str, GuestInterface] = {}
+        self._requests: dict[str, RequestInterface] = {}
+        self._request_numbers: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
 
@@ -369,7 +428,8 @@ class BusService:
         for device_id, d in s.devices.items():
             a = s.assignments.get(device_id)
             path = device_path(device_id)
-            wanted[path] = _device_values(d, a, s.overrides.get(d.identity))
+            wanted[path] = _device_values(d, a, s.overrides.get(d.identity),
+                                          s.remembered.get(d.identity))
             self._device_ids[path] = device_id
             if a is not None and a.state in _HELD and a.guest:
                 held.setdefault(a.guest, []).append(path)
@@ -380,6 +440,9 @@ class BusService:
                   for g in (s.guests or {}).values()}
         if s.guests is not None:
             self._sync(self._guests, guests, lambda v: GuestInterface(GUEST, v))
+        requests = {request_path(n): _request_values(r) for n, r in s.requests.items()}
+        self._request_numbers = {request_path(n): n for n in s.requests}
+        self._sync(self._requests, requests, lambda v: RequestInterface(REQUEST, v))
         self.manager.update(_manager_values(s))
 
     def _sync(self, exported: dict[str, Any], wanted: dict[str, dict[str, Any]],
@@ -423,6 +486,16 @@ class BusService:
             raise errors.NoSuchDevice(f"the device {path} is gone")
         return device_id
 
+    def identity_of(self, device_id: str) -> str:
+        assert self.snapshot is not None
+        return self.snapshot.devices[device_id].identity
+
+    def request_at(self, path: str) -> int:
+        number = self._request_numbers.get(path)
+        if number is None:
+            raise errors.NoSuchRequest(f"the request {path} was answered, expired or withdrawn")
+        return number
+
     def device_object(self, ref: str) -> str:
         try:
             return device_path(self.resolve(ref))
@@ -441,11 +514,15 @@ class BusService:
         """Take over every mutating call (see the module docstring); pass the rest on."""
         if msg.message_type is not MessageType.METHOD_CALL or msg.path is None:
             return False
-        interface = msg.interface or (MANAGER if msg.path == ROOT else DEVICE)
+        interface = msg.interface or (MANAGER if msg.path == ROOT
+                                      else REQUEST if msg.path in self._requests else DEVICE)
         mutation = MUTATIONS.get((interface, msg.member or ""))
         if mutation is None or msg.signature != mutation.signature:
             return False  # a read, or wrong arguments: dbus-fast answers
-        exported = msg.path == ROOT if interface == MANAGER else msg.path in self._devices
+        exported = (msg.path == ROOT if interface == MANAGER
+                    # A request that just went away gets NoSuchRequest, not UnknownObject.
+                    else msg.path.startswith(f"{ROOT}/requests/") if interface == REQUEST
+                    else msg.path in self._devices)
         if not exported:
             return False  # unknown object: dbus-fast answers
         self._spawn(self._serve(msg, mutation))

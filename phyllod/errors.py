@@ -24,6 +24,10 @@ class NoSuchGuest(PhyllodError):
     """No guest with that name or UUID is defined."""
 
 
+class NoSuchRequest(PhyllodError):
+    """The request was answered, expired, or withdrawn because the device left."""
+
+
 class Denied(PhyllodError):
     """A ``deny`` rule (or a safety verdict) forbids what was asked."""
 

@@ -7,6 +7,7 @@ from phyllod.model import Assignment, Device, Override, OverrideKind, State
 _WHERE = {
     State.HOST: "on the host",
     State.PENDING: "waiting to go to '{guest}'",
+    State.ASKING: "on the host, waiting for an answer",
     State.ATTACHING: "being attached to '{guest}'",
     State.ATTACHED: "attached to '{guest}'",
     State.DETACHING: "being removed from '{guest}'",
@@ -15,7 +16,8 @@ _WHERE = {
 }
 
 
-def explain(device: Device, assignment: Assignment, override: Override | None) -> str:
+def explain(device: Device, assignment: Assignment, override: Override | None,
+            remembered: str | None = None) -> str:
     """Several ``key: value`` lines: the device, where it is, why, and what decides."""
     where = _WHERE[assignment.state].format(guest=assignment.guest)
     if assignment.state is State.FAILED and not assignment.guest:
@@ -33,4 +35,8 @@ def explain(device: Device, assignment: Assignment, override: Override | None) -
             else "keep on the host"
         lines.append(f"override: {target} (set by hand; 'phyllodctl clear' hands the device "
                      "back to the policy)")
+    if remembered is not None:
+        target = f"send to '{remembered}'" if remembered else "keep on the host"
+        lines.append(f"remembered answer: {target} ('phyllodctl forget' asks again at the "
+                     "next plug)")
     return "\n".join(lines)

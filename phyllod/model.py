@@ -201,6 +201,18 @@ class Ask:
 
 
 @dataclass(frozen=True, slots=True)
+class Request:
+    """An open question to the person at the machine, as the bus shows it."""
+
+    number: int  # /me/phyllo/Phyllod1/requests/<number>, counted per daemon run
+    device_id: str
+    description: str
+    candidates: tuple[str, ...]
+    deadline_usec: int  # CLOCK_REALTIME, microseconds
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PciFunction:
     """One PCI function as sysfs shows it: what the passthrough safety check weighs."""
 

@@ -20,6 +20,7 @@ log = logging.getLogger("phyllod")
 #: Actions declared in dbus/me.phyllo.phyllod.policy.
 ATTACH = "me.phyllo.phyllod.attach"
 RELOAD = "me.phyllo.phyllod.reload"
+ANSWER = "me.phyllo.phyllod.answer"
 
 _ALLOW_USER_INTERACTION = 0x1
 #: Errors meaning "no polkit here" rather than "polkit said no".

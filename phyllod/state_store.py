@@ -1,5 +1,6 @@
-"""What must outlive the process: manual overrides, in the state directory.
+"""What must outlive the process: a person's choices, in the state directory.
 
+Manual overrides and remembered answers (ask mode) are kept in one file each.
 Everything else phyllod knows is read back from udev and libvirt at start;
 only a person's explicit choices have no other home. The file is replaced
 atomically (write a temporary file, fsync, rename, fsync the directory), so a
@@ -16,12 +17,14 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from phyllod.model import Override, OverrideKind
 
 log = logging.getLogger("phyllod")
 
 OVERRIDES_FILE = "overrides.json"
+ANSWERS_FILE = "answers.json"
 _VERSION = 1
 
 
@@ -29,23 +32,35 @@ class StateError(Exception):
     """The state directory cannot be written; the message says why."""
 
 
-def load_overrides(state_dir: Path) -> dict[str, Override]:
-    """The saved overrides; an unreadable file is set aside, never silently overwritten."""
-    path = state_dir / OVERRIDES_FILE
+def _load_entries(path: Path, key: str) -> list[dict[str, Any]]:
+    """The entries of one state file; an unreadable file is set aside, never overwritten."""
     try:
         data = json.loads(path.read_text())
         if data.get("version") != _VERSION:
             raise ValueError(f"unknown version {data.get('version')!r}")
-        return {entry["identity"]: Override(OverrideKind(entry["kind"]), entry.get("guest", ""))
-                for entry in data["overrides"]}
+        entries = data[key]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"'{key}' is not a list of objects")
+        return entries
     except FileNotFoundError:
-        return {}
+        return []
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        aside = path.with_name(f"{OVERRIDES_FILE}.broken-{int(time.time())}")
+        aside = path.with_name(f"{path.name}.broken-{int(time.time())}")
         with contextlib.suppress(OSError):
             path.rename(aside)
-        log.error("cannot read %s (%s); set aside as %s, starting without overrides",
-                  path, e, aside.name)
+        log.error("cannot read %s (%s); set aside as %s, starting without its %s",
+                  path, e, aside.name, key)
+        return []
+
+
+def load_overrides(state_dir: Path) -> dict[str, Override]:
+    """The saved manual overrides, by device identity."""
+    path = state_dir / OVERRIDES_FILE
+    try:
+        return {e["identity"]: Override(OverrideKind(e["kind"]), e.get("guest", ""))
+                for e in _load_entries(path, "overrides")}
+    except (ValueError, KeyError, TypeError) as e:
+        log.error("cannot read %s (%s); starting without overrides", path, e)
         return {}
 
 
@@ -55,16 +70,38 @@ def save_overrides(state_dir: Path, overrides: Mapping[str, Override],
     entries = [{"identity": identity, "kind": str(o.kind), "guest": o.guest,
                 "device": notes.get(identity, "")}
                for identity, o in sorted(overrides.items())]
-    text = json.dumps({"version": _VERSION, "overrides": entries}, indent=2) + "\n"
+    _replace(state_dir, OVERRIDES_FILE, {"version": _VERSION, "overrides": entries})
+
+
+def load_answers(state_dir: Path) -> dict[str, str]:
+    """The remembered answers: device identity → guest, "" for the host."""
+    path = state_dir / ANSWERS_FILE
+    try:
+        return {str(e["identity"]): str(e.get("guest", "")) for e in _load_entries(path, "answers")}
+    except (KeyError, TypeError) as e:
+        log.error("cannot read %s (%s); starting without remembered answers", path, e)
+        return {}
+
+
+def save_answers(state_dir: Path, answers: Mapping[str, str], notes: Mapping[str, str]) -> None:
+    """Replace the remembered answers file (``notes`` as for overrides)."""
+    entries = [{"identity": identity, "guest": guest, "device": notes.get(identity, "")}
+               for identity, guest in sorted(answers.items())]
+    _replace(state_dir, ANSWERS_FILE, {"version": _VERSION, "answers": entries})
+
+
+def _replace(state_dir: Path, name: str, data: dict[str, Any]) -> None:
+    """Write ``data`` as ``name`` atomically (see the module docstring)."""
+    text = json.dumps(data, indent=2) + "\n"
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{OVERRIDES_FILE}.", dir=state_dir)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=state_dir)
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, state_dir / OVERRIDES_FILE)
+            os.replace(tmp, state_dir / name)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -75,4 +112,4 @@ def save_overrides(state_dir: Path, overrides: Mapping[str, Override],
         finally:
             os.close(dir_fd)
     except OSError as e:
-        raise StateError(f"cannot save overrides in {state_dir}: {e.strerror or e}") from e
+        raise StateError(f"cannot save {name} in {state_dir}: {e.strerror or e}") from e

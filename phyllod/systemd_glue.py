@@ -44,6 +44,9 @@ class MessageId(StrEnum):
     GUEST_STATE = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4b"
     LIBVIRT_CONNECTED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4c"
     LIBVIRT_LOST = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4d"
+    ASKED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4e"
+    ANSWERED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4f"
+    NOT_ANSWERED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c50"
 
 
 def watchdog_interval() -> float | None:

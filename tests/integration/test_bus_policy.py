@@ -301,6 +301,9 @@ async def test_real_polkit_authorizes_root_and_not_a_sessionless_user(
             # allow_any is auth_admin(_keep): not authorized, but a password would do.
             assert await check_authorization(bus, nobody, action) == (False, True), \
                 real_polkit.log()
+        # answer: allow_any is "no", so no password helps someone outside the active session.
+        assert await check_authorization(bus, bus.unique_name, polkit.ANSWER) == (True, False)
+        assert await check_authorization(bus, nobody, polkit.ANSWER) == (False, False)
         # The control: an action the shipped file does not declare is an error for anyone.
         with pytest.raises(DBusError, match="is not registered"):
             await check_authorization(bus, bus.unique_name, "me.phyllo.phyllod.unknown")
@@ -337,7 +340,7 @@ def test_polkit_policy_declares_the_daemons_actions() -> None:
     assert root.tag == "policyconfig"
     assert root.findtext("vendor") == "phyllod"
     actions = {a.get("id"): a for a in root.iter("action")}
-    assert set(actions) == {polkit.ATTACH, polkit.RELOAD}
+    assert set(actions) == {polkit.ATTACH, polkit.RELOAD, polkit.ANSWER}
     for action in actions.values():
         assert action.findtext("description", "").strip()
         assert action.findtext("message", "").strip()
@@ -349,6 +352,7 @@ def test_polkit_policy_declares_the_daemons_actions() -> None:
 
     assert defaults(polkit.ATTACH) == ("auth_admin", "auth_admin", "yes")
     assert defaults(polkit.RELOAD) == ("auth_admin_keep",) * 3
+    assert defaults(polkit.ANSWER) == ("no", "no", "yes")
 
 
 def test_activation_file_hands_over_to_systemd() -> None:

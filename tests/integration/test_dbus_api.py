@@ -25,9 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 KBD = "/me/phyllo/Phyllod1/devices/usb_1_2"
 ATTACH = "me.phyllo.phyllod.attach"
 RELOAD = "me.phyllo.phyllod.reload"
+ANSWER = "me.phyllo.phyllod.answer"
 #: Every mutating method, with arguments: (member, signature, *args).
 MUTATING = [("Attach", "ss", "usb:1-2", "test"), ("Detach", "s", "usb:1-2"),
-            ("ClearOverride", "s", "usb:1-2"), ("Reload", "")]
+            ("ClearOverride", "s", "usb:1-2"), ("Reload", ""), ("Forget", "s", "usb:1-2")]
 DEVICE_MUTATING = [("Attach", "s", "test"), ("Detach", ""), ("ClearOverride", "")]
 DENY_KBD = '[[rule]]\nname = "no keyboards"\nmatch = { vendor = "0627" }\naction = "deny"\n'
 
@@ -230,7 +231,7 @@ def test_real_polkitd_with_the_shipped_actions(phyllod: Phyllod,
     phyllod.start()
     for member, sig, *args in MUTATING:
         err = _error(phyllod.call(member, sig, *args, nobody=True))
-        action = RELOAD if member == "Reload" else ATTACH
+        action = {"Reload": RELOAD, "Forget": ANSWER}.get(member, ATTACH)
         assert f"polkit denied {action}" in err, member
     for member, sig, *args in DEVICE_MUTATING:
         err = _error(phyllod.call(member, sig, *args, path=KBD, interface=DEVICE, nobody=True))

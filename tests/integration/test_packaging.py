@@ -35,6 +35,7 @@ EXPECTED = [
     "usr/share/dbus-1/interfaces/me.phyllo.Phyllod1.Manager.xml",
     "usr/share/dbus-1/interfaces/me.phyllo.Phyllod1.Device.xml",
     "usr/share/dbus-1/interfaces/me.phyllo.Phyllod1.Guest.xml",
+    "usr/share/dbus-1/interfaces/me.phyllo.Phyllod1.Request.xml",
     "usr/share/bash-completion/completions/phyllodctl",
     "usr/share/man/man8/phyllod.8.gz",
     "usr/share/man/man1/phyllodctl.1.gz",
