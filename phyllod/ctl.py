@@ -9,7 +9,7 @@ Exit status (scripts may rely on it):
   0  success
   1  the operation failed (Error.Failed, Error.Denied, Error.Busy, any other error)
   2  usage error
-  3  no such device or guest (Error.NoSuchDevice, Error.NoSuchGuest)
+  3  no such device, guest or request (Error.NoSuchDevice, .NoSuchGuest, .NoSuchRequest)
   4  not authorized (Error.NotAuthorized, the bus's AccessDenied)
   5  phyllod is not running, or the bus cannot be reached
 
@@ -25,6 +25,7 @@ import io
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -44,10 +45,12 @@ from phyllod.ctl_format import (
     iommu_table,
     key_value,
     one_per_line,
+    request_table,
+    requests,
     to_json,
 )
 from phyllod.ctl_monitor import MATCH_RULES, Event, Labels, event_for, human_line, json_line
-from phyllod.ctl_names import DEVICE_IFACE, MANAGER_IFACE, ROOT
+from phyllod.ctl_names import DEVICE_IFACE, MANAGER_IFACE, REQUEST_IFACE, REQUESTS, ROOT
 
 PROG = "phyllodctl"
 
@@ -116,6 +119,21 @@ def _parser() -> argparse.ArgumentParser:
             mutation("ClearOverride", "device")).add_argument("device")
     command("reload", write, "read the policy again (a broken one is refused)",
             mutation("Reload"))
+    command("requests", read, "the open questions of ask mode: where should a newly "
+            "plugged device go?", list_requests).add_argument(
+        "--ids", action="store_true", help="only the request numbers, one per line")
+    answer_cmd = command("answer", write, "answer a request: send the device to GUEST, or "
+                         "keep it on the host with --host", answer)
+    answer_cmd.add_argument("request", metavar="ID", help="request number (phyllodctl requests)")
+    where = answer_cmd.add_mutually_exclusive_group(required=True)
+    where.add_argument("guest", nargs="?", help="guest name or UUID (one of those offered)")
+    where.add_argument("--host", action="store_true", help="keep the device on the host")
+    answer_cmd.add_argument("--remember", action="store_true",
+                            help="answer the same way for this device from now on "
+                                 "(undo with phyllodctl forget)")
+    command("forget", write, "forget the remembered answer for a device (by name, or by "
+            "its identity as 'phyllodctl status' lists it)",
+            mutation("Forget", "device")).add_argument("device")
     command("monitor", read, "print changes as they happen, until interrupted", monitor)
     return p
 
@@ -168,6 +186,27 @@ async def iommu(client: Client, args: argparse.Namespace) -> Iterable[str]:
     """The daemon's verdicts, computed where sysfs is read."""
     (groups,) = await client.manager("GetIommuGroups")
     return [to_json(iommu_records(groups))] if args.json else iommu_table(groups, args.legend)
+
+
+async def list_requests(client: Client, args: argparse.Namespace) -> Iterable[str]:
+    """Open requests; ``--ids`` feeds shell completion."""
+    objects = await client.managed_objects()
+    if args.ids:
+        return one_per_line(r["Id"] for r in requests(objects))
+    if args.json:
+        return [to_json(requests(objects))]
+    return request_table(objects, time.time(), args.legend)
+
+
+async def answer(client: Client, args: argparse.Namespace) -> Iterable[str]:
+    """Request.Answer on ``requests/ID``; returns once the device settled, like attach."""
+    number = args.request.rsplit("/", 1)[-1]
+    if not number.isdigit():
+        raise CtlError(ExitCode.USAGE, f"a request is named by its number "
+                                       f"(phyllodctl requests), not {args.request!r}")
+    await client.call(f"{REQUESTS}/{int(number)}", REQUEST_IFACE, "Answer", "sb",
+                      ["" if args.host else args.guest, args.remember], mutation=True)
+    return []
 
 
 def mutation(member: str, *fields: str) -> Command:

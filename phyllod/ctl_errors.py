@@ -30,13 +30,14 @@ exit status:
   0  success
   1  the operation failed (refused by policy, busy, libvirt error, ...)
   2  usage error
-  3  no such device or guest
+  3  no such device, guest or request
   4  not authorized
   5  phyllod is not running, or the bus cannot be reached"""
 
 _BY_NAME: dict[str, ExitCode] = {
     PHYLLOD_ERROR + "NoSuchDevice": ExitCode.NOT_FOUND,
     PHYLLOD_ERROR + "NoSuchGuest": ExitCode.NOT_FOUND,
+    PHYLLOD_ERROR + "NoSuchRequest": ExitCode.NOT_FOUND,
     PHYLLOD_ERROR + "NotAuthorized": ExitCode.NOT_AUTHORIZED,
     DBUS_ERROR + "AccessDenied": ExitCode.NOT_AUTHORIZED,
     DBUS_ERROR + "InteractiveAuthorizationRequired": ExitCode.NOT_AUTHORIZED,

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from phyllod.ctl_names import DEVICE_IFACE, GUEST_IFACE
+from phyllod.ctl_names import DEVICE_IFACE, GUEST_IFACE, REQUEST_IFACE
 
 # The contract's order, so `show` reads like the documentation; unknown (newer)
 # properties follow in name order.
@@ -23,10 +23,11 @@ DEVICE_PROPERTIES = (
     "Id", "Subsystem", "Vendor", "Product", "Serial", "Manufacturer", "Name", "Port",
     "Address", "Bus", "DeviceNumber", "DeviceClass", "InterfaceClasses", "Driver",
     "IommuGroup", "State", "Guest", "Rule", "Reason", "Override", "OverrideGuest",
+    "Identity", "Remembered", "RememberedGuest",
 )
 MANAGER_PROPERTIES = (
     "Version", "IommuEnabled", "PolicyStatus", "PolicyError", "PolicyFiles", "LibvirtUri",
-    "LibvirtConnected",
+    "LibvirtConnected", "Remembered", "AskTimeout",
 )
 
 # A table cell longer than this is cut: one 64 KiB product name must not push
@@ -205,6 +206,35 @@ def guest_table(objects: ManagedObjects, legend: bool = True) -> list[str]:
         for g in guests(objects)
     ]
     return table(["NAME", "STATE", "DEVICES", "UUID"], rows, legend)
+
+
+def request_number(path: str) -> int:
+    """``/me/phyllo/Phyllod1/requests/7`` → 7 (0 for anything else)."""
+    tail = path.rsplit("/", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def requests(objects: ManagedObjects) -> list[dict[str, Any]]:
+    """The open requests, oldest first, each with its number as ``Id``."""
+    found = [{"Id": request_number(path), **ifaces[REQUEST_IFACE]}
+             for path, ifaces in objects.items() if REQUEST_IFACE in ifaces]
+    return sorted(found, key=lambda r: r["Id"])
+
+
+def seconds_left(deadline_usec: int, now: float) -> str:
+    """``12s`` until a request's deadline (``0s`` once it passed)."""
+    return f"{max(0, round(deadline_usec / 1e6 - now))}s"
+
+
+def request_table(objects: ManagedObjects, now: float, legend: bool = True) -> list[str]:
+    """``phyllodctl requests``: what to answer, with ``phyllodctl answer ID``."""
+    rows = [
+        [str(r["Id"]), cell(r.get("DeviceId", "")), cell(r.get("Description", "")),
+         cell(r.get("Candidates", [])), seconds_left(int(r.get("Deadline", 0)), now),
+         cell(r.get("Rule", ""))]
+        for r in requests(objects)
+    ]
+    return table(["ID", "DEVICE", "DESCRIPTION", "GUESTS", "LEFT", "RULE"], rows, legend)
 
 
 def one_per_line(values: Iterable[Any]) -> list[str]:

@@ -26,10 +26,11 @@ from phyllod.ctl_names import (
     MANAGER_IFACE,
     OBJECT_MANAGER,
     PROPERTIES,
+    REQUEST_IFACE,
     ROOT,
 )
 
-OURS = (DEVICE_IFACE, GUEST_IFACE, MANAGER_IFACE)
+OURS = (DEVICE_IFACE, GUEST_IFACE, MANAGER_IFACE, REQUEST_IFACE)
 
 # sender= makes the bus deliver only what the owner of phyllod's name sends, so
 # no other client on the bus can forge monitor events.
@@ -48,7 +49,7 @@ class Event:
 
     time: datetime
     kind: str  # monitoring (subscribed), added, removed, changed, started, stopped
-    subject: str  # device id, "guest NAME", or "phyllod"
+    subject: str  # device id, "guest NAME", "request N", or "phyllod"
     path: str = ""
     interface: str = ""
     properties: Mapping[str, Any] = field(default_factory=dict)
@@ -73,6 +74,8 @@ class Labels:
             self.by_path[path] = str(ifaces[DEVICE_IFACE]["Id"])
         elif GUEST_IFACE in ifaces and ifaces[GUEST_IFACE].get("Name"):
             self.by_path[path] = f"guest {ifaces[GUEST_IFACE]['Name']}"
+        elif REQUEST_IFACE in ifaces:
+            self.by_path[path] = f"request {path.rsplit('/', 1)[-1]}"
 
     def label(self, path: str, interface: str = "") -> str:
         """The label, or the path's last element for an object never seen whole."""
@@ -153,6 +156,10 @@ def _added_words(event: Event, labels: Labels) -> list[str]:
         ids = escape(f"{props.get('Vendor', '')}:{props.get('Product', '')}")
         brief = {k: props[k] for k in ("State", "Guest", "Reason") if props.get(k)}
         return ["plugged", ids, _value(props.get("Name", ""), labels), *_details(brief, labels)]
+    if event.interface == REQUEST_IFACE:
+        offers = [*props.get("Candidates", []), "host"]
+        return ["asks", "where", escape(str(props.get("DeviceId", ""))), "goes:",
+                _value(offers, labels), f"({escape(str(props.get('Description', '')))})"]
     return ["defined", *_details({k: props[k] for k in ("State",) if k in props}, labels)]
 
 
@@ -163,7 +170,8 @@ def human_line(event: Event, labels: Labels) -> str:
     if event.kind == "added":
         words = ["+", subject, *_added_words(event, labels)]
     elif event.kind == "removed":
-        words = ["-", subject, "gone" if event.interface == DEVICE_IFACE else "undefined"]
+        gone = {DEVICE_IFACE: "gone", REQUEST_IFACE: "closed"}.get(event.interface, "undefined")
+        words = ["-", subject, gone]
     elif event.kind == "changed":
         words = [subject, *_details(event.properties, labels, event.invalidated)]
     else:

@@ -8,6 +8,8 @@ ROOT = "/me/phyllo/Phyllod1"
 MANAGER_IFACE = "me.phyllo.Phyllod1.Manager"
 DEVICE_IFACE = "me.phyllo.Phyllod1.Device"
 GUEST_IFACE = "me.phyllo.Phyllod1.Guest"
+REQUEST_IFACE = "me.phyllo.Phyllod1.Request"
+REQUESTS = f"{ROOT}/requests"
 
 DBUS_NAME = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"

@@ -32,7 +32,7 @@ from phyllod.ctl_format import (
     width,
 )
 from phyllod.ctl_monitor import Labels, event_for, human_line, json_line
-from phyllod.ctl_names import DEVICE_IFACE, GUEST_IFACE, MANAGER_IFACE, ROOT
+from phyllod.ctl_names import DEVICE_IFACE, GUEST_IFACE, MANAGER_IFACE, OBJECT_MANAGER, ROOT
 
 ESC = "\x1b"
 EVIL = f"Yubi{ESC}[31mKey{ESC}]0;pwned\x07\n\u202eevil\x9b2J"
@@ -45,7 +45,8 @@ def device(device_id: str = "usb:1-2", **props: object) -> dict[str, object]:
         "Address": "", "Bus": 1, "DeviceNumber": 5, "DeviceClass": "00",
         "InterfaceClasses": ["03"], "Driver": "usbhid", "IommuGroup": -1, "State": "host",
         "Guest": "", "Rule": "", "Reason": "",
-        "Override": "", "OverrideGuest": "",
+        "Override": "", "OverrideGuest": "", "Identity": device_id, "Remembered": False,
+        "RememberedGuest": "",
     }
     return values | props
 
@@ -287,9 +288,10 @@ def test_help_documents_the_exit_codes(capsys):
         ctl.parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for line in ("3  no such device or guest", "4  not authorized", "5  phyllod is not running"):
+    for line in ("3  no such device, guest or request", "4  not authorized",
+                 "5  phyllod is not running"):
         assert line in out
-    assert "3  no such device or guest" in (ctl.__doc__ or "")
+    assert "3  no such device, guest or request" in (ctl.__doc__ or "")
 
 
 def test_version(capsys):
@@ -531,3 +533,57 @@ def test_iommu_table_and_json_keep_the_whole_reason():
     assert records[2] == {"group": 4, "address": "0000:00:17.0", "ids": "8086:a352",
                           "class": "010601", "driver": "ahci", "verdict": "unsafe",
                           "reason": "0000:00:17.0 holds / (sda2) \x1b[31m" + "x" * 60}
+
+
+# ------------------------------------------------------------ ask mode
+
+
+def request_objects(*numbers: int) -> dict:
+    return {f"{ROOT}/requests/{n}": {"me.phyllo.Phyllod1.Request": {
+        "Device": path_of("usb:1-2"), "DeviceId": "usb:1-2",
+        "Description": "usb:1-2 (1050:0407 Yubico \x1b[31mKey)", "Candidates": ["work", "media"],
+        "Deadline": 1_000_030_000_000, "Rule": "keys"}} for n in numbers}
+
+
+def test_requests_table_counts_down_and_escapes():
+    from phyllod.ctl_format import request_table, requests
+
+    objs = request_objects(10, 2)
+    lines = request_table(objs, now=1_000_000.0)
+    assert lines[0].split() == ["ID", "DEVICE", "DESCRIPTION", "GUESTS", "LEFT", "RULE"]
+    assert lines[1].startswith("2 ") and lines[2].startswith("10")
+    assert "30s" in lines[1] and "work media" in lines[1] and "\x1b" not in lines[1]
+    assert [r["Id"] for r in requests(objs)] == [2, 10]
+    assert request_table(objs, now=2_000_000.0)[1].split()[-2] == "0s"
+
+
+def test_monitor_shows_requests_opening_and_closing():
+    labels = Labels()
+    now = datetime(2026, 11, 24, 10, 0, 0)
+    path = f"{ROOT}/requests/3"
+    (ifaces,) = request_objects(3).values()
+    line = human_line(event_for(labels, now, ROOT, OBJECT_MANAGER, "InterfacesAdded",
+                                [path, ifaces]), labels)
+    assert line == ("10:00:00 + request 3 asks where usb:1-2 goes: work,media,host "
+                    "(usb:1-2 (1050:0407 Yubico \\x1b[31mKey))")
+    line = human_line(event_for(labels, now, ROOT, OBJECT_MANAGER, "InterfacesRemoved",
+                                [path, ["me.phyllo.Phyllod1.Request"]]), labels)
+    assert line == "10:00:00 - request 3 closed"
+
+
+@pytest.mark.parametrize("argv, guest, host, remember", [
+    (["answer", "3", "work"], "work", False, False),
+    (["answer", "3", "--host", "--remember"], None, True, True),
+    (["answer", "--remember", "3", "media"], "media", False, True),
+])
+def test_answer_arguments(argv, guest, host, remember):
+    args = ctl.parse_args(argv)
+    assert (args.request, args.guest, args.host, args.remember) == ("3", guest, host, remember)
+
+
+@pytest.mark.parametrize("argv", [["answer", "3"], ["answer", "3", "work", "--host"],
+                                  ["forget"], ["requests", "x"]])
+def test_answer_and_forget_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        ctl.parse_args(argv)
+    assert e.value.code == 2

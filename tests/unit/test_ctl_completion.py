@@ -26,6 +26,7 @@ phyllodctl() {
     case $* in
         *"list --ids"*) printf '%s\n' usb:1-2 usb:1-10 pci:0000:03:00.0 ;;
         *"guests --names"*) printf '%s\n' work 'other vm' '$(touch "$PWNED")' ;;
+        *"requests --ids"*) printf '%s\n' 3 12 ;;
     esac
 }
 """
@@ -70,7 +71,7 @@ def test_bash_words_matches_how_bash_splits():
 
 @pytest.mark.parametrize(("line", "expected"), [
     ("phyllodctl ", ["list", "guests", "show", "explain", "status", "iommu", "attach", "detach",
-                     "clear", "reload", "monitor"]),
+                     "clear", "reload", "monitor", "requests", "answer", "forget"]),
     ("phyllodctl s", ["show", "status"]),
     ("phyllodctl --json g", ["guests"]),
     ("phyllodctl --", ["--bus", "--no-ask-password", "--help", "--json", "--no-legend",
@@ -82,6 +83,8 @@ def test_bash_words_matches_how_bash_splits():
     ("phyllodctl --bus ", ["system", "session"]),
     ("phyllodctl --bus=se", ["session"]),
     ("phyllodctl reload ", []),
+    ("phyllodctl answer 3 --", ["--bus", "--no-ask-password", "--help", "--host", "--remember"]),
+    ("phyllodctl requests --i", ["--ids"]),
 ])
 def test_commands_and_options(line, expected, tmp_path):
     replies, calls = complete(line, tmp_path)
@@ -89,11 +92,17 @@ def test_commands_and_options(line, expected, tmp_path):
     assert calls == []  # nothing asks the daemon for these
 
 
-@pytest.mark.parametrize("command", ["show", "explain", "detach", "clear", "attach"])
+@pytest.mark.parametrize("command", ["show", "explain", "detach", "clear", "attach", "forget"])
 def test_device_ids_from_the_daemon(command, tmp_path):
     replies, calls = complete(f"phyllodctl {command} ", tmp_path)
     assert replies == ["usb:1-2", "usb:1-10", "pci:0000:03:00.0"]
     assert calls == ["list --ids"]
+
+
+def test_request_numbers_then_guests_for_answer(tmp_path):
+    assert complete("phyllodctl answer ", tmp_path) == (["3", "12"], ["requests --ids"])
+    replies, _ = complete("phyllodctl answer 3 w", tmp_path)
+    assert replies == ["work"]
 
 
 def test_ids_after_a_colon_complete_the_rest_only(tmp_path):
