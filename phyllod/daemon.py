@@ -697,7 +697,7 @@ class Daemon:
         fields = _fields(d.id, a.guest, a.rule, State.ATTACHING)
         source = (f"managed, host {d.address}" if d.subsystem is Subsystem.PCI
                   else f"bus {d.busnum} device {d.devnum}")
-        by = f"by rule '{a.rule}'" if a.rule else "by a manual override"
+        by = a.source or (f"by rule '{a.rule}'" if a.rule else "by a manual override")
         log.info("attaching %s to %s %s: libvirt attachDeviceFlags (%s)",
                  d.describe(), a.guest, by, source, **fields)
         started = time.monotonic()

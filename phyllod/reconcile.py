@@ -133,6 +133,8 @@ class Attach:
     rule: str  # "" for a manual override
     #: PCI: group mates going to the same guest, to take from their host drivers first.
     prepare: tuple[str, ...] = ()
+    #: Who decided, when it is an answer rather than the rule or an override.
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +486,7 @@ class _Planner:
             return assignment(State.FAILED, name, failure)
         if d.iommu_group is not None:
             self.groups_busy.add(d.iommu_group)
-        self.actions.append(Attach(d.slot, d, name, rule, prepare))
+        self.actions.append(Attach(d.slot, d, name, rule, prepare, why.source))
         return assignment(State.ATTACHING, name, f"attaching to '{name}' {why.by}{warning}")
 
     def _pci_verdict(self, d: Device, target: Guest | None,

@@ -84,7 +84,7 @@ def test_pending_waits_and_expired_stays_on_host():
 def test_answer_attaches_and_says_so():
     d = usb()
     plan = reconcile(ASK, world([d], [guest("work")], asks={d.id: answered("work")}))
-    assert plan.actions == (Attach(d.slot, d, "work", "audio"),)
+    assert plan.actions == (Attach(d.slot, d, "work", "audio", source="by your answer"),)
     assert "by your answer" in plan.assignments[d.id].reason
     plan = reconcile(ASK, world([d], [guest("work", hostdevs=(held(d),))],
                                 asks={d.id: answered("work")}))
@@ -96,7 +96,7 @@ def test_remembered_answer_applies_without_asking_even_at_start():
     plan = reconcile(ASK, world([d], [guest("work")], remembered={d.identity: "work"},
                                 inserted=frozenset({d.id})))
     assert plan.questions == ()
-    assert plan.actions == (Attach(d.slot, d, "work", "audio"),)
+    assert plan.actions == (Attach(d.slot, d, "work", "audio", source="by a remembered answer"),)
     assert "by a remembered answer" in plan.assignments[d.id].reason
     host = reconcile(ASK, world([d], [guest("work")], remembered={d.identity: ""},
                                 inserted=frozenset({d.id})))
