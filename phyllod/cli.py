@@ -81,10 +81,15 @@ def check_policy(files: list[Path], policy_dir: Path) -> int:
         print(f"policy has {len(e.problems)} error(s)", file=sys.stderr)
         return 1
     print(f"policy OK: {len(policy.rules)} rules in {len(paths)} files")
+    settings = policy.settings
+    print(f"unmatched devices plugged in: {settings.unmatched}; "
+          f"ask_timeout: {settings.ask_timeout}s")
     devices = _present_devices()
     claimed: set[str] = set()
     for rule in policy.rules:
         target = f"{rule.action} to {rule.guest}" if rule.guest else str(rule.action)
+        if rule.candidates:
+            target = f"{rule.action}: {', '.join(rule.candidates)} or the host"
         print(f"{rule.file}:{rule.line}: rule '{rule.name}' ({target})")
         for d in devices:
             if d.id not in claimed and rule.match.matches(d):
@@ -92,7 +97,9 @@ def check_policy(files: list[Path], policy_dir: Path) -> int:
                 print(f"    matches {d.describe()}")
     rest = [d for d in devices if d.id not in claimed]
     if rest:
-        print("no rule matches (they stay on the host):")
+        fate = "asked about when plugged in" if settings.unmatched == "ask" \
+            else "they stay on the host"
+        print(f"no rule matches ({fate}):")
         for d in rest:
             print(f"    {d.describe()}")
     return 0

@@ -33,6 +33,7 @@ def test_shows_what_each_rule_matches(usb_testbed: testbed.UsbTestbed, tmp_path:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "policy OK: 3 rules in 2 files",
+        "unmatched devices plugged in: host; ask_timeout: 30s",
         f"{tmp_path}/10-desk.toml:1: rule 'key' (attach to work)",
         "    matches usb:1-2 (1050:0407 Yubico YubiKey)",
         f"{tmp_path}/10-desk.toml:6: rule 'bluetooth' (attach to desktop)",

@@ -187,7 +187,7 @@ class LabPhyllod:
     def reset(self) -> None:
         """Leave L1 and L2 as the next test expects: no phyllod, no devices, L2 running."""
         self.stop()
-        self.lab.run("rm -f /var/lib/phyllod/overrides.json")
+        self.lab.run("rm -f /var/lib/phyllod/overrides.json /var/lib/phyllod/answers.json")
         for qdev_id in list(self.plugged):
             self.unplug(qdev_id)
         if "running" not in self.virsh(f"domstate {L2}"):
