@@ -4,7 +4,17 @@ from factories import guest, held, host, pci, policy, usb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phyllod.model import Guest, GuestState, Hostdev, Override, OverrideKind, State, Subsystem
+from phyllod.model import (
+    Ask,
+    AskOutcome,
+    Guest,
+    GuestState,
+    Hostdev,
+    Override,
+    OverrideKind,
+    State,
+    Subsystem,
+)
 from phyllod.reconcile import (
     BACKOFF,
     Attach,
@@ -221,8 +231,11 @@ def scenarios(draw):
     lines = []
     for i in range(draw(st.integers(0, 4))):
         key = draw(st.sampled_from(['vendor="0627"', 'vendor="1050"', f'port="{PORTS[i]}"']))
-        action = draw(st.sampled_from(["attach", "deny", "ignore"]))
+        action = draw(st.sampled_from(["attach", "deny", "ignore", "ask"]))
         target = f'guest="{draw(st.sampled_from(GUESTS))}"\n' if action == "attach" else ""
+        if action == "ask" and draw(st.booleans()):
+            target = f'guest=["{draw(st.sampled_from(GUESTS))}"]\n'
+
         lines.append(f'[[rule]]\nname="r{i}"\nmatch={{{key}}}\naction="{action}"\n{target}')
     guests = {}
     taken: set[str] = set()  # a USB device is in one QEMU at most
@@ -242,15 +255,20 @@ def scenarios(draw):
         if kind is not None:
             target = draw(st.sampled_from(GUESTS)) if kind is OverrideKind.ATTACH else ""
             overrides[d.identity] = Override(kind, target)
-    return policy("\n".join(lines)), devices, guests, overrides
+    # Ask mode: an answer for this plug, or one remembered (guest, "" for the host).
+    answer = st.sampled_from([None, "", *GUESTS])
+    asks = {d.id: Ask(AskOutcome.ANSWERED, a) for d in devices if (a := draw(answer)) is not None}
+    remembered = {d.identity: a for d in devices if (a := draw(answer)) is not None}
+    return policy("\n".join(lines)), devices, guests, overrides, asks, remembered
 
 
 @settings(max_examples=300, deadline=None)
 @given(scenarios())
 def test_reconcile_converges_without_double_attach(scenario):
-    p, devices, guests, overrides = scenario
+    p, devices, guests, overrides, asks, remembered = scenario
     for _ in range(6):
-        plan = reconcile(p, world(devices, guests.values(), overrides=overrides))
+        plan = reconcile(p, world(devices, guests.values(), overrides=overrides, asks=asks,
+                                  remembered=remembered))
         slots = [a.slot for a in plan.actions]
         assert len(slots) == len(set(slots)), "two actions for one slot"
         if not plan.actions:
@@ -277,6 +295,16 @@ def test_reconcile_converges_without_double_attach(scenario):
             target = override.guest
         elif rule is not None and rule.action.value == "attach":
             target = rule.guest
+        elif rule is not None and rule.action.value == "ask":
+            answered = asks[d.id].guest if d.id in asks else remembered.get(d.identity)
+            if answered == "":
+                owned = [h for g in guests.values() for h in g.hostdevs
+                         if (h.bus, h.device) == (d.busnum, d.devnum) and h.owned]
+                assert owned == [] and a.state in (State.HOST, State.ATTACHED)
+            elif answered is not None:
+                target = answered
+            else:
+                assert len(holders) <= 1 and plan.questions == ()
         else:
             assert len(holders) <= 1
         if target is not None:
