@@ -9,9 +9,13 @@ a real guest).
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
+from daemon_process import child_env
 from phyllod_on_bus import ROOT, Phyllod
 
 pytestmark = pytest.mark.integration
@@ -195,3 +199,23 @@ def test_real_polkitd_refuses_an_answer_outside_the_active_session(
                      interface="me.phyllo.Phyllod1.Request")
     assert r.returncode == 0, r.stderr
     assert phyllod.show("usb:1-3")["Remembered"] is True
+
+
+def test_monitor_shows_requests_as_they_come(phyllod: Phyllod):
+    (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=60))
+    phyllod.start()
+    mon = subprocess.Popen([sys.executable, "-m", "phyllod.ctl", "--bus", phyllod.bus.address,
+                            "monitor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=child_env())
+    try:
+        assert mon.stdout is not None and "monitoring" in mon.stdout.readline()
+        _plug_key(phyllod)
+        (request,) = _wait(lambda: _requests(phyllod))
+        assert phyllod.ctl("answer", str(request["Id"]), "--host").returncode == 0
+    finally:
+        mon.send_signal(signal.SIGINT)
+        out, _ = mon.communicate(timeout=10)
+    n = request["Id"]
+    assert f" + request {n} asks where usb:1-3 goes: test,host (usb:1-3 (1050:0407 " in out, out
+    assert f" - request {n} closed" in out, out
+    assert "usb:1-3 plugged 1050:0407 'YubiKey OTP+FIDO+CCID' state asking" in out, out
