@@ -1,0 +1,439 @@
+"""phyllod-applet with real parts: phyllod on a private system bus, a desktop session.
+
+The session is Xvfb, a private session dbus-daemon and dunst as the
+notification server (desktop.py); the applet runs as ``python -m
+phyllod.applet``, as a person's session would start it. What the applet
+shows is read where a person or a panel would see it: the notifications as
+they pass to dunst on the session bus, their actions invoked through dunst's
+own context menu (a scripted dmenu picks the line), and the tray menu over
+com.canonical.dbusmenu from a StatusNotifierWatcher, as KDE Plasma and GNOME's
+AppIndicator extension read it. libvirt's test driver runs one guest,
+"test", and cannot attach: "send to test" shows as a refusal naming the guest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from desktop import Applet, Desktop, Session, missing_tools
+from gi.repository import GLib
+from phyllod_on_bus import DEVICE, MANAGER, ROOT, Phyllod
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+KBD = f"{ROOT}/devices/usb_1_2"
+KEY_PATH = f"{ROOT}/devices/usb_1_3"
+KEY = "usb:1050:0407:K1"
+ASK_KEYS = """\
+[settings]
+ask_timeout = {timeout}
+
+[[rule]]
+name = "keys"
+match = {{ vendor = "1050" }}
+action = "ask"
+"""
+ANSWERS = [("send:test", "Send to test"), ("host", "Keep on the host"),
+           ("always-send:test", "Always send to test"),
+           ("always-host", "Always keep on the host")]
+SNI = "org.kde.StatusNotifierItem"
+DBUSMENU = "com.canonical.dbusmenu"
+
+
+def wait(what: Callable[[], Any], timeout: float = 15.0, message: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value or time.monotonic() > deadline:
+            assert value, message or f"timed out after {timeout}s"
+            return value
+        time.sleep(0.1)
+
+
+def plug_key(phyllod: Phyllod, devnum: int = 7) -> None:
+    phyllod.tb.plug("1-3", devnum=devnum, vendor="1050", product="0407", serial="K1",
+                    manufacturer="Yubico", product_name="YubiKey OTP+FIDO+CCID",
+                    interfaces=("030101", "0b0000"))
+
+
+def requests(phyllod: Phyllod) -> list[str]:
+    tree = phyllod.busctl("tree", "--list", "me.phyllo.Phyllod1").stdout.split()
+    return [p for p in tree if p.startswith(f"{ROOT}/requests/")]
+
+
+@pytest.fixture
+def desktop(request: pytest.FixtureRequest) -> Iterator[Desktop]:
+    why = missing_tools(("Xvfb", "dbus-daemon", "dunst", "dunstctl", "busctl"))
+    if why:
+        pytest.skip(why)
+    with Desktop() as d:
+        d.start_dunst()
+        d.start_monitor()
+        yield d
+        failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else True
+        if failed:
+            print("--- notifications ---\n" + "\n".join(map(str, d.monitor.records())))
+            print("--- dunst ---\n" + (d.dunst.log() if d.dunst else ""))
+
+
+@pytest.fixture
+def applet(desktop: Desktop, phyllod: Phyllod,
+           request: pytest.FixtureRequest) -> Iterator[Callable[..., Applet]]:
+    """Start the applet (after phyllod, or not: the test decides) in the desktop session."""
+    started: list[Applet] = []
+
+    def start(*args: str) -> Applet:
+        a = Applet(desktop, phyllod.bus.address, *args)
+        started.append(a)
+        a.wait_ready()
+        return a
+
+    yield start
+    for a in started:
+        a.stop()
+        failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else True
+        if failed:
+            print("--- applet ---\n" + a.log())
+
+
+def ask_notification(desktop: Desktop) -> dict[str, Any]:
+    return desktop.wait_notification(lambda n: n["summary"].startswith("Where should"),
+                                     "the ask notification")
+
+
+# 1. The question reaches the notification server, and goes away with the request.
+
+def test_ask_notification_has_an_action_per_answer_and_closes_with_the_request(
+        desktop: Desktop, phyllod: Phyllod, applet: Callable[..., Applet]):
+    (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=60))
+    phyllod.start()
+    applet()
+    plug_key(phyllod)
+    n = ask_notification(desktop)
+    assert n["app"] == "phyllod"
+    assert "usb:1-3" in n["summary"] and "Yubico" in n["summary"]
+    assert "usb:1-3 was plugged in (rule 'keys')" in n["body"]
+    assert "It can go to test." in n["body"] and "stays on the host" in n["body"]
+    assert [tuple(a) for a in n["actions"]] == ANSWERS
+    assert 50_000 < n["timeout"] <= 60_000  # until the request's deadline
+    # The keyboard present before the applet started got no notification.
+    assert all("Keyboard" not in x["summary"] for x in desktop.notifications())
+
+    (reply,) = desktop.monitor.wait_for(
+        "the notification id", lambda: [r for r in desktop.monitor.records()
+                                        if r.get("member") == "NotifyReply"
+                                        and r["serial"] == n["serial"]])
+    phyllod.tb.unplug("1-3")  # withdraws the request: the applet closes the question
+    desktop.monitor.wait_for("CloseNotification", lambda: any(
+        r.get("member") == "CloseNotification" and r["args"] == [reply["id"]]
+        for r in desktop.monitor.records()))
+
+
+# 2. An action picked in the notification server answers the request.
+
+@pytest.mark.parametrize(("pick", "state", "guest", "remembered"), [
+    ("Keep on the host", "host", "", False),
+    ("Send to test", "failed", "test", False),
+    ("Always keep on the host", "host", "", True),
+])
+def test_an_action_picked_in_dunst_answers_the_request(
+        desktop: Desktop, phyllod: Phyllod, applet: Callable[..., Applet],
+        pick: str, state: str, guest: str, remembered: bool):
+    (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=60))
+    phyllod.start()
+    app = applet()
+    plug_key(phyllod)
+    ask_notification(desktop)
+    assert len(requests(phyllod)) == 1
+    desktop.pick(f"#{pick} (")
+    offered = desktop.menu_offered()
+    for _key, label in ANSWERS:
+        assert f"#{label} (" in offered, offered
+    wait(lambda: not requests(phyllod), message="the request is still open")
+    shown = phyllod.show("usb:1-3")
+    assert (shown["State"], shown["Guest"], shown["Remembered"]) == (state, guest, remembered)
+    if state == "failed":
+        assert "virDomainAttachDeviceFlags" in shown["Reason"]
+        # The refusal comes back to the person as a notification, not a traceback.
+        desktop.wait_notification(lambda n: n["summary"].startswith("Could not send to test"),
+                                  "the error notification")
+    if remembered:
+        assert phyllod.prop(ROOT, "Remembered", MANAGER) == {KEY: ""}
+    assert app.alive and "Traceback" not in app.log()
+
+
+# 3. Property changes become notifications: failed, denied (rule and safety).
+
+def test_failed_and_denied_notifications(desktop: Desktop, phyllod: Phyllod,
+                                         applet: Callable[..., Applet]):
+    phyllod.start()
+    app = applet()
+    # A manual attach the test driver refuses: failed, with the guest and libvirt's reason.
+    r = phyllod.call("Attach", "ss", "usb:1-2", "test")
+    assert r.returncode != 0 and "not supported" in r.stderr
+    n = desktop.wait_notification(lambda n: "could not be passed" in n["summary"],
+                                  "the failed notification")
+    assert n["summary"] == "QEMU USB Keyboard could not be passed to test"
+    assert n["body"].startswith("usb:1-2: ") and "not supported" in n["body"]
+    # A deny rule wins over the override: denied, with the rule's reason.
+    (phyllod.policy_dir / "10-deny.toml").write_text(
+        '[[rule]]\nname = "no keyboards"\nmatch = { vendor = "0627" }\naction = "deny"\n')
+    assert phyllod.call("Reload").returncode == 0
+    n = desktop.wait_notification(lambda n: n["summary"].endswith("stays on the host: denied"),
+                                  "the denied notification")
+    assert "no keyboards" in n["body"]
+    # One notice per change, not one per retry.
+    time.sleep(1)
+    assert len([x for x in desktop.notifications() if "could not be passed" in x["summary"]]) == 1
+    assert app.alive and "Traceback" not in app.log()
+
+
+def test_unsafe_pci_device_is_reported_with_the_finding(desktop: Desktop, phyllod: Phyllod,
+                                                        applet: Callable[..., Applet]):
+    import pci_tree
+    from pci_tree import Fn
+
+    sata = Fn("0000:00:17.0", "010601", device="a352", driver="ahci", group=4)
+    xhci = Fn("0000:00:14.0", "0c0330", device="a36d", driver="xhci_hcd", group=4)
+    pci_tree.build(phyllod.tb.tb, [sata, xhci])
+    phyllod.start()
+    applet()
+    (phyllod.policy_dir / "10-pci.toml").write_text(
+        '[[rule]]\nname = "usb controller"\nmatch = { class = "0c03" }\nguest = "test"\n')
+    assert phyllod.call("Reload").returncode == 0
+    n = desktop.wait_notification(lambda n: "not safe to pass" in n["summary"],
+                                  "the safety notification")
+    assert n["body"].startswith("pci:0000:00:14.0: not safe to pass")
+    assert "0000:00:17.0" in n["body"]  # the group mate the host keeps
+
+
+# 4. The tray as a StatusNotifierItem host reads it, and clicks in it.
+
+def layout(session: Session, item: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    menu = session.get(item["service"], item["path"], SNI, "Menu")
+    _rev, root = session.call(item["service"], menu, DBUSMENU, "GetLayout",
+                              GLib.Variant("(iias)", (0, -1, [])))
+    return menu, root
+
+
+def entries(node: tuple) -> list[tuple[int, str, list]]:
+    """(id, label, children) of a dbusmenu layout node's children."""
+    out = []
+    for child in node[2]:
+        child_id, props, grandchildren = child
+        out.append((child_id, props.get("label", ""), grandchildren))
+    return out
+
+
+def find(node: tuple, label: str) -> tuple[int, str, list]:
+    for child_id, text, children in entries(node):
+        if text == label or text.startswith(label):
+            return child_id, text, children
+    raise AssertionError(f"no entry {label!r} in {[e[1] for e in entries(node)]}")
+
+
+def click(session: Session, item: dict[str, str], label_path: list[str]) -> None:
+    """Send the dbusmenu "clicked" event to the entry found along ``label_path``."""
+    menu, root = layout(session, item)
+    node: tuple = root
+    for label in label_path:
+        found = find(node, label)
+        node = (found[0], {}, found[2])
+    session.call(item["service"], menu, DBUSMENU, "Event",
+                 GLib.Variant("(isvu)", (node[0], "clicked", GLib.Variant("s", ""), 0)))
+
+
+def registered_item(desktop: Desktop) -> dict[str, str]:
+    assert desktop.watcher is not None
+    return desktop.watcher.wait_for("the item's registration", lambda: next(
+        (r for r in desktop.watcher.records() if "service" in r), None))
+
+
+def submenu_labels(session: Session, item: dict[str, str], label: str) -> list[str]:
+    _menu, root = layout(session, item)
+    return [e[1] for e in entries((0, {}, find(root, label)[2]))]
+
+
+def test_tray_menu_over_dbusmenu_shows_devices_and_acts(desktop: Desktop, phyllod: Phyllod,
+                                                        applet: Callable[..., Applet]):
+    desktop.start_watcher()
+    phyllod.start()
+    app = applet()
+    item = registered_item(desktop)
+    assert item["path"] == "/org/ayatana/NotificationItem/phyllod_applet"
+    session = Session(desktop.address)
+    try:
+        entry = "QEMU USB Keyboard (usb:1-2): "
+        wait(lambda: session.get(item["service"], item["path"], SNI, "IconName") == "phyllod")
+        labels = wait(lambda: submenu_labels(session, item, entry))
+        assert "State: host" in labels and "Attach to test" in labels, labels
+        assert "Keep on the host" in labels and "Let the policy decide" not in labels
+
+        click(session, item, [entry, "Attach to test"])
+        # The test driver refuses: failed, guest = the target, the override in force.
+        wait(lambda: phyllod.prop(KBD, "Override") == "attach")
+        wait(lambda: phyllod.prop(KBD, "State") == "failed")
+        assert phyllod.prop(KBD, "OverrideGuest") == "test"
+        labels = wait(lambda: (ls := submenu_labels(session, item, entry))
+                      and "Let the policy decide" in ls and ls)
+        assert "Guest: test" in labels and any(x.startswith("Reason: ") for x in labels)
+        assert "Manual override: attach (test)" in labels
+        _menu, root = layout(session, item)
+        assert find(root, entry)[1] == "QEMU USB Keyboard (usb:1-2): failed for test"
+
+        click(session, item, [entry, "Keep on the host"])
+        wait(lambda: phyllod.prop(KBD, "Override") == "host")
+        assert phyllod.prop(KBD, "State") == "host"
+        wait(lambda: "Let the policy decide" in submenu_labels(session, item, entry))
+        click(session, item, [entry, "Let the policy decide"])
+        wait(lambda: phyllod.prop(KBD, "Override") == "")
+    finally:
+        session.close()
+    assert app.alive and "Traceback" not in app.log()
+
+
+def test_tray_menu_answers_and_forgets(desktop: Desktop, phyllod: Phyllod,
+                                       applet: Callable[..., Applet]):
+    desktop.start_watcher()
+    (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=60))
+    phyllod.start()
+    applet()
+    item = registered_item(desktop)
+    session = Session(desktop.address)
+    try:
+        plug_key(phyllod)
+        question = "Where should usb:1-3"
+        wait(lambda: session.get(item["service"], item["path"], SNI, "Status") == "NeedsAttention")
+        assert session.get(item["service"], item["path"], SNI,
+                           "AttentionIconName") == "phyllod-attention"
+        labels = wait(lambda: submenu_labels(session, item, question))
+        assert labels == [label for _k, label in ANSWERS]
+        click(session, item, [question, "Always send to test"])
+        wait(lambda: not requests(phyllod))
+        assert phyllod.prop(KEY_PATH, "Remembered", DEVICE) is True
+        assert phyllod.prop(ROOT, "Remembered", MANAGER) == {KEY: "test"}
+        entry = "YubiKey OTP+FIDO+CCID (usb:1-3): "
+        labels = wait(lambda: (ls := submenu_labels(session, item, entry))
+                      and "Forget remembered answer" in ls and ls)
+        assert "Remembered answer: test" in labels
+        click(session, item, [entry, "Forget remembered answer"])
+        wait(lambda: phyllod.prop(ROOT, "Remembered", MANAGER) == {})
+        assert phyllod.prop(KEY_PATH, "Remembered", DEVICE) is False
+        wait(lambda: session.get(item["service"], item["path"], SNI, "Status") == "Active")
+    finally:
+        session.close()
+
+
+# 5. phyllod stops and comes back: the applet follows the name's owner, no polling.
+
+def test_phyllod_stopped_and_started_again(desktop: Desktop, phyllod: Phyllod,
+                                           applet: Callable[..., Applet]):
+    desktop.start_watcher()
+    phyllod.start()
+    app = applet()
+    item = registered_item(desktop)
+    session = Session(desktop.address)
+    try:
+        def top() -> list[str]:
+            return [e[1] for e in entries(layout(session, item)[1])]
+
+        wait(lambda: top() == ["QEMU USB Keyboard (usb:1-2): host"])
+        mark = app.mark()
+        phyllod.stop()
+        wait(lambda: top()[:1] == ["phyllod is not running"])
+        assert session.get(item["service"], item["path"], SNI, "IconName") == "phyllod-offline"
+        app.wait_line("phyllod stopped", start=mark)
+        assert app.alive
+
+        phyllod.start()
+        wait(lambda: top() == ["QEMU USB Keyboard (usb:1-2): host"])
+        assert session.get(item["service"], item["path"], SNI, "IconName") == "phyllod"
+        # The same devices came back: nothing to tell the person.
+        assert desktop.notifications() == []
+        # Quiet between events: the applet sent nothing to phyllod on its own.
+        log = app.log()
+        assert "calling" not in log and "Traceback" not in log
+    finally:
+        session.close()
+
+
+def test_applet_started_before_phyllod_and_without_a_system_bus(
+        desktop: Desktop, phyllod: Phyllod, applet: Callable[..., Applet]):
+    desktop.start_watcher()
+    app = applet()
+    item = registered_item(desktop)
+    session = Session(desktop.address)
+    try:
+        first = entries(layout(session, item)[1])[0][1]
+        assert first == "phyllod is not running"
+        phyllod.start()  # not bus-activated by the applet (DO_NOT_AUTO_START), started here
+        wait(lambda: entries(layout(session, item)[1])[0][1].startswith("QEMU USB Keyboard"))
+    finally:
+        session.close()
+    assert app.alive
+    lonely = Applet(desktop, "unix:path=/nonexistent/bus")
+    try:
+        lonely.wait_line("cannot watch phyllod")
+        time.sleep(0.5)
+        assert lonely.alive
+    finally:
+        lonely.stop()
+
+
+# 6. What a person sees: the XEmbed tray fallback (trayer) with the menu open, and
+#    the question from dunst, in one screenshot.
+
+def test_screenshot_of_menu_and_question(desktop: Desktop, phyllod: Phyllod,
+                                         applet: Callable[..., Applet], tmp_path: Path):
+    why = missing_tools(("trayer", "xdotool", "import"))
+    if why:
+        pytest.skip(why)
+    trayer = desktop._peer(["trayer", "--edge", "top", "--align", "left", "--widthtype",
+                            "request", "--height", "28", "--SetDockType", "true",
+                            "--transparent", "false", "--tint", "0xeeeeee", "--expand",
+                            "false", "--margin", "0"])
+    (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=120))
+    phyllod.start()
+    time.sleep(1)  # trayer owns the tray selection before the icon looks for it
+    app = applet()
+    phyllod.call("Attach", "ss", "usb:1-2", "test")  # a device with a guest and a reason
+    plug_key(phyllod)
+    ask_notification(desktop)
+    env = desktop.env()
+
+    def xdotool(*args: str) -> str:
+        r = subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True,
+                           timeout=10, check=False)
+        return r.stdout.strip()
+
+    # The tray icon is a small window embedded in trayer at its left edge.
+    tray = wait(lambda: xdotool("search", "--classname", "trayer") or
+                xdotool("search", "--name", "panel"), message=f"no trayer window: {trayer.log()}")
+    assert tray, trayer.log()
+    time.sleep(1.5)
+    xdotool("mousemove", "14", "14", "click", "1")
+    time.sleep(1.0)
+    # Open the keyboard's submenu by hovering it: the question is the first entry,
+    # then a separator, then the devices (the menu opens below the 28-pixel panel).
+    xdotool("mousemove", "150", "69")
+    time.sleep(1.5)
+    shot = tmp_path / "applet.png"
+    r = subprocess.run(["import", "-window", "root", str(shot)], env=env, capture_output=True,
+                       text=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+    assert shot.stat().st_size > 10_000
+    # PHYLLOD_SCREENSHOT=docs/applet.png refreshes the README's picture (top of the screen).
+    target = os.environ.get("PHYLLOD_SCREENSHOT")
+    if target:
+        r = subprocess.run(["convert", str(shot), "-crop", "1280x540+0+0", "+repage",
+                            str(REPO / target)], capture_output=True, text=True, timeout=30,
+                           check=False)
+        assert r.returncode == 0, r.stderr
+    assert app.alive

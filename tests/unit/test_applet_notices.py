@@ -1,0 +1,134 @@
+"""Which notification a device change or a request deserves, and the calls behind each button."""
+
+from __future__ import annotations
+
+import time
+
+from phyllod.applet.actions import (
+    Answer,
+    Attach,
+    ClearOverride,
+    Forget,
+    KeepOnHost,
+    answer_key,
+    call_for,
+    describe,
+    parse_answer_key,
+)
+from phyllod.applet.notices import NoticeTracker, error_notice, format_deadline, request_notice
+from phyllod.applet.views import DEVICE, MANAGER, REQUEST, DeviceView, RequestView
+
+KBD = "/me/phyllo/Phyllod1/devices/usb_1_2"
+REQ = "/me/phyllo/Phyllod1/requests/3"
+UNSAFE = "not safe to pass: IOMMU group 7 also holds 0000:00:1f.2, bound to ahci"
+
+
+def dev(state: str, guest: str = "", reason: str = "", **kw: object) -> DeviceView:
+    return DeviceView(KBD, "usb:1-2", "QEMU USB Keyboard", state=state, guest=guest,
+                      reason=reason, **kw)  # type: ignore[arg-type]
+
+
+def kinds(tracker: NoticeTracker, *states: DeviceView) -> list[str | None]:
+    out = []
+    for state in states:
+        notice = tracker.observe(state)
+        out.append(notice.kind if notice else None)
+    return out
+
+
+def test_present_at_start_is_quiet_then_changes_are_told():
+    t = NoticeTracker()
+    assert t.observe(dev("attached", "work"), quiet=True) is None
+    assert kinds(t, dev("attached", "work"), dev("detaching", "work"), dev("host")) == [
+        None, None, "detached"]
+    notice = t.observe(dev("attached", "test", "rule 'kbd' sends it to test"))
+    assert notice is not None and notice.kind == "attached"
+    assert notice.summary == "QEMU USB Keyboard is in test"
+    assert notice.body == "usb:1-2: rule 'kbd' sends it to test"
+
+
+def test_a_failure_is_told_once_while_phyllod_retries():
+    t = NoticeTracker()
+    got = kinds(t, dev("host"), dev("attaching", "test"), dev("failed", "test", "libvirt: no"),
+                dev("attaching", "test"), dev("failed", "test", "libvirt: no (retry 2)"),
+                dev("host"), dev("attaching", "test"), dev("failed", "test", "libvirt: no"))
+    assert got == [None, None, "failed", None, None, None, None, "failed"]
+    last = t.observe(dev("failed", "work", "other guest"))
+    assert last is not None and last.summary == "QEMU USB Keyboard could not be passed to work"
+    assert "other guest" in last.body
+
+
+def test_denied_for_safety_names_the_finding():
+    t = NoticeTracker()
+    notice = t.observe(dev("denied", reason=UNSAFE))
+    assert notice is not None and notice.kind == "denied-safety" and notice.critical
+    assert "not safe to pass" in notice.summary and "IOMMU group 7" in notice.body
+    assert t.observe(dev("denied", reason=UNSAFE)) is None  # a property change elsewhere
+    by_rule = NoticeTracker().observe(dev("denied", reason="rule 'no storage' denies it"))
+    assert by_rule is not None and by_rule.kind == "denied"
+
+
+def test_restart_of_phyllod_is_not_news_but_a_replug_is():
+    t = NoticeTracker()
+    t.observe(dev("attached", "work"), quiet=True)
+    # phyllod restarted: the device comes back as it was (kept by id).
+    assert t.observe(dev("attached", "work")) is None
+    t.forget("usb:1-2")  # unplugged
+    assert kinds(t, dev("host"), dev("attached", "work")) == [None, "attached"]
+
+
+def test_ask_notice_has_one_action_per_answer_and_lasts_until_the_deadline():
+    now = 1_700_000_000_000_000
+    req = RequestView.from_properties(REQ, {
+        "Device": KBD, "DeviceId": "usb:1-2", "Description": "usb:1-2 (0627:0001 Keyboard)",
+        "Candidates": ["work", "test"], "Deadline": now + 30_000_000, "Rule": "ask me"})
+    notice = request_notice(req, now_us=now)
+    assert notice.summary == "Where should usb:1-2 (0627:0001 Keyboard) go?"
+    assert notice.actions == (
+        ("send:work", "Send to work"), ("send:test", "Send to test"),
+        ("host", "Keep on the host"), ("always-send:work", "Always send to work"),
+        ("always-send:test", "Always send to test"), ("always-host", "Always keep on the host"))
+    assert notice.timeout_ms == 30_000
+    assert format_deadline(now + 30_000_000) in notice.body
+    assert "rule 'ask me'" in notice.body and "work, test" in notice.body
+    # A deadline already past still gives a positive timeout (0 would mean "never").
+    assert request_notice(req, now_us=now + 60_000_000).timeout_ms == 1
+
+
+def test_format_deadline_is_local_wall_clock():
+    us = int(time.mktime((2026, 11, 24, 14, 52, 10, 0, 0, -1)) * 1e6)
+    assert format_deadline(us) == "14:52:10"
+
+
+def test_answer_keys_round_trip():
+    for guest in ("work", "", "a:b"):
+        for remember in (False, True):
+            assert parse_answer_key(answer_key(guest, remember)) == (guest, remember)
+    assert parse_answer_key("default") is None
+    assert parse_answer_key("send:") is None
+
+
+def test_each_action_is_one_documented_call():
+    assert call_for(Attach(KBD, "work")) == call_for(Attach(KBD, "work"))
+    c = call_for(Attach(KBD, "work"))
+    assert (c.path, c.interface, c.method, c.signature, c.args) == (
+        KBD, DEVICE, "Attach", "(s)", ("work",))
+    assert call_for(KeepOnHost(KBD)).method == "Detach"
+    assert call_for(ClearOverride(KBD)).method == "ClearOverride"
+    f = call_for(Forget("usb:0627:0001:42"))
+    assert (f.path, f.interface, f.method, f.args) == (
+        "/me/phyllo/Phyllod1", MANAGER, "Forget", ("usb:0627:0001:42",))
+    a = call_for(Answer(REQ, "", True))
+    assert (a.path, a.interface, a.method, a.signature, a.args) == (
+        REQ, REQUEST, "Answer", "(sb)", ("", True))
+    assert describe(Answer(REQ, "work", True)) == "always send to work"
+    assert describe(Answer(REQ, "")) == "keep on the host"
+
+
+def test_errors_read_as_sentences():
+    n = error_notice("attach to work", "me.phyllo.Phyllod1.Error.NotAuthorized",
+                     "polkit denied me.phyllo.phyllod.attach")
+    assert n.summary == "Could not attach to work: not authorized"
+    assert n.body == "polkit denied me.phyllo.phyllod.attach"
+    gone = error_notice("keep on the host", "org.freedesktop.DBus.Error.ServiceUnknown", "")
+    assert gone.summary.endswith("phyllod is not running")
