@@ -47,8 +47,22 @@ EXPECTED = [
 UNIT = ("lib/systemd/system/phyllod.service", "usr/lib/systemd/system/phyllod.service")
 DEPENDS = ["python3-dbus-fast", "python3-pyudev", "python3-libvirt", "python3-systemd",
            "libvirt-daemon-system | libvirt-daemon", "dbus"]
+#: What the separate phyllod-applet package installs.
+APPLET_EXPECTED = [
+    "usr/bin/phyllod-applet",
+    "usr/lib/python3/dist-packages/phyllod/applet/__init__.py",
+    "usr/lib/python3/dist-packages/phyllod/applet/app.py",
+    "etc/xdg/autostart/phyllod-applet.desktop",
+    "usr/share/icons/hicolor/scalable/apps/phyllod.svg",
+    "usr/share/icons/hicolor/scalable/apps/phyllod-offline.svg",
+    "usr/share/icons/hicolor/scalable/apps/phyllod-attention.svg",
+    "usr/share/man/man1/phyllod-applet.1.gz",
+]
+APPLET_DEPENDS = ["python3-gi", "gir1.2-gtk-3.0", "gir1.2-ayatanaappindicator3-0.1",
+                  "gir1.2-notify-0.7", "phyllod (= 0.1.0-1)"]
 MAN_PAGES = {"man8/phyllod.8.gz": ("PHYLLOD", "8"), "man1/phyllodctl.1.gz": ("PHYLLODCTL", "1"),
-             "man5/phyllod.policy.5.gz": ("PHYLLOD.POLICY", "5")}
+             "man5/phyllod.policy.5.gz": ("PHYLLOD.POLICY", "5"),
+             "man1/phyllod-applet.1.gz": ("PHYLLOD-APPLET", "1")}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -90,21 +104,49 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def applet_deb(deb: Path) -> Path:
+    """The phyllod-applet package, built beside phyllod's by the same build-deb call."""
+    (path,) = deb.parent.glob("phyllod-applet_*_all.deb")
+    return path
+
+
+@pytest.fixture(scope="module")
+def unpacked(deb: Path, applet_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both packages unpacked into one root, as if both were installed."""
     root = tmp_path_factory.mktemp("root")
-    done = run("dpkg-deb", "-x", deb, root)
-    assert done.returncode == 0, done.stderr
+    for package in (deb, applet_deb):
+        done = run("dpkg-deb", "-x", package, root)
+        assert done.returncode == 0, done.stderr
     return root
 
 
-def test_installs_every_file(deb: Path):
+def package_paths(deb: Path) -> set[str]:
     listing = run("dpkg-deb", "-c", deb)
     assert listing.returncode == 0, listing.stderr
     # "drwxr-xr-x root/root 0 2026-01-01 00:00 ./etc/phyllod/policy.d/"
-    paths = {line.split()[5].removeprefix("./") for line in listing.stdout.splitlines()}
+    return {line.split()[5].removeprefix("./") for line in listing.stdout.splitlines()}
+
+
+def test_installs_every_file(deb: Path):
+    paths = package_paths(deb)
     missing = [p for p in EXPECTED if p not in paths]
     assert not missing, f"not in the package: {missing}"
     assert any(u in paths for u in UNIT), "no systemd unit in the package"
+    # The applet is a package of its own: the daemon's host needs no Gtk.
+    assert not [p for p in paths if "applet" in p], "applet files in phyllod's package"
+
+
+def test_applet_package(applet_deb: Path):
+    paths = package_paths(applet_deb)
+    missing = [p for p in APPLET_EXPECTED if p not in paths]
+    assert not missing, f"not in phyllod-applet: {missing}"
+    assert not [p for p in paths if p.endswith(".py") and "/dist-packages/phyllod/" in p
+                and "/phyllod/applet/" not in p], "daemon modules in phyllod-applet"
+    fields = run("dpkg-deb", "-f", applet_deb, "Package", "Architecture", "Depends")
+    control = dict(line.split(": ", 1) for line in fields.stdout.splitlines())
+    assert (control["Package"], control["Architecture"]) == ("phyllod-applet", "all")
+    depends = [d.strip() for d in control["Depends"].split(",")]
+    assert all(d in depends for d in APPLET_DEPENDS), depends
 
 
 def test_control_fields(deb: Path):
@@ -148,6 +190,24 @@ def test_programs_run_with_the_system_python(unpacked: Path):
     assert check.stdout.startswith("policy OK: "), check.stdout
 
 
+def test_applet_runs_with_the_system_python(unpacked: Path):
+    """Debian's python3-gi and typelibs, no venv: the applet imports gi and nothing else."""
+    script = unpacked / "usr/bin/phyllod-applet"
+    assert script.read_text().startswith("#!/usr/bin/python3"), script.read_text()[:80]
+    if not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"no {SYSTEM_PYTHON}")
+    env = clean_env(PYTHONPATH=str(unpacked / "usr/lib/python3/dist-packages"))
+    version = run(SYSTEM_PYTHON, script, "--version", env=env)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == "phyllod-applet 0.1.0"
+    typelibs = run(SYSTEM_PYTHON, "-c", "import phyllod.applet.tray, phyllod.applet.notifier",
+                   env=env)
+    if typelibs.returncode != 0 and "Namespace" in typelibs.stderr:
+        pytest.skip("the typelibs are not installed (gir1.2-gtk-3.0, "
+                    "gir1.2-ayatanaappindicator3-0.1, gir1.2-notify-0.7)")
+    assert typelibs.returncode == 0, typelibs.stderr
+
+
 def test_man_pages_render(unpacked: Path):
     for page, (title, section) in MAN_PAGES.items():
         path = unpacked / "usr/share/man" / page
@@ -161,10 +221,10 @@ def test_man_pages_render(unpacked: Path):
             assert "SEE ALSO" in shown.stdout
 
 
-def test_lintian_finds_no_errors(deb: Path):
+def test_lintian_finds_no_errors(deb: Path, applet_deb: Path):
     if not shutil.which("lintian"):
         pytest.skip("lintian not installed")
-    lint = run("lintian", "--fail-on", "error", deb)
+    lint = run("lintian", "--fail-on", "error", deb, applet_deb)
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
