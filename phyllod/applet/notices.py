@@ -84,8 +84,13 @@ def _transition(before: _Seen, device: DeviceView) -> Notice | None:
                       _with_id(device, f"It left{where}. {device.reason}".strip()))
     told = (state, device.guest, device.reason)
     if state == "failed" and before.told != told and not _same_failure(before.told, told):
-        guest = f" to {device.guest}" if device.guest else ""
-        return Notice("failed", f"{title} could not be passed{guest}",
+        if before.state == "detaching" or device.reason.startswith("detach"):
+            guest = f" from {device.guest}" if device.guest else ""
+            summary = f"{title} could not be taken back{guest}"
+        else:
+            guest = f" to {device.guest}" if device.guest else ""
+            summary = f"{title} could not be passed{guest}"
+        return Notice("failed", summary,
                       _with_id(device, device.reason or "phyllod gave no reason"),
                       critical=True)
     if state == "denied" and before.told != told:

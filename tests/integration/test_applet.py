@@ -437,3 +437,104 @@ def test_screenshot_of_menu_and_question(desktop: Desktop, phyllod: Phyllod,
                            check=False)
         assert r.returncode == 0, r.stderr
     assert app.alive
+
+
+# 3b. "attached": the test driver cannot attach, but it can start with the key
+#     already in its guest (a hostdev with phyllod's alias), as after a restart.
+#     ("detached" needs a detach that works: unit-tested, and real in the lab.)
+
+TEST_NODE = """\
+<node>
+  <domain type='test'>
+    <name>test</name>
+    <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
+    <memory>1048576</memory>
+    <vcpu>1</vcpu>
+    <os><type>hvm</type></os>
+    <devices>
+      <hostdev mode='subsystem' type='usb' managed='yes'>
+        <source><vendor id='0x1050'/><product id='0x0407'/><address bus='1' device='7'/></source>
+        <alias name='ua-phyllod-usb1-3-7'/>
+      </hostdev>
+    </devices>
+  </domain>
+</node>
+"""
+
+
+class PhyllodOnNode(Phyllod):
+    """phyllod against libvirt's test driver loaded from ``node`` instead of test:///default."""
+
+    def __init__(self, base: Phyllod, node: Path) -> None:
+        super().__init__(base.bus, base.tb, base.tmp / "on-node")
+        self.uri = f"test://{node}"
+
+    def start(self) -> None:
+        from daemon_process import DaemonProcess, NotifySocket, child_env
+
+        notify = NotifySocket(self.tmp / f"notify-{len(self.logs)}")
+        env = child_env(**self.tb.env, NOTIFY_SOCKET=str(notify.path))
+        self.proc = DaemonProcess(
+            ["--bus", self.bus.address, "--connect", self.uri,
+             "--policy-dir", str(self.policy_dir), "--state-dir", str(self.state_dir)], env)
+        try:
+            notify.wait_for("READY=1")
+        finally:
+            notify.close()
+
+
+def test_attached_notification(desktop: Desktop, phyllod: Phyllod, tmp_path: Path):
+    node = tmp_path / "node.xml"
+    node.write_text(TEST_NODE)
+    (tmp_path / "on-node").mkdir()
+    on_node = PhyllodOnNode(phyllod, node)
+    (on_node.policy_dir / "10-key.toml").write_text(
+        '[[rule]]\nname = "key to test"\nmatch = { vendor = "1050" }\nguest = "test"\n')
+    on_node.start()
+    app = Applet(desktop, on_node.bus.address)
+    try:
+        app.wait_ready()
+        plug_key(on_node)
+        n = desktop.wait_notification(lambda n: n["summary"].endswith(" is in test"),
+                                      "the attached notification")
+        assert n["summary"] == "YubiKey OTP+FIDO+CCID is in test"
+        assert n["body"].startswith("usb:1-3: ")
+        assert on_node.show("usb:1-3")["State"] == "attached"
+        # Keeping it on the host needs a detach, which the test driver refuses too.
+        r = on_node.call("Detach", "s", "usb:1-3")
+        assert r.returncode != 0 and "virDomainDetachDeviceAlias" in r.stderr
+        n = desktop.wait_notification(lambda n: "could not" in n["summary"],
+                                      "the failed detach notification")
+        assert n["summary"] == "YubiKey OTP+FIDO+CCID could not be taken back from test"
+        assert "detach failed" in n["body"]
+    finally:
+        app.stop()
+        on_node.stop()
+        print("--- applet ---\n" + app.log() + "\n--- daemon ---\n" + "\n".join(on_node.logs))
+
+
+def test_polkit_refusal_is_a_notification_and_the_call_allowed_interaction(
+        desktop: Desktop, phyllod: Phyllod, mock_polkit, applet: Callable[..., Applet]):
+    desktop.start_watcher()
+    phyllod.start()
+    app = applet()
+    item = registered_item(desktop)
+    session = Session(desktop.address)
+    try:
+        entry = "QEMU USB Keyboard (usb:1-2): "
+        wait(lambda: "Attach to test" in submenu_labels(session, item, entry))
+        click(session, item, [entry, "Attach to test"])
+        n = desktop.wait_notification(lambda n: n["summary"].startswith("Could not"),
+                                      "the error notification")
+    finally:
+        session.close()
+    assert n["summary"] == "Could not attach to test: not authorized"
+    assert "me.phyllo.phyllod.attach" in n["body"]
+    assert phyllod.prop(KBD, "Override") == ""
+    # The applet let polkit ask the person: CheckAuthorization's flags are 1
+    # (AllowUserInteraction) because the call carried ALLOW_INTERACTIVE_AUTHORIZATION.
+    # dbusmock logs: <time> CheckAuthorization <subject> "<action>" {} <flags> ""
+    checks = [ln for ln in mock_polkit.log().splitlines() if "CheckAuthorization" in ln]
+    assert checks, mock_polkit.log()
+    assert all(ln.endswith('"me.phyllo.phyllod.attach" {} 1 ""') for ln in checks), checks
+    assert app.alive and "Traceback" not in app.log()

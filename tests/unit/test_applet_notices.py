@@ -58,6 +58,15 @@ def test_a_failure_is_told_once_while_phyllod_retries():
     assert "other guest" in last.body
 
 
+def test_a_failed_detach_says_so():
+    t = NoticeTracker()
+    t.observe(dev("attached", "work"), quiet=True)
+    assert t.observe(dev("detaching", "work")) is None
+    notice = t.observe(dev("failed", "work", "detach failed: libvirt said no"))
+    assert notice is not None
+    assert notice.summary == "QEMU USB Keyboard could not be taken back from work"
+
+
 def test_denied_for_safety_names_the_finding():
     t = NoticeTracker()
     notice = t.observe(dev("denied", reason=UNSAFE))
