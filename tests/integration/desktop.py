@@ -345,10 +345,14 @@ class Desktop:
 class Applet(LineProcess):
     """``python -m phyllod.applet`` in ``desktop``, on ``system_bus_address``."""
 
-    def __init__(self, desktop: Desktop, system_bus_address: str, *args: str) -> None:
+    def __init__(self, desktop: Desktop, system_bus_address: str, *args: str,
+                 python: str = sys.executable) -> None:
         env = desktop.env(DBUS_SYSTEM_BUS_ADDRESS=system_bus_address,
                           PYTHONPATH=str(REPO))
-        super().__init__([sys.executable, "-m", "phyllod.applet", *args], env, cwd=REPO)
+        if python != sys.executable:  # a system python: not the venv's tools and paths
+            env = {k: v for k, v in env.items() if k != "VIRTUAL_ENV"}
+            env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+        super().__init__([python, "-m", "phyllod.applet", *args], env, cwd=REPO)
 
     def wait_ready(self) -> None:
         self.wait_line("watching me.phyllo.Phyllod1")

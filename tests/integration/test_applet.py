@@ -538,3 +538,25 @@ def test_polkit_refusal_is_a_notification_and_the_call_allowed_interaction(
     assert checks, mock_polkit.log()
     assert all(ln.endswith('"me.phyllo.phyllod.attach" {} 1 ""') for ln in checks), checks
     assert app.alive and "Traceback" not in app.log()
+
+
+def test_runs_with_the_system_python3_and_python3_gi(desktop: Desktop, phyllod: Phyllod):
+    """Debian's /usr/bin/python3 with python3-gi, as the phyllod-applet package runs it."""
+    system = "/usr/bin/python3"
+    probe = subprocess.run([system, "-c", "import gi"], capture_output=True, text=True,
+                           timeout=30, check=False, env=desktop.env())
+    if probe.returncode != 0:
+        pytest.skip(f"{system} has no gi (apt-get install python3-gi)")
+    desktop.start_watcher()
+    phyllod.start()
+    app = Applet(desktop, phyllod.bus.address, python=system)
+    session = Session(desktop.address)
+    try:
+        app.wait_ready()
+        item = registered_item(desktop)
+        wait(lambda: [e[1] for e in entries(layout(session, item)[1])]
+             == ["QEMU USB Keyboard (usb:1-2): host"])
+    finally:
+        session.close()
+        app.stop()
+    assert "Traceback" not in app.log(), app.log()
