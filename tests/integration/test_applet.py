@@ -560,3 +560,52 @@ def test_runs_with_the_system_python3_and_python3_gi(desktop: Desktop, phyllod: 
         session.close()
         app.stop()
     assert "Traceback" not in app.log(), app.log()
+
+
+# 4b. A real StatusNotifierItem host of another project: status-notifier-watcher
+#     and gtk-sni-tray-standalone (Haskell's status-notifier-item and gtk-sni-tray,
+#     taffybar's tray) draw the icon and open the menu through libdbusmenu-gtk3.
+
+def test_real_sni_host_draws_the_menu_and_a_keyboard_choice_acts(
+        desktop: Desktop, phyllod: Phyllod, applet: Callable[..., Applet], tmp_path: Path):
+    why = missing_tools(("status-notifier-watcher", "gtk-sni-tray-standalone", "xdotool",
+                         "import"))
+    if why:
+        pytest.skip(why)
+    watcher = desktop._peer(["status-notifier-watcher"])
+    wait(lambda: desktop.has_owner("org.kde.StatusNotifierWatcher"),
+         message=f"status-notifier-watcher did not start: {watcher.log()}")
+    tray = desktop._peer(["gtk-sni-tray-standalone", "--top", "--beginning", "-s", "30",
+                          "-c", "#dddddd"])
+    wait(lambda: "strutSettings" in tray.log(), message=f"the tray did not start: {tray.log()}")
+    phyllod.start()
+    app = applet()
+    env = desktop.env()
+
+    def xdotool(*args: str) -> None:
+        subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True,
+                       timeout=10, check=True)
+
+    # The watcher's view: one item registered (it lists the applet by its bus name).
+    registered = wait(lambda: subprocess.run(
+        ["busctl", f"--address={desktop.address}", "get-property",
+         "org.kde.StatusNotifierWatcher", "/StatusNotifierWatcher",
+         "org.kde.StatusNotifierWatcher", "RegisteredStatusNotifierItems"],
+        capture_output=True, text=True, timeout=10, check=False, env=env).stdout.strip())
+    assert registered.startswith("as 1 "), registered
+    time.sleep(1)  # the host draws the icon
+    # Right click opens the menu (left click is Activate); then the keyboard, as a
+    # person without a mouse would: first entry, into its submenu (the first entry
+    # there that can be chosen is "Attach to test"), one down, Enter.
+    xdotool("mousemove", "15", "15", "click", "3")
+    time.sleep(1)
+    shot = tmp_path / "sni.png"
+    subprocess.run(["import", "-window", "root", "-crop", "1000x300+0+0", str(shot)], env=env,
+                   capture_output=True, timeout=30, check=True)
+    xdotool("key", "Down", "Right")
+    time.sleep(0.5)
+    xdotool("key", "Down", "Return")
+    wait(lambda: phyllod.prop(KBD, "Override") == "host",
+         message=f"the choice did not reach phyllod:\n{app.log()}")
+    assert phyllod.prop(KBD, "State") == "host"
+    assert app.alive and "Traceback" not in app.log()
