@@ -53,6 +53,7 @@ APPLET_EXPECTED = [
     "usr/lib/python3/dist-packages/phyllod/applet/__init__.py",
     "usr/lib/python3/dist-packages/phyllod/applet/app.py",
     "etc/xdg/autostart/phyllod-applet.desktop",
+    "usr/share/applications/phyllod-applet.desktop",
     "usr/share/icons/hicolor/scalable/apps/phyllod.svg",
     "usr/share/icons/hicolor/scalable/apps/phyllod-offline.svg",
     "usr/share/icons/hicolor/scalable/apps/phyllod-attention.svg",
