@@ -8,6 +8,7 @@ sends, without a bus.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from phyllod.applet.views import DEVICE, MANAGER, REQUEST, ROOT
@@ -96,6 +97,21 @@ def describe(action: Action) -> str:
             where = f"send to {guest}" if guest else "keep on the host"
             return f"always {where}" if remember else where
     raise TypeError(f"not an action: {action!r}")
+
+
+def device_of(action: Action, request_devices: Mapping[str, str]) -> str | None:
+    """The device object an action is about (an answer's through its request), if any.
+
+    A refusal is shown in the place of that device's last notification, so
+    that "could not be passed" from the state change and "could not attach"
+    from the call do not pile up as two bubbles about one thing.
+    """
+    match action:
+        case Attach(device) | KeepOnHost(device) | ClearOverride(device):
+            return device
+        case Answer(request):
+            return request_devices.get(request)
+    return None
 
 
 # Notification action keys: the notification server hands back only a string.

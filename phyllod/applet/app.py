@@ -20,7 +20,14 @@ gi.require_version("Gtk", "3.0")
 from gi.repository import GLib, Gtk  # noqa: E402
 
 from phyllod import __version__  # noqa: E402
-from phyllod.applet.actions import Action, Answer, call_for, describe, parse_answer_key  # noqa: E402
+from phyllod.applet.actions import (  # noqa: E402
+    Action,
+    Answer,
+    call_for,
+    describe,
+    device_of,
+    parse_answer_key,
+)
 from phyllod.applet.bus import ObjectProps, PhyllodBus  # noqa: E402
 from phyllod.applet.menu import build_menu, tray_icon  # noqa: E402
 from phyllod.applet.notices import NoticeTracker, error_notice, request_notice  # noqa: E402
@@ -45,6 +52,7 @@ class App:
                               on_removed=self._removed, on_changed=self._changed,
                               on_owner=self._owner, on_unreachable=self._unreachable)
         self._problem = ""
+        self._request_devices: dict[str, str] = {}  # request path -> its device's path
         self._refresh_pending = False
         self.refresh()
 
@@ -76,7 +84,13 @@ class App:
             self.tracker.forget(DeviceView.from_properties(path, interfaces[DEVICE]).id)
         if REQUEST in interfaces:
             self.notifier.close(path)
+            # Kept a moment longer than the request: its answer's reply comes after.
+            GLib.timeout_add_seconds(60, self._forget_request, path)
         self.schedule_refresh()
+
+    def _forget_request(self, path: str) -> bool:
+        self._request_devices.pop(path, None)
+        return GLib.SOURCE_REMOVE
 
     def _changed(self, path: str, interface: str) -> None:
         interfaces = self.bus.objects().get(path, {})
@@ -98,9 +112,11 @@ class App:
     def _device_changed(self, device: DeviceView) -> None:
         notice = self.tracker.observe(device)
         if notice is not None:
-            self.notifier.show(notice)
+            self.notifier.show(notice, tag=device.path)
 
     def _ask(self, request: RequestView) -> None:
+        self._request_devices[request.path] = request.device
+
         def answer(key: str) -> None:
             parsed = parse_answer_key(key)
             if parsed is not None:
@@ -112,9 +128,10 @@ class App:
 
     def act(self, action: Action) -> None:
         """Carry out a menu entry's or notification button's action; errors become notices."""
+        tag = device_of(action, self._request_devices)
         self.bus.call(call_for(action),
                       lambda name, message: self.notifier.show(
-                          error_notice(describe(action), name, message)))
+                          error_notice(describe(action), name, message), tag=tag))
 
     def schedule_refresh(self) -> None:
         """Rebuild the menu once the current burst of signals has been handled."""

@@ -161,9 +161,18 @@ def test_an_action_picked_in_dunst_answers_the_request(
     assert (shown["State"], shown["Guest"], shown["Remembered"]) == (state, guest, remembered)
     if state == "failed":
         assert "virDomainAttachDeviceFlags" in shown["Reason"]
-        # The refusal comes back to the person as a notification, not a traceback.
-        desktop.wait_notification(lambda n: n["summary"].startswith("Could not send to test"),
-                                  "the error notification")
+        # The refusal comes back to the person as a notification, not a traceback, in
+        # the place of the state change's "could not be passed" (one bubble, not two).
+        error = desktop.wait_notification(
+            lambda n: n["summary"].startswith("Could not send to test"), "the error notification")
+        failed = desktop.wait_notification(
+            lambda n: n["summary"] == "YubiKey OTP+FIDO+CCID could not be passed to test",
+            "the failed notification")
+        ids = desktop.monitor.wait_for("the notification ids", lambda: (found := {
+            r["serial"]: r["id"] for r in desktop.monitor.records()
+            if r.get("member") == "NotifyReply"}) and error["serial"] in found
+            and failed["serial"] in found and found)
+        assert ids[error["serial"]] == ids[failed["serial"]]
     if remembered:
         assert phyllod.prop(ROOT, "Remembered", MANAGER) == {KEY: ""}
     assert app.alive and "Traceback" not in app.log()

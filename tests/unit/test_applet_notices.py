@@ -13,6 +13,7 @@ from phyllod.applet.actions import (
     answer_key,
     call_for,
     describe,
+    device_of,
     parse_answer_key,
 )
 from phyllod.applet.notices import NoticeTracker, error_notice, format_deadline, request_notice
@@ -141,3 +142,12 @@ def test_errors_read_as_sentences():
     assert n.body == "polkit denied me.phyllo.phyllod.attach"
     gone = error_notice("keep on the host", "org.freedesktop.DBus.Error.ServiceUnknown", "")
     assert gone.summary.endswith("phyllod is not running")
+
+
+def test_a_refusal_goes_where_its_device_was_told_about():
+    requests = {REQ: KBD}
+    assert device_of(Attach(KBD, "work"), requests) == KBD
+    assert device_of(KeepOnHost(KBD), requests) == KBD
+    assert device_of(Answer(REQ, "work"), requests) == KBD
+    assert device_of(Answer("/me/phyllo/Phyllod1/requests/9", ""), requests) is None
+    assert device_of(Forget("usb:1-2"), requests) is None
