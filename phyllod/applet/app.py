@@ -62,6 +62,11 @@ class App:
     # Bus events.
 
     def _ready(self) -> None:
+        """Connected: what is there now is the baseline, told about only if it is a question.
+
+        Devices already present say nothing (only changes are news); a request
+        already open is still waiting for the person, so it is asked.
+        """
         owner = self.bus.owner
         log.info("watching me.phyllo.Phyllod1 (owner %s)", owner or "none: phyllod is not running")
         for path, interfaces in self.bus.objects().items():
