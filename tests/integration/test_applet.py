@@ -618,3 +618,14 @@ def test_real_sni_host_draws_the_menu_and_a_keyboard_choice_acts(
          message=f"the choice did not reach phyllod:\n{app.log()}")
     assert phyllod.prop(KBD, "State") == "host"
     assert app.alive and "Traceback" not in app.log()
+
+
+def test_a_request_open_when_the_applet_starts_is_asked(
+        desktop: Desktop, phyllod: Phyllod, applet: Callable[..., Applet]):
+    (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=60))
+    phyllod.start()
+    plug_key(phyllod)
+    wait(lambda: requests(phyllod))
+    applet()  # logged in after the key was plugged: the question still waits
+    n = ask_notification(desktop)
+    assert [tuple(a) for a in n["actions"]] == ANSWERS
