@@ -17,6 +17,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, InvalidAddressError
 
+from phyllod import dbus_flags  # noqa: F401  (before any message is read)
 from phyllod.ctl_errors import CtlError, ExitCode, error_from_dbus
 from phyllod.ctl_format import ManagedObjects
 from phyllod.ctl_names import (

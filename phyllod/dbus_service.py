@@ -29,7 +29,11 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag, RequestNameReply
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method
 
-from phyllod import errors, polkit
+from phyllod import (
+    dbus_flags,  # noqa: F401  (before any message is read)
+    errors,
+    polkit,
+)
 from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, Request, State
 from phyllod.pci_safety import TableRow
 
