@@ -80,6 +80,8 @@ MIRRORS = (
 #: minbase has no init, kernel or udev; these make it a bootable libvirt host.
 #: procps for pgrep/ps (minbase lacks them), python3-* are phyllod's deps.
 #: busybox-static and cpio make the initramfs of the Linux L2 (lab_pci.py).
+#: The desktop part (Xvfb, a notification server, GTK and the applet's
+#: introspection bindings) lets test_lab_ask.py answer from a notification.
 PACKAGES = (
     "systemd-sysv",
     "udev",
@@ -102,6 +104,14 @@ PACKAGES = (
     "qemu-guest-agent",
     "busybox-static",
     "cpio",
+    "xvfb",
+    "dunst",
+    "python3-gi",
+    "gir1.2-gtk-3.0",
+    "gir1.2-notify-0.7",
+    "gir1.2-ayatanaappindicator3-0.1",
+    "librsvg2-common",
+    "fonts-dejavu-core",
 )
 
 IMAGE_SIZE = "3G"

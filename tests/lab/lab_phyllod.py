@@ -86,7 +86,8 @@ class LabPhyllod:
                        stdout=subprocess.DEVNULL)
         share = f"/opt/phyllod/{DEB_DIR.relative_to(REPO)}"
         self.sh(f"cmp -s {share}/phyllod.deb.hash {INSTALLED_HASH} || "
-                f"{{ DEBIAN_FRONTEND=noninteractive dpkg -i {share}/phyllod_*_all.deb && "
+                f"{{ DEBIAN_FRONTEND=noninteractive dpkg -i {share}/phyllod_*_all.deb "
+                f"{share}/phyllod-applet_*_all.deb && "
                 "busctl call org.freedesktop.DBus /org/freedesktop/DBus "
                 "org.freedesktop.DBus ReloadConfig && "
                 f"cp {share}/phyllod.deb.hash {INSTALLED_HASH}; }}", timeout=300)
