@@ -15,9 +15,9 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from phyllod.model import Override, OverrideKind
 
@@ -26,14 +26,17 @@ log = logging.getLogger("phyllod")
 OVERRIDES_FILE = "overrides.json"
 ANSWERS_FILE = "answers.json"
 _VERSION = 1
+T = TypeVar("T")
 
 
 class StateError(Exception):
     """The state directory cannot be written; the message says why."""
 
 
-def _load_entries(path: Path, key: str) -> list[dict[str, Any]]:
-    """The entries of one state file; an unreadable file is set aside, never overwritten."""
+def _load_entries(path: Path, key: str,
+                  convert: Callable[[dict[str, Any]], tuple[str, T]]) -> dict[str, T]:
+    """The entries of one state file, converted; an unreadable file is set aside, never
+    overwritten (a bad entry makes the whole file unreadable: no half-read choices)."""
     try:
         data = json.loads(path.read_text())
         if data.get("version") != _VERSION:
@@ -41,27 +44,22 @@ def _load_entries(path: Path, key: str) -> list[dict[str, Any]]:
         entries = data[key]
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise ValueError(f"'{key}' is not a list of objects")
-        return entries
+        return dict(convert(e) for e in entries)
     except FileNotFoundError:
-        return []
+        return {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         aside = path.with_name(f"{path.name}.broken-{int(time.time())}")
         with contextlib.suppress(OSError):
             path.rename(aside)
         log.error("cannot read %s (%s); set aside as %s, starting without its %s",
                   path, e, aside.name, key)
-        return []
+        return {}
 
 
 def load_overrides(state_dir: Path) -> dict[str, Override]:
     """The saved manual overrides, by device identity."""
-    path = state_dir / OVERRIDES_FILE
-    try:
-        return {e["identity"]: Override(OverrideKind(e["kind"]), e.get("guest", ""))
-                for e in _load_entries(path, "overrides")}
-    except (ValueError, KeyError, TypeError) as e:
-        log.error("cannot read %s (%s); starting without overrides", path, e)
-        return {}
+    return _load_entries(state_dir / OVERRIDES_FILE, "overrides", lambda e: (
+        str(e["identity"]), Override(OverrideKind(e["kind"]), str(e.get("guest", "")))))
 
 
 def save_overrides(state_dir: Path, overrides: Mapping[str, Override],
@@ -75,12 +73,8 @@ def save_overrides(state_dir: Path, overrides: Mapping[str, Override],
 
 def load_answers(state_dir: Path) -> dict[str, str]:
     """The remembered answers: device identity → guest, "" for the host."""
-    path = state_dir / ANSWERS_FILE
-    try:
-        return {str(e["identity"]): str(e.get("guest", "")) for e in _load_entries(path, "answers")}
-    except (KeyError, TypeError) as e:
-        log.error("cannot read %s (%s); starting without remembered answers", path, e)
-        return {}
+    return _load_entries(state_dir / ANSWERS_FILE, "answers", lambda e: (
+        str(e["identity"]), str(e.get("guest", ""))))
 
 
 def save_answers(state_dir: Path, answers: Mapping[str, str], notes: Mapping[str, str]) -> None:
