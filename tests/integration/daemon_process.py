@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -10,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class NotifySocket:
@@ -65,15 +68,27 @@ class NotifySocket:
         self.sock.close()
 
 
-class DaemonProcess:
-    """``python -m phyllod.cli`` with stderr collected line by line."""
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s: every helper process of the tests ends."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
-    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "phyllod.cli", "--log-target", "stderr", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", env=env,
-        )
+
+class LineProcess:
+    """A subprocess whose output lines are collected by a reader thread (never a full pipe)."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], json_lines: bool = False,
+                 cwd: str | Path | None = None) -> None:
+        self.json_lines = json_lines
+        self.proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, errors="replace",
+                                     env=env, cwd=cwd)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -85,6 +100,60 @@ class DaemonProcess:
             with self._cond:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON lines printed so far (other lines, such as warnings, skipped)."""
+        out = []
+        with self._cond:
+            lines = list(self.lines)
+        for line in lines:
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def wait_for(self, what: str, test: Callable[[], Any], timeout: float = 20.0) -> Any:
+        """Wait until ``test()`` returns something true (re-checked on each new line)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                result = test()
+                if result:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out waiting for {what}; output:\n{self.log()}")
+                self._cond.wait(min(left, 0.2))
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.lines)
+
+    def wait_line(self, text: str, start: int = 0, timeout: float = 20.0) -> str:
+        def found() -> str | None:
+            return next((ln for ln in self.lines[start:] if text in ln), None)
+        return self.wait_for(f"a line with {text!r}", found, timeout)
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self._reader.join(timeout=5)
+
+
+class DaemonProcess(LineProcess):
+    """``python -m phyllod.cli`` with stderr collected line by line."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+        super().__init__([sys.executable, "-m", "phyllod.cli", "--log-target", "stderr", *args],
+                         env)
 
     def wait_log(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
         """The first log line from index ``start`` on that matches ``pattern``."""
@@ -100,18 +169,6 @@ class DaemonProcess:
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
                     raise AssertionError(f"no log line matching {pattern!r}:\n{self.log()}")
                 self._cond.wait(min(left, 0.2))
-
-    def mark(self) -> int:
-        """An index to pass as ``start`` so only later lines count."""
-        with self._cond:
-            return len(self.lines)
-
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -11,14 +11,11 @@ context manager that kills what it started.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any
 import gi
 
 gi.require_version("Gio", "2.0")
+from daemon_process import LineProcess, stop_process  # noqa: E402
 from gi.repository import Gio, GLib  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -112,85 +110,6 @@ def missing_tools(names: Sequence[str] = tuple(TOOLS)) -> str:
         except ValueError:
             return f"typelib {namespace}-{version} is missing (apt-get install {package})"
     return ""
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-class LineProcess:
-    """A subprocess whose output lines are collected by a reader thread (never a full pipe)."""
-
-    def __init__(self, argv: Sequence[str], env: dict[str, str], json_lines: bool = False,
-                 cwd: str | Path | None = None) -> None:
-        self.json_lines = json_lines
-        self.proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace",
-                                     env=env, cwd=cwd)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def records(self) -> list[dict[str, Any]]:
-        """The JSON lines printed so far (other lines, such as warnings, skipped)."""
-        out = []
-        with self._cond:
-            lines = list(self.lines)
-        for line in lines:
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
-
-    def wait_for(self, what: str, test: Callable[[], Any], timeout: float = 20.0) -> Any:
-        """Wait until ``test()`` returns something true (re-checked on each new line)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                result = test()
-                if result:
-                    return result
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what}; output:\n{self.log()}")
-                self._cond.wait(min(left, 0.2))
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.lines)
-
-    def wait_line(self, text: str, start: int = 0, timeout: float = 20.0) -> str:
-        def found() -> str | None:
-            return next((ln for ln in self.lines[start:] if text in ln), None)
-        return self.wait_for(f"a line with {text!r}", found, timeout)
-
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self._reader.join(timeout=5)
 
 
 class Desktop:
@@ -327,8 +246,8 @@ class Desktop:
     def stop(self) -> None:
         for peer in reversed(self.peers):
             peer.stop()
-        _stop(self.bus)
-        _stop(self.xvfb)
+        stop_process(self.bus)
+        stop_process(self.xvfb)
         for proc in (self.bus, self.xvfb):
             if proc is not None and proc.stdout is not None:
                 proc.stdout.close()

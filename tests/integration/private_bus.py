@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 import dbusmock
+from daemon_process import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 #: The bus policy phyllod installs to /usr/share/dbus-1/system.d/.
@@ -103,17 +104,6 @@ def available() -> str:
     return ""
 
 
-def _stop(proc: subprocess.Popen[str] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _wait_for_owner(bus: PrivateSystemBus, name: str, proc: subprocess.Popen[str],
                     log: Path, timeout: float) -> None:
     """Return once ``name`` has an owner on ``bus``; raise with ``log`` if ``proc`` dies first."""
@@ -176,7 +166,7 @@ class PrivateSystemBus:
         return {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.address}
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         if self.dir is not None:
@@ -221,7 +211,7 @@ class _BusPeer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
