@@ -7,6 +7,7 @@ from phyllod.model import Assignment, Device, Override, OverrideKind, State
 _WHERE = {
     State.HOST: "on the host",
     State.PENDING: "waiting to go to '{guest}'",
+    State.SLEEPING: "on the host while it sleeps; goes back to '{guest}' after resume",
     State.ASKING: "on the host, waiting for an answer",
     State.ATTACHING: "being attached to '{guest}'",
     State.ATTACHED: "attached to '{guest}'",

@@ -74,6 +74,11 @@ class Device:
         return f"{self.slot}-{self.devnum}"
 
     @property
+    def is_hub(self) -> bool:
+        """A USB hub (class 09): it routes; what is behind it is what people pass."""
+        return self.subsystem is Subsystem.USB and self.device_class == "09"
+
+    @property
     def identity(self) -> str:
         """What a person means by "this device", for choices that outlive a replug.
 
@@ -144,6 +149,7 @@ class Guest:
 class State(StrEnum):
     HOST = "host"
     PENDING = "pending"
+    SLEEPING = "sleeping"  # taken back for the host's sleep; returns after resume
     ASKING = "asking"
     ATTACHING = "attaching"
     ATTACHED = "attached"
@@ -227,7 +233,9 @@ class PciFunction:
     boot_vga: bool = False
     physfn: str = ""  # an SR-IOV virtual function's physical function
     sriov_totalvfs: int = 0  # > 0 for a physical function that can have VFs
-    reset_method: str = ""  # the kernel's reset_method ("flr bus", …); "" if none
+    #: The kernel's reset_method ("flr bus", …); "" when it has none (or a person
+    #: disabled them all); None when the kernel is too old to say (before 5.15).
+    reset_method: str | None = None
 
     @property
     def is_bridge(self) -> bool:
@@ -245,3 +253,10 @@ class HostFacts:
     groups: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     #: PCI address → what the host has mounted from it ("/ (nvme0n1p2)").
     mounted: Mapping[str, str] = field(default_factory=dict)
+    #: sysfs path (/sys/devices/…) of each mounted or swapped-on block device and
+    #: of those it is built on → what is mounted ("/media/stick (sdb1)"): a USB
+    #: device carries every entry whose path lies below its own.
+    block_mounts: Mapping[str, str] = field(default_factory=dict)
+    #: sysfs path of each of the host's keyboards (input devices, not virtual)
+    #: → its name: a hub or controller above all of them takes the only keyboard.
+    keyboards: Mapping[str, str] = field(default_factory=dict)

@@ -12,6 +12,7 @@ every rule is tested on hand-built facts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -25,16 +26,20 @@ class Risk(StrEnum):
     BRIDGE = "bridge"  # the function is a bridge or port
     BOOT_VGA = "boot-vga"
     ACS_OVERRIDE = "acs-override"  # groups may lie
+    NO_RESET = "no-reset"  # state leaks between guests; the way back may hang
+    HOST_KEYBOARD = "host-keyboard"  # it carries every keyboard the host has
     NOT_FOUND = "not-found"
 
 
 #: The only risks a rule may accept by name (``allow_risks = ["boot-vga"]``).
 #: The others break the host or isolation outright, so nothing unblocks them.
-OPT_IN: frozenset[Risk] = frozenset({Risk.BOOT_VGA, Risk.ACS_OVERRIDE})
+OPT_IN: frozenset[Risk] = frozenset({Risk.BOOT_VGA, Risk.ACS_OVERRIDE, Risk.NO_RESET,
+                                     Risk.HOST_KEYBOARD})
 
 #: Drivers a co-member of the group may stay bound to: the kernel's VFIO
 #: viability rule (they give the device to nobody on the host).
 _HARMLESS_DRIVERS = frozenset({"", "vfio-pci", "pci-stub"})
+_USB_PORT = re.compile(r"[0-9]+-[0-9]+(?:\.[0-9]+)*")
 
 _NO_IOMMU = ("the host has no active IOMMU: enable intel_iommu=on / amd_iommu=on "
              "and VT-d/AMD-Vi in firmware")
@@ -98,11 +103,19 @@ def pci_verdict(address: str, facts: HostFacts, allowed: frozenset[str] = frozen
                                               "the host's console"))
     if facts.acs_override:
         opt_ins.append(Finding(Risk.ACS_OVERRIDE, _ACS))
+    if function.reset_method == "":
+        opt_ins.append(Finding(Risk.NO_RESET, f"{address} has no reset method (its sysfs "
+                                              "reset_method is empty): what one guest leaves "
+                                              "in it reaches the next, and its way back to "
+                                              "the host driver may hang"))
+    opt_ins += keyboard_findings(
+        [(address, f"/{address}/")] + [(m, f"/{m}/") for m in group_members(address, facts)],
+        facts)
     for finding in opt_ins:
         if finding.risk in allowed:
             warnings.append(finding)
         else:
-            blocking.append(_with_hint(finding))
+            blocking.append(with_hint(finding))
     return Verdict(tuple(blocking), tuple(warnings))
 
 
@@ -148,7 +161,32 @@ def group_members(address: str, facts: HostFacts) -> tuple[str, ...]:
     return tuple(sorted(listed - {address}))
 
 
-def _with_hint(finding: Finding) -> Finding:
+def keyboard_findings(places: list[tuple[str, str]], facts: HostFacts) -> list[Finding]:
+    """HOST_KEYBOARD: moving a place (a PCI function, a USB hub) that carries every
+    keyboard the host has leaves nobody at the machine able to type.
+
+    ``places`` pairs a name with the sysfs path fragment that marks what lies
+    below it (``/0000:00:14.0/``, ``/sys/devices/…/1-2/``). No finding when
+    the host has no keyboard at all (a server) or keeps one elsewhere.
+    """
+    if not facts.keyboards:
+        return []
+    for name, fragment in places:
+        below = [path for path in facts.keyboards if fragment in path]
+        if len(below) == len(facts.keyboards):
+            boards = _join([_keyboard(path, facts.keyboards[path]) for path in sorted(below)])
+            only = "only keyboard" if len(below) == 1 else "only keyboards"
+            return [Finding(Risk.HOST_KEYBOARD, f"{name} carries the host's {only}, {boards}")]
+    return []
+
+
+def _keyboard(path: str, name: str) -> str:
+    """A keyboard as a person finds it: its name and, for USB, the port it is in."""
+    ports = [part for part in path.split("/") if _USB_PORT.fullmatch(part)]
+    return f"{name or 'a keyboard'} (usb:{ports[-1]})" if ports else (name or path)
+
+
+def with_hint(finding: Finding) -> Finding:
     """A blocking opt-in risk tells the user the one way to accept it."""
     return Finding(finding.risk, f'{finding.text} (a rule may accept it with '
                                  f'allow_risks = ["{finding.risk}"])')

@@ -31,6 +31,13 @@ class Action(StrEnum):
     ASK = "ask"
 
 
+class OnSleep(StrEnum):
+    """What happens to a device a guest holds when the host goes to sleep."""
+
+    DETACH = "detach"  # taken back before sleep, attached again after resume
+    KEEP = "keep"  # left in the guest (the guest sleeps or copes)
+
+
 class Unmatched(StrEnum):
     """What a device no rule matches gets when it is plugged in (never at start-up)."""
 
@@ -40,6 +47,12 @@ class Unmatched(StrEnum):
 
 #: Seconds a request waits for an answer unless ``[settings] ask_timeout`` says otherwise.
 DEFAULT_ASK_TIMEOUT = 30
+#: Seconds a vanished device is waited for before its guest is told it is gone
+#: (``[settings] debounce``, or a rule's own ``debounce``). A KVM switch or a
+#: flaky cable makes devices vanish and return at once; within this window the
+#: return is one move, not an unplug and a plug.
+DEFAULT_DEBOUNCE = 1.0
+MAX_DEBOUNCE = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +93,9 @@ class Match:
     digits; PCI class code, six), so ``0280`` means any PCI network controller.
     ``interface_class`` holds if any USB interface has that class, which is how
     "any Bluetooth adapter" (``e0``) or "any audio device" (``01``) is said.
+    ``port_below`` holds for the device in that port and everything behind it,
+    at any depth (a hub, a KVM switch, a dock); hubs themselves only route, so
+    it never matches a hub.
     """
 
     subsystem: str = ""
@@ -89,6 +105,7 @@ class Match:
     manufacturer: str = ""
     product_name: str = ""
     port: str = ""
+    port_below: str = ""
     device_class: str = ""
     interface_class: str = ""
     address: str = ""
@@ -102,6 +119,9 @@ class Match:
                 return False
         if self.port and (device.subsystem is not Subsystem.USB or self.port != device.port):
             return False
+        if self.port_below and not (device.subsystem is Subsystem.USB and not device.is_hub
+                                    and is_below(device.port, self.port_below)):
+            return False
         if self.address and (
             device.subsystem is not Subsystem.PCI or self.address != device.address
         ):
@@ -111,6 +131,11 @@ class Match:
         return not self.interface_class or any(
             c.startswith(self.interface_class) for c in device.interface_classes
         )
+
+
+def is_below(port: str, top: str) -> bool:
+    """Whether USB port ``port`` is ``top`` or behind it (``1-2.3.1`` is below ``1-2``)."""
+    return port == top or port.startswith(top + ".")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +150,27 @@ class Rule:
     allow_risks: frozenset[str] = frozenset()
     #: An ``ask`` rule's candidate guests (names or UUIDs); empty: any running guest.
     candidates: tuple[str, ...] = ()
+    #: None: the default for the device (detach USB devices, keep PCI functions).
+    on_sleep: OnSleep | None = None
+    #: Seconds to wait for a vanished device to return; None: ``[settings] debounce``.
+    debounce: float | None = None
+    #: USB: reset the device's port before each attach (Bluetooth adapters that
+    #: come back broken from a guest or from sleep need it).
+    reset_before_attach: bool = False
+
+    def sleep_action(self, device: Device) -> OnSleep:
+        """What this rule does with ``device`` when the host sleeps."""
+        return self.on_sleep if self.on_sleep is not None else default_sleep_action(device)
 
     def targets(self, name: str, uuid: str) -> bool:
         """Whether this rule's guest designates the guest ``name``/``uuid``."""
         return self.guest == name or self.guest.lower() == uuid.lower()
+
+
+def default_sleep_action(device: Device) -> OnSleep:
+    """USB devices leave their guests for the host's sleep (they come back broken
+    otherwise, Bluetooth above all); PCI functions stay, the guest sleeps with them."""
+    return OnSleep.DETACH if device.subsystem is Subsystem.USB else OnSleep.KEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +179,7 @@ class Settings:
 
     unmatched: Unmatched = Unmatched.HOST
     ask_timeout: int = DEFAULT_ASK_TIMEOUT
+    debounce: float = DEFAULT_DEBOUNCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +195,18 @@ class Policy:
                 return rule
         return None
 
+    def debounce(self, device: Device) -> float:
+        """Seconds to wait for ``device`` to return after it vanished."""
+        rule = self.match(device)
+        if rule is not None and rule.debounce is not None:
+            return rule.debounce
+        return self.settings.debounce
+
 
 # ---------------------------------------------------------------- parsing
 
-_RULE_KEYS = {"name", "match", "guest", "action", "allow_risks"}
+_RULE_KEYS = {"name", "match", "guest", "action", "allow_risks", "on_sleep", "debounce",
+              "reset_before_attach"}
 #: The PCI risks a rule may accept, one by one (pci_safety.OPT_IN says why only these).
 OPT_IN_RISKS = tuple(sorted(OPT_IN))
 _MATCH_KEYS = {f.name for f in fields(Match)} | {"class"}
@@ -247,9 +298,10 @@ def _parse_match(
                 bad(key, f"class must be 2, 4 or 6 hex digits (e.g. \"0280\"), not {value!r}")
                 continue
             key, text = "device_class", low
-        elif key == "port":
+        elif key in ("port", "port_below"):
             if not _PORT.match(text):
-                bad(key, f"port must be a USB port path like \"1-2\" or \"1-2.3\", not {value!r}")
+                bad(key, f"{key} must be a USB port path like \"1-2\" or \"1-2.3\", "
+                         f"not {value!r}")
                 continue
         elif key == "address":
             normalized = _normalize_pci_address(low)
@@ -264,9 +316,9 @@ def _parse_match(
     if problems:
         return None, problems
     match = Match(**values)
-    usb_only = match.port or match.interface_class
+    usb_only = match.port or match.port_below or match.interface_class
     if match.subsystem == Subsystem.PCI and usb_only:
-        bad("subsystem", "'port' and 'interface_class' only apply to USB devices")
+        bad("subsystem", "'port', 'port_below' and 'interface_class' only apply to USB devices")
     if match.subsystem == Subsystem.USB and match.address:
         bad("subsystem", "'address' only applies to PCI devices (USB uses 'port')")
     if match.address and usb_only:
@@ -330,12 +382,37 @@ def _parse_rule(
                                f"{', '.join(OPT_IN_RISKS)}; other risks always block)")
     if risks and action is not Action.ATTACH:
         bad("allow_risks", "'allow_risks' only applies to 'attach' rules")
+    on_sleep_raw = raw.get("on_sleep")
+    on_sleep = None
+    if on_sleep_raw is not None:
+        try:
+            on_sleep = OnSleep(on_sleep_raw)
+        except (ValueError, TypeError):
+            bad("on_sleep", f"on_sleep must be 'detach' or 'keep', not {on_sleep_raw!r}")
+    debounce = raw.get("debounce")
+    if debounce is not None and not _seconds(debounce, MAX_DEBOUNCE):
+        bad("debounce", f"debounce must be a number of seconds from 0 to {MAX_DEBOUNCE:g}, "
+                        f"not {debounce!r}")
+        debounce = None
+    reset = raw.get("reset_before_attach", False)
+    if not isinstance(reset, bool):
+        bad("reset_before_attach", f"reset_before_attach must be true or false, not {reset!r}")
+    elif reset and match is not None and (match.subsystem == Subsystem.PCI or match.address):
+        bad("reset_before_attach", "reset_before_attach is for USB devices (libvirt resets "
+                                   "PCI functions itself)")
     if problems or match is None or action is None:
         return None, problems
-    return Rule(name, match, action, guest, file, line, frozenset(risks), candidates), []
+    return Rule(name, match, action, guest, file, line, frozenset(risks), candidates,
+                on_sleep, None if debounce is None else float(debounce), reset), []
 
 
-_SETTINGS_KEYS = {"unmatched", "ask_timeout"}
+def _seconds(value: Any, most: float) -> bool:
+    """A number of seconds from 0 to ``most`` (TOML int or float, not a bool)."""
+    return (not isinstance(value, bool) and isinstance(value, int | float)
+            and 0 <= value <= most)
+
+
+_SETTINGS_KEYS = {"unmatched", "ask_timeout", "debounce"}
 
 
 def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any], list[Problem]]:
@@ -358,6 +435,12 @@ def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any],
                 values[key] = Unmatched(value)
             except (ValueError, TypeError):
                 bad(key, f"unmatched must be 'host' or 'ask', not {value!r}")
+        elif key == "debounce":
+            if _seconds(value, MAX_DEBOUNCE):
+                values[key] = float(value)
+            else:
+                bad(key, f"debounce must be a number of seconds from 0 to {MAX_DEBOUNCE:g}, "
+                         f"not {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
             bad(key, f"ask_timeout must be a whole number of seconds from 1 to 3600, "
                      f"not {value!r}")

@@ -20,6 +20,14 @@ the machine, for devices plugged in while phyllod runs: reconcile names the
 devices to ask about (``Plan.questions``), the daemon opens the requests and
 feeds the answers back (``World.asks``; remembered ones in ``World.remembered``).
 The order of precedence is: deny, manual override, answer, remembered answer.
+
+Real life (what users of today's tools suffer from most) is modelled too:
+the host's sleep (``World.sleep``: devices whose rule says ``on_sleep =
+"detach"`` leave their guests before it and come back after resume, each on
+its own), a device that vanished and may return within its debounce window
+(``World.vanished``: nothing moves until it returns or the window ends), a
+device its guest lost to a reset on the host (``World.broken``: detached and
+attached again), and what the host would lose (``usb_safety``, ``pci_safety``).
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ from phyllod.model import (
     Subsystem,
 )
 from phyllod.pci_safety import Verdict, group_members, pci_verdict
-from phyllod.policy import Action, Policy, Rule, Unmatched
+from phyllod.policy import Action, OnSleep, Policy, Rule, Unmatched, default_sleep_action
+from phyllod.usb_safety import usb_verdict
 
 #: Seconds to wait before attempt n+1 after n failures; then phyllod gives up
 #: until something about the device or guest changes.
@@ -82,6 +91,18 @@ class Failure:
         return f"{self.kind} failed (attempt {self.attempts}, retry in {delay:g}s): {self.error}"
 
 
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """The host's sleep as devices see it: going to sleep, or just back.
+
+    ``waking_until`` is None from PrepareForSleep(true) until resume; after
+    resume it is the end of the settle window, in which devices come back
+    (the kernel re-enumerates many of them) before any is attached again.
+    """
+
+    waking_until: float | None = None
+
+
 def record_failure(
     previous: Failure | None, kind: OpKind, guest: str, error: str, now: float
 ) -> Failure:
@@ -114,6 +135,11 @@ class World:
     asks: Mapping[str, Ask] = field(default_factory=dict)
     remembered: Mapping[str, str] = field(default_factory=dict)
     inserted: frozenset[str] = frozenset()
+    sleep: Sleep | None = None
+    #: Devices that vanished (by id), still in ``devices``: their debounce ends then.
+    vanished: Mapping[str, float] = field(default_factory=dict)
+    #: Slots whose guest lost the device (a reset on the host took it back).
+    broken: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +161,8 @@ class Attach:
     prepare: tuple[str, ...] = ()
     #: Who decided, when it is an answer rather than the rule or an override.
     source: str = ""
+    #: USB: reset the device's port first (the rule's ``reset_before_attach``).
+    reset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +248,16 @@ class _Why:
     note: str = ""  # what the policy would do instead, when it disagrees
     allowed: frozenset[str] = frozenset()  # PCI risks the rule accepts
     source: str = ""  # who decided, when not the rule or an override ("by your answer")
+    reset: bool = False  # the rule's reset_before_attach
+    place: str = ""  # how the rule found it, when that is worth saying ("behind port 1-2")
 
     @property
     def by(self) -> str:
         if self.source:
             return self.source
-        return f"by rule '{self.rule}'" if self.rule else "by a manual override"
+        if not self.rule:
+            return "by a manual override"
+        return f"by rule '{self.rule}'" + (f" ({self.place})" if self.place else "")
 
     def say(self, text: str) -> str:
         return f"{text}; {self.note}" if self.note else text
@@ -318,6 +350,18 @@ class _Planner:
             state = State.ATTACHING if op.kind is OpKind.ATTACH else State.DETACHING
             return Assignment(d.id, state, op.guest, rule_name, f"{op.kind} in progress")
         held = self.index.holders.get(d.id, [])
+        if d.id in self.world.vanished:
+            return self._vanished(d, rule_name, held)
+        if self.world.sleep is not None and self._sleeps(d, rule, held):
+            return self._sleeping(d, rule_name, held, self.world.sleep)
+        if d.slot in self.world.broken:
+            for h in held:
+                if h.hostdev.owned:
+                    why = "its guest lost it to a reset on the host; attaching it again"
+                    failure = self._detach(d.slot, h, why, d.id)
+                    if failure:
+                        return Assignment(d.id, State.FAILED, h.guest.name, rule_name, failure)
+                    return Assignment(d.id, State.DETACHING, h.guest.name, rule_name, why)
         override = self.world.overrides.get(d.identity)
         if rule is not None and rule.action is Action.DENY:
             return self._deny(d, rule, held, override)
@@ -334,7 +378,49 @@ class _Planner:
             where = held[0].guest.name if held else ""
             state = State.ATTACHED if held else State.HOST
             return Assignment(d.id, state, where, rule.name, f"ignored by rule '{rule.name}'")
-        return self._attach(d, rule.guest, _Why(rule.name, allowed=rule.allow_risks), held)
+        place = f"behind port {rule.match.port_below}" if rule.match.port_below else ""
+        return self._attach(d, rule.guest, _Why(rule.name, allowed=rule.allow_risks,
+                                                reset=rule.reset_before_attach, place=place),
+                            held)
+
+    def _vanished(self, d: Device, rule: str, held: list[_Holding]) -> Assignment:
+        """Gone from the host, maybe for a moment: wait for it before touching any guest."""
+        until = self.world.vanished[d.id]
+        self.wakeups.append(until)
+        left = max(0.0, until - self.world.now)
+        reason = f"vanished from the host; waiting {left:.1f}s for it to return (debounce)"
+        if held:
+            return Assignment(d.id, State.ATTACHED, held[0].guest.name, rule, reason)
+        return Assignment(d.id, State.HOST, "", rule, reason)
+
+    def _sleeps(self, d: Device, rule: Rule | None, held: list[_Holding]) -> bool:
+        """Whether ``d`` leaves its guest for the host's sleep: it is (or would be) in
+        a guest by phyllod's doing, and its rule (or the default) says detach."""
+        action = rule.sleep_action(d) if rule is not None else default_sleep_action(d)
+        if action is not OnSleep.DETACH:
+            return False
+        return any(h.hostdev.owned for h in held) or (
+            not held and self._target_guest(d) is not None)
+
+    def _sleeping(self, d: Device, rule: str, held: list[_Holding], sleep: Sleep) -> Assignment:
+        target = self._target_guest(d)
+        name = target.name if target is not None else ""
+        for h in held:
+            if not h.hostdev.owned:
+                continue
+            why = "the host is going to sleep"
+            failure = self._detach(d.slot, h, why, d.id)
+            if failure:
+                return Assignment(d.id, State.FAILED, h.guest.name, rule, f"{why}; {failure}")
+            return Assignment(d.id, State.DETACHING, h.guest.name, rule,
+                              f"{why}; removing it from '{h.guest.name}'")
+        if sleep.waking_until is None:
+            return Assignment(d.id, State.SLEEPING, name, rule, "detached for sleep, waiting "
+                              "for the host to resume")
+        self.wakeups.append(sleep.waking_until)
+        left = max(0.0, sleep.waking_until - self.world.now)
+        return Assignment(d.id, State.SLEEPING, name, rule, "back from sleep; attaching it "
+                          f"again once devices have settled ({left:.1f}s)")
 
     def _host(self, d: Device, held: list[_Holding], note: str) -> Assignment:
         """A person sent the device to the host: remove it from any guest, ours or not."""
@@ -443,7 +529,7 @@ class _Planner:
         here = [h for h in held if target is not None and h.guest.uuid == target.uuid]
         elsewhere = [h for h in held if h not in here]
         if here:
-            warning = self._pci_warning(d, why) if d.subsystem is Subsystem.PCI else ""
+            warning = self._warning(d, why)
             return assignment(State.ATTACHED, name, f"attached to '{name}' {why.by}{warning}")
         foreign = [h for h in elsewhere if not h.hostdev.owned]
         if foreign:
@@ -458,8 +544,8 @@ class _Planner:
             return assignment(State.DETACHING, h.guest.name,
                               f"moving from '{h.guest.name}' to '{name}'")
         verdict, together = (self._pci_verdict(d, target, why) if d.subsystem is Subsystem.PCI
-                             else (None, frozenset[str]()))
-        if verdict is not None and not verdict.ok:
+                             else (usb_verdict(d, self.world.host, why.allowed), frozenset[str]()))
+        if not verdict.ok:
             # Said before anything else: a person learns it before the guest even starts.
             return assignment(State.DENIED, name, f"not safe to pass: {verdict.reason()}")
         if target is None:
@@ -472,21 +558,21 @@ class _Planner:
             return assignment(State.PENDING, name,
                               "waiting for its previous plug to be removed from the guest")
         prepare: tuple[str, ...] = ()
-        warning = ""
-        if verdict is not None:
+        warning = f"; {verdict.reason()}" if verdict.warnings else ""
+        if d.subsystem is Subsystem.PCI:
             if d.iommu_group in self.groups_busy:
                 return assignment(State.PENDING, name,
                                   f"waiting for the rest of IOMMU group {d.iommu_group}")
             functions = self.world.host.functions
             prepare = tuple(sorted(m for m in together if m in functions
                                    and functions[m].driver != "vfio-pci"))
-            warning = f"; {verdict.reason()}" if verdict.warnings else ""
         ok, failure = self._due(d.slot, OpKind.ATTACH, name)
         if not ok:
             return assignment(State.FAILED, name, failure)
         if d.iommu_group is not None:
             self.groups_busy.add(d.iommu_group)
-        self.actions.append(Attach(d.slot, d, name, rule, prepare, why.source))
+        reset = why.reset and d.subsystem is Subsystem.USB
+        self.actions.append(Attach(d.slot, d, name, rule, prepare, why.source, reset))
         return assignment(State.ATTACHING, name, f"attaching to '{name}' {why.by}{warning}")
 
     def _pci_verdict(self, d: Device, target: Guest | None,
@@ -496,9 +582,11 @@ class _Planner:
                              if target is not None and self.pci_targets.get(m) == target.uuid)
         return pci_verdict(d.address, self.world.host, why.allowed, together), together
 
-    def _pci_warning(self, d: Device, why: _Why) -> str:
-        """For a device already in a guest: the security warnings that still apply."""
-        verdict = pci_verdict(d.address, self.world.host, why.allowed)
+    def _warning(self, d: Device, why: _Why) -> str:
+        """For a device already in a guest: the risks accepted that still apply."""
+        verdict = (pci_verdict(d.address, self.world.host, why.allowed)
+                   if d.subsystem is Subsystem.PCI
+                   else usb_verdict(d, self.world.host, why.allowed))
         return f"; {verdict.reason()}" if verdict.ok and verdict.warnings else ""
 
     def stale(self) -> None:

@@ -61,7 +61,7 @@ def tray_icon(snapshot: Snapshot) -> TrayIcon:
 def device_label(device: DeviceView) -> str:
     """``QEMU USB Keyboard (usb:1-2): attached to work``."""
     where = {"attached": " to", "attaching": " to", "pending": " for", "failed": " for",
-             "detaching": " from"}.get(device.state, "")
+             "sleeping": " for", "detaching": " from"}.get(device.state, "")
     guest = f"{where} {device.guest}" if device.guest and where else ""
     return f"{device.title} ({device.id}): {device.state}{guest}"
 

@@ -138,8 +138,9 @@ def test_opt_ins_turn_their_risk_into_a_warning():
     assert "allow_risks" not in both.reason()
 
 
-def test_opt_in_is_only_boot_vga_and_acs_override():
-    assert {r.value for r in OPT_IN} == {"boot-vga", "acs-override"}
+def test_opt_in_is_only_the_named_host_risks():
+    assert {r.value for r in OPT_IN} == {"boot-vga", "acs-override", "no-reset",
+                                        "host-keyboard"}
 
 
 @pytest.mark.parametrize(("facts", "address"), [

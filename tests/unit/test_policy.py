@@ -122,7 +122,7 @@ def test_no_rule_matches_and_missing_dir(tmp_path: Path):
         ('[[rule]]\nname="a"\nmatch={port="usb1"}\nguest="w"\n',
          "p.toml:3: rule 'a': port must be a USB port path"),
         ('[[rule]]\nname="a"\nmatch={subsystem="pci", port="1-2"}\nguest="w"\n',
-         "'port' and 'interface_class' only apply to USB"),
+         "'port', 'port_below' and 'interface_class' only apply to USB"),
         ('[[rule]]\nname="a"\nmatch={subsystem="usb", address="03:00.0"}\nguest="w"\n',
          "'address' only applies to PCI"),
         ('[[rule]]\nname="a"\nmatch={vendor=1050}\nguest="w"\n',
@@ -178,7 +178,7 @@ def test_allow_risks_names_single_risks_never_all():
         'allow_risks = ["*", "group"]\n')
     assert problems == [
         "p.toml:5: rule 'gpu': '*' cannot be allowed (a rule may accept only: acs-override, "
-        "boot-vga; other risks always block)",
+        "boot-vga, host-keyboard, no-reset; other risks always block)",
         "p.toml:5: rule 'gpu': 'group' cannot be allowed (a rule may accept only: "
-        "acs-override, boot-vga; other risks always block)",
+        "acs-override, boot-vga, host-keyboard, no-reset; other risks always block)",
     ]
