@@ -12,6 +12,12 @@ device. Every reconcile's result is published on the bus.
 Ask mode: reconcile names the newly plugged devices to ask about; the daemon
 opens a request for each (with a deadline timer), and an answer, a deadline
 or an unplug closes it. Answers are inputs like overrides.
+
+Real life: an unplug is believed only after the device's debounce window (a
+KVM switch, a flaky cable, a firmware reset make devices vanish and return);
+a device that returns in time is the same plug. logind's PrepareForSleep
+puts the snapshot to sleep (reconcile takes USB devices back), and phyllod
+lets the sleep proceed once they are out or the inhibitor's time is up.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from phyllod.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest, NoSu
 from phyllod.explain import explain
 from phyllod.hostdev_xml import hostdev_xml
 from phyllod.libvirt_client import LibvirtClient, LibvirtError
+from phyllod.logind import SleepWatcher
 from phyllod.model import (
     Ask,
     AskOutcome,
@@ -43,7 +50,14 @@ from phyllod.model import (
     Subsystem,
 )
 from phyllod.pci_safety import TableRow, iommu_table
-from phyllod.policy import DEFAULT_ASK_TIMEOUT, Action, Policy, PolicyError, load_policy_dir
+from phyllod.policy import (
+    DEFAULT_ASK_TIMEOUT,
+    DEFAULT_DEBOUNCE,
+    Action,
+    Policy,
+    PolicyError,
+    load_policy_dir,
+)
 from phyllod.reconcile import (
     Attach,
     Detach,
@@ -52,6 +66,7 @@ from phyllod.reconcile import (
     OpKind,
     Plan,
     Question,
+    Sleep,
     World,
     find_guest,
     reconcile,
@@ -67,6 +82,7 @@ from phyllod.state_store import (
 from phyllod.sysfs import read_host_facts
 from phyllod.systemd_glue import MessageId, notify, watchdog_interval
 from phyllod.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEvent, UdevWatcher
+from phyllod.usb_reset import UsbResetError, reset_usb_device
 
 log = logging.getLogger("phyllod")
 
@@ -88,6 +104,10 @@ class Config:
     state_dir: Path = Path("/var/lib/phyllod")
     #: How long a manual attach/detach call waits for the device to settle.
     manual_timeout: float = 90.0
+    #: After resume, how long devices may take to come back before any is attached.
+    resume_settle: float = 2.0
+    #: How long giving a PCI function back to its host driver may take.
+    to_host_timeout: float = 30.0
 
 
 def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "",
@@ -100,12 +120,9 @@ def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "",
     return {"extra": extra}
 
 
-def _touches_pci(event: UdevEvent) -> bool:
-    if isinstance(event, DeviceGone):
-        return event.device_id.startswith(f"{Subsystem.PCI}:")
-    if isinstance(event, DeviceSeen):
-        return event.device.subsystem is Subsystem.PCI
-    return True  # a rescan
+def _same_device(a: Device, b: Device) -> bool:
+    """Whether ``b`` is ``a`` enumerated again (reset, re-plug, resume), not another device."""
+    return a.identity == b.identity and (a.vendor, a.product) == (b.vendor, b.product)
 
 
 class Daemon:
@@ -123,6 +140,15 @@ class Daemon:
         self.asks: dict[str, Ask] = {}
         self.remembered: dict[str, str] = {}
         self.inserted: set[str] = set()
+        #: Debounce: vanished devices (by id) → when phyllod stops waiting for them.
+        self.vanished: dict[str, float] = {}
+        self._vanish_timers: dict[str, asyncio.TimerHandle] = {}
+        #: Slots whose guest lost the device (a reset on the host took it back).
+        self.broken: set[str] = set()
+        #: The host's sleep; devices that left their guests for it.
+        self.sleep: Sleep | None = None
+        self.slept: set[str] = set()
+        self._sleep_timer: asyncio.TimerHandle | None = None
         self.requests: dict[int, Request] = {}
         self._request_timers: dict[int, asyncio.TimerHandle] = {}
         self._next_request = 1
@@ -144,6 +170,8 @@ class Daemon:
         self._manual: set[str] = set()
         self.bus = (BusService(config.bus, self, self._on_bus_lost)
                     if config.bus != "none" else None)
+        self.sleep_watcher = (SleepWatcher(config.bus, self._on_prepare_for_sleep)
+                              if config.bus != "none" else None)
         self.host = read_host_facts()
 
     # ------------------------------------------------------------ life cycle
@@ -176,6 +204,8 @@ class Daemon:
                 self.exit_code = 1
                 await self._shutdown()
                 return
+        if self.sleep_watcher is not None:
+            await self.sleep_watcher.start()
         notify("READY=1")
         log.info("phyllod %s ready", __version__, **_fields(event=MessageId.STARTED))
         self._notify_status()
@@ -195,12 +225,16 @@ class Daemon:
             self._connecting.cancel()
         for released in self._released.values():
             released.set()  # the detach calls have returned; do not wait for QEMU
-        for timer in self._request_timers.values():
+        for timer in [*self._request_timers.values(), *self._vanish_timers.values()]:
             timer.cancel()
+        if self._sleep_timer is not None:
+            self._sleep_timer.cancel()
         if self._tasks:
             log.info("waiting for %d libvirt calls to finish", len(self._tasks))
             await asyncio.wait(self._tasks, timeout=self.config.stop_timeout)
         await self.client.close()
+        if self.sleep_watcher is not None:
+            self.sleep_watcher.close()  # a sleep waiting for us proceeds
         if self.bus is not None:
             self.bus.close()
 
@@ -244,6 +278,9 @@ class Daemon:
         loaded = self._load_policy()
         if loaded:
             self.failures.clear()
+        # Mounts and drivers change without uevents; a reload is when a person
+        # who unmounted a stick or rebound a driver says "look again".
+        self.host = read_host_facts()
         self._kick()
         notify("READY=1")
         return loaded
@@ -447,27 +484,16 @@ class Daemon:
     # ------------------------------------------------------------ inputs
 
     def _on_udev(self, event: UdevEvent) -> None:
-        if _touches_pci(event):
-            # Drivers, groups and mounts of every function weigh in a PCI verdict.
-            self.host = read_host_facts()
+        # Drivers, groups, mounts and keyboards weigh in the verdicts; each
+        # event may change them (a hub brings keyboards, a PCI rebind a group).
+        self.host = read_host_facts()
         if isinstance(event, DeviceGone):
-            d = self.devices.pop(event.device_id, None)
-            self._plug_ended(event.device_id, "unplugged")
-            if d is not None:
-                self.failures.pop(d.slot, None)
-                log.info("%s unplugged", d.describe(),
-                         **_fields(device=d.id, event=MessageId.DEVICE_REMOVED))
+            self._vanish(event.device_id)
         elif isinstance(event, DeviceSeen):
-            d = event.device
-            previous = self.devices.get(d.id)
-            self.devices[d.id] = d
-            if previous is None or previous.devnum != d.devnum:
-                self._plug_ended(d.id, "plugged in again")
-                self.inserted.add(d.id)
-                self.failures.pop(d.slot, None)
-                log.info("%s plugged in (udev %s)", d.describe(), event.action,
-                         **_fields(device=d.id, event=MessageId.DEVICE_ADDED))
+            self._seen(event)
         elif isinstance(event, DevicesRescanned):
+            for device_id in list(self.vanished):
+                self._stop_waiting(device_id)
             fresh = {d.id: d for d in event.devices}
             for d in self.devices.values():
                 if fresh.get(d.id) != d:
@@ -481,6 +507,124 @@ class Daemon:
                 self._plug_ended(device_id, "unplugged")
             self.devices = fresh
         self._kick()
+
+    def _vanish(self, device_id: str) -> None:
+        """A ``remove``: believe it only after the device's debounce window."""
+        d = self.devices.get(device_id)
+        if d is None or device_id in self.vanished:
+            return
+        wait = self.policy.debounce(d) if self.policy is not None else DEFAULT_DEBOUNCE
+        if self.sleep is not None:
+            wait = max(wait, self.config.resume_settle)  # resume re-enumerates slowly
+        if wait <= 0 or self._stopping:
+            self._gone(device_id)
+            return
+        loop = asyncio.get_running_loop()
+        self.vanished[device_id] = loop.time() + wait
+        self._vanish_timers[device_id] = loop.call_later(wait, self._gone, device_id)
+        log.info("%s vanished; waiting %.1fs for it to return", d.describe(), wait,
+                 **_fields(device=d.id))
+
+    def _stop_waiting(self, device_id: str) -> None:
+        self.vanished.pop(device_id, None)
+        timer = self._vanish_timers.pop(device_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _gone(self, device_id: str) -> None:
+        """The device did not return in time (or has no window): it is unplugged."""
+        self._stop_waiting(device_id)
+        d = self.devices.pop(device_id, None)
+        self._plug_ended(device_id, "unplugged")
+        if d is not None:
+            self.failures.pop(d.slot, None)
+            self.broken.discard(d.slot)
+            log.info("%s unplugged", d.describe(),
+                     **_fields(device=d.id, event=MessageId.DEVICE_REMOVED))
+        self._kick()
+
+    def _seen(self, event: DeviceSeen) -> None:
+        d = event.device
+        previous = self.devices.get(d.id)
+        returned = d.id in self.vanished
+        self._stop_waiting(d.id)
+        self.devices[d.id] = d
+        if previous is not None and returned and _same_device(previous, d):
+            # Back within its window: the same plug, its guest and answer kept.
+            log.info("%s returned (bus %d device %d)", d.describe(), d.busnum, d.devnum,
+                     **_fields(device=d.id, event=MessageId.DEVICE_ADDED))
+            self.failures.pop(d.slot, None)
+            return
+        if previous is None or previous.devnum != d.devnum or not _same_device(previous, d):
+            self._plug_ended(d.id, "plugged in again")
+            self.inserted.add(d.id)
+            self.failures.pop(d.slot, None)
+            log.info("%s plugged in (udev %s)", d.describe(), event.action,
+                     **_fields(device=d.id, event=MessageId.DEVICE_ADDED))
+
+    # ------------------------------------------------------------ sleep
+
+    def _on_prepare_for_sleep(self, going: bool) -> None:
+        loop = asyncio.get_running_loop()
+        if self._sleep_timer is not None:
+            self._sleep_timer.cancel()
+            self._sleep_timer = None
+        if going:
+            assert self.sleep_watcher is not None
+            self.sleep = Sleep()
+            self.slept.clear()
+            # Leave logind a margin: never make the sleep wait out its maximum.
+            budget = max(0.0, self.sleep_watcher.max_delay * 0.8)
+            self._sleep_timer = loop.call_later(budget, self._let_sleep, True)
+            log.info("the host is going to sleep; taking back USB devices (at most %.1fs)",
+                     budget, **_fields(event=MessageId.SLEEP))
+        else:
+            self.sleep = Sleep(waking_until=loop.time() + self.config.resume_settle)
+            self._sleep_timer = loop.call_later(self.config.resume_settle, self._kick)
+            self.failures.clear()
+            log.info("the host resumed; attaching devices again in %.1fs",
+                     self.config.resume_settle, **_fields(event=MessageId.RESUME))
+            if self.sleep_watcher is not None:
+                self._spawn(self.sleep_watcher.reacquire())
+        self._kick()
+
+    def _let_sleep(self, out_of_time: bool = False) -> None:
+        """Close the inhibitor: logind proceeds with the sleep."""
+        if self._sleep_timer is not None:
+            self._sleep_timer.cancel()
+            self._sleep_timer = None
+        if self.sleep_watcher is None or not self.sleep_watcher.holding:
+            return
+        still = sorted(device_id for device_id, a in self.assignments.items()
+                       if a.state is State.DETACHING)
+        if out_of_time and still:
+            log.warning("sleep cannot wait longer; still in guests: %s", ", ".join(still),
+                        **_fields(event=MessageId.SLEEP))
+        else:
+            log.info("ready for sleep: %d devices taken back", len(self.slept),
+                     **_fields(event=MessageId.SLEEP))
+        self.sleep_watcher.release()
+
+    def _sleep_progress(self, plan: Plan) -> None:
+        """Asleep: note who left for it; once nothing is leaving, let the sleep go on."""
+        if self.sleep is None:
+            return
+        if self.sleep.waking_until is not None:
+            if asyncio.get_running_loop().time() >= self.sleep.waking_until:
+                self.sleep = None
+                missing = sorted(self.slept - self.devices.keys())
+                if missing:
+                    log.warning("not back after sleep: %s", ", ".join(missing),
+                                **_fields(event=MessageId.RESUME))
+                self.slept.clear()
+                self._kick()
+            return
+        self.slept |= {device_id for device_id, a in plan.assignments.items()
+                       if a.state is State.SLEEPING}
+        leaving = any(isinstance(action, Detach) for action in plan.actions) or any(
+            a.state is State.DETACHING for a in plan.assignments.values())
+        if not leaving:
+            self._let_sleep()
 
     def _on_guest_event(self, name: str) -> None:
         for slot, failure in list(self.failures.items()):
@@ -535,10 +679,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         world = World(self.devices, self.guests, self.inflight, self.failures, loop.time(),
                       self.overrides, self.host, self.asks, self.remembered,
-                      frozenset(self.inserted))
+                      frozenset(self.inserted), self.sleep, dict(self.vanished),
+                      frozenset(self.broken))
         plan = reconcile(self.policy, world)
         self._questions(plan)
         self._report(plan.assignments)
+        self._sleep_progress(plan)
         self._generation += 1
         self._reconciled.set()
         self._reconciled = asyncio.Event()
@@ -702,6 +848,8 @@ class Daemon:
                  d.describe(), a.guest, by, source, **fields)
         started = time.monotonic()
         prepared: list[str] = []
+        if a.reset:
+            self._reset(d, fields)
         try:
             for address in a.prepare:
                 log.info("moving %s (IOMMU group of %s) to vfio-pci first", address, d.id,
@@ -724,14 +872,37 @@ class Daemon:
             self.inflight.pop(a.slot, None)
             self._kick()
 
+    @staticmethod
+    def _reset(d: Device, fields: dict) -> None:
+        """The rule's reset_before_attach: a USB port reset, then the attach regardless.
+
+        It blocks the loop for the reset (tens of milliseconds): the kernel
+        re-enumerates in place, keeping the device's numbers.
+        """
+        try:
+            reset_usb_device(d.busnum, d.devnum)
+        except UsbResetError as e:
+            log.warning("reset before attach failed: %s; attaching anyway", e, **fields)
+        else:
+            log.info("reset %s before attaching it", d.id, **fields)
+
     async def _give_back(self, addresses: list[str]) -> None:
-        """After a failed group move, return the functions taken for it to their drivers."""
+        """After a failed group move, return the functions taken for it to their drivers.
+
+        Bounded in time: a function without a working reset can hang on its
+        way back; it is then reported as left without its driver.
+        """
         for address in addresses:
             try:
-                await self.client.to_host(address)
+                await asyncio.wait_for(self.client.to_host(address),
+                                       self.config.to_host_timeout)
             except LibvirtError as e:
                 log.warning("cannot give %s back to its host driver: %s", address, e.message,
                             **_fields(device=f"pci:{address}"))
+            except TimeoutError:
+                log.warning("%s did not return to its host driver within %.0fs; it stays "
+                            "unbound until a reset or reboot", address,
+                            self.config.to_host_timeout, **_fields(device=f"pci:{address}"))
 
     async def _detach(self, a: Detach) -> None:
         alias = a.hostdev.alias
@@ -758,6 +929,7 @@ class Daemon:
             log.info("detached %s from %s", alias, a.guest,
                      **_fields(a.device_id, a.guest, "", State.HOST, MessageId.DETACHED))
             self.failures.pop(a.slot, None)
+            self.broken.discard(a.slot)
         except LibvirtError as e:
             log.warning("detach %s from %s failed: %s", alias, a.guest, e.message,
                         **_fields(a.device_id, a.guest, "", State.FAILED,

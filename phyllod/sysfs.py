@@ -5,13 +5,18 @@ attributes (``iommu_group``, ``driver``, ``physfn``), while ``os.readlink`` is
 redirected into the testbed like every other call here. Every reader treats
 a missing or unreadable file as absent: the host is what it is, and a verdict
 over partial facts errs on the blocking side (an unknown group member blocks).
+
+Paths handed out (``block_mounts``, ``host_keyboards``) are written as the
+running system names them, ``/sys/devices/…``, whatever root they were read
+under: that is what pyudev's ``Device.sys_path`` says for the same device, so
+a caller compares them with a device's path without knowing about the root.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,11 @@ from phyllod.model import HostFacts, PciFunction
 _SYS = Path("/sys")
 _PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+_INPUT = re.compile(r"input[0-9]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_EV_KEY = 1  # linux/input-event-codes.h
+#: ESC, the digits and Q to D: KEY_ESC (1) … KEY_D (32) minus KEY_RESERVED (0).
+_KEYBOARD_KEYS = 0xFFFFFFFE
 
 
 def iommu_enabled(sys_root: Path = _SYS) -> bool:
@@ -48,12 +58,15 @@ def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
     if swaps is None:
         swaps = _read(Path("/proc/swaps"))
     functions = {f.address: f for f in _pci_functions(sys_root)}
+    held = list(_held_blocks(sys_root, mounts, swaps))
     return HostFacts(
         iommu_enabled=iommu_enabled(sys_root),
         acs_override=any(w.startswith("pcie_acs_override=") for w in cmdline.split()),
         functions=functions,
         groups=iommu_groups(sys_root),
-        mounted=mounted_pci(sys_root, mounts, swaps),
+        mounted=_by_pci_address(held),
+        block_mounts=_by_sys_path(sys_root, held),
+        keyboards=host_keyboards(sys_root),
     )
 
 
@@ -75,7 +88,7 @@ def pci_function(sys_root: Path, address: str) -> PciFunction | None:
         boot_vga=_read(path / "boot_vga").strip() == "1",
         physfn=_link_name(path / "physfn"),
         sriov_totalvfs=_int(path / "sriov_totalvfs"),
-        reset_method=_read(path / "reset_method").strip(),
+        reset_method=_reset_method(path),
     )
 
 
@@ -97,17 +110,43 @@ def mounted_pci(sys_root: Path, mounts: str, swaps: str = "") -> dict[str, str]:
     The first mount wins, "/" before all others. Sources that are no block
     device (tmpfs, overlay, NFS) are skipped.
     """
-    held: dict[str, str] = {}
-    entries = [*_parse_mounts(mounts), *_parse_swaps(swaps)]
-    for entry in sorted(entries, key=lambda e: e.point != "/"):
-        name = _block_name(sys_root, entry)
-        if not name:
+    return _by_pci_address(_held_blocks(sys_root, mounts, swaps))
+
+
+def block_mounts(sys_root: Path, mounts: str, swaps: str = "") -> dict[str, str]:
+    """/sys/devices path of each block device the host uses → what it has mounted from it.
+
+    The same devices and labels as :func:`mounted_pci` (a mounted or
+    swapped-on device and the ones it is built on; first mount wins, "/"
+    first), keyed by where each one sits: a USB device carries every entry
+    whose path lies below its own, so passing a stick, or the hub it hangs
+    off, cannot pull a mounted filesystem (or the disk under a LUKS mapping)
+    from under the host.
+    """
+    return _by_sys_path(sys_root, _held_blocks(sys_root, mounts, swaps))
+
+
+def host_keyboards(sys_root: Path = _SYS) -> dict[str, str]:
+    """/sys/devices path of each of the host's keyboards (``inputN``) → its name.
+
+    A keyboard is what udev's input_id builtin calls one (``ID_INPUT_KEYBOARD``):
+    EV_KEY and all of ESC, the digits and Q to D; a mouse or a power button
+    is none. Virtual devices (uinput, under /sys/devices/virtual) are skipped:
+    no hub or controller can take them away. The name is the device's own
+    (attacker-chosen) ``name``, made safe to show.
+    """
+    devices = _resolved_root(sys_root) / "devices"
+    found: dict[str, str] = {}
+    for entry in sorted(_entries(sys_root / "class" / "input")):
+        if not _INPUT.fullmatch(entry.name):
             continue
-        label = f"{entry.point} ({_display_name(sys_root, name)})"
-        for backing in _backing_devices(sys_root, name, set()):
-            for address in _pci_on_path(sys_root / "class" / "block" / backing):
-                held.setdefault(address, label)
-    return held
+        real = _resolve(entry)
+        if real is None or not real.is_relative_to(devices) or real.is_relative_to(
+                devices / "virtual"):
+            continue
+        if _is_keyboard(real / "capabilities"):
+            found[_sys_path(sys_root, real)] = _safe_text(_read(real / "name"))
+    return found
 
 
 @dataclass(frozen=True)
@@ -140,6 +179,43 @@ def _parse_swaps(text: str) -> Iterator[_Mount]:
 def _unescape(field: str) -> str:
     """The kernel writes space, tab, newline and backslash in mount fields as \\ooo."""
     return _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
+
+
+def _held_blocks(sys_root: Path, mounts: str, swaps: str) -> Iterator[tuple[Path, str]]:
+    """(real /sys/devices path, "mount point (name)") of every block device in use.
+
+    Mounts and swaps in priority order, "/" first, each followed by the
+    devices it is built on; one device may come more than once (the first
+    label is the one to keep). Devices whose link leads nowhere are skipped.
+    """
+    entries = [*_parse_mounts(mounts), *_parse_swaps(swaps)]
+    for entry in sorted(entries, key=lambda e: e.point != "/"):
+        name = _block_name(sys_root, entry)
+        if not name:
+            continue
+        label = f"{entry.point} ({_display_name(sys_root, name)})"
+        for backing in _backing_devices(sys_root, name, set()):
+            real = _resolve(sys_root / "class" / "block" / backing)
+            if real is not None:
+                yield real, label
+
+
+def _by_pci_address(held: Iterable[tuple[Path, str]]) -> dict[str, str]:
+    """Every PCI function on a held device's path (controller, ports above) → first label."""
+    by_address: dict[str, str] = {}
+    for real, label in held:
+        for address in (p for p in real.parts if _PCI_ADDRESS.fullmatch(p)):
+            by_address.setdefault(address, label)
+    return by_address
+
+
+def _by_sys_path(sys_root: Path, held: Iterable[tuple[Path, str]]) -> dict[str, str]:
+    devices = _resolved_root(sys_root) / "devices"
+    by_path: dict[str, str] = {}
+    for real, label in held:
+        if real.is_relative_to(devices):
+            by_path.setdefault(_sys_path(sys_root, real), label)
+    return by_path
 
 
 def _block_name(sys_root: Path, mount: _Mount) -> str:
@@ -183,13 +259,48 @@ def _backing_devices(sys_root: Path, name: str, seen: set[str]) -> Iterator[str]
         yield from _backing_devices(sys_root, slave.name, seen)
 
 
-def _pci_on_path(link: Path) -> list[str]:
-    """Every PCI address on the /sys/devices path a class link resolves to."""
+def _is_keyboard(capabilities: Path) -> bool:
+    """udev's test: EV_KEY, and every key bit 1…31 in the lowest word of ``key``.
+
+    The kernel prints a bitmap as hex longs, most significant first, leading
+    zero words left out: the lowest word is the last one, 32 or 64 bits wide.
+    """
+    ev = _lowest_word(capabilities / "ev")
+    key = _lowest_word(capabilities / "key")
+    return bool((ev >> _EV_KEY) & 1) and (key & _KEYBOARD_KEYS) == _KEYBOARD_KEYS
+
+
+def _lowest_word(path: Path) -> int:
+    words = _read(path).split()
     try:
-        parts = link.resolve(strict=True).parts
+        return int(words[-1], 16) if words else 0
+    except ValueError:
+        return 0
+
+
+def _safe_text(raw: str) -> str:
+    """A device-reported string made safe to keep: no control characters, at most 256.
+
+    The udev adapter does the same to USB strings, so both name a device alike.
+    """
+    return _CONTROL.sub("\ufffd", raw.strip())[:256]
+
+
+def _resolve(link: Path) -> Path | None:
+    """Where a sysfs link really leads, None if nowhere (gone, a loop)."""
+    try:
+        return link.resolve(strict=True)
     except (OSError, RuntimeError):
-        return []
-    return [p for p in parts if _PCI_ADDRESS.fullmatch(p)]
+        return None
+
+
+def _resolved_root(sys_root: Path) -> Path:
+    return _resolve(sys_root) or sys_root.absolute()
+
+
+def _sys_path(sys_root: Path, real: Path) -> str:
+    """``real`` (resolved, under ``sys_root``) as the running system names it: /sys/…"""
+    return str(_SYS / real.relative_to(_resolved_root(sys_root)))
 
 
 def _pci_functions(sys_root: Path) -> Iterator[PciFunction]:
@@ -208,6 +319,23 @@ def _entries(directory: Path) -> list[Path]:
 
 def _has_entries(directory: Path) -> bool:
     return bool(_entries(directory))
+
+
+def _reset_method(function: Path) -> str | None:
+    """The kernel's reset methods ("flr bus"); "" if it has none; None if it cannot say.
+
+    The kernel shows ``reset_method`` (5.15 and later) and ``reset`` (all
+    kernels) only for a function that can be reset, deciding when the
+    function appears; a person may also write ``reset_method`` empty to
+    disable every method. So: ``reset_method`` readable → its text; no
+    ``reset_method`` but a ``reset`` → a kernel before 5.15, None (it can be
+    reset, by a method we cannot name); neither → "" (no reset method at all).
+    """
+    try:
+        return (function / "reset_method").read_text(errors="replace").strip()
+    except OSError:
+        pass
+    return None if (function / "reset").exists() else ""
 
 
 def _read(path: Path) -> str:

@@ -47,6 +47,8 @@ class MessageId(StrEnum):
     ASKED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4e"
     ANSWERED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c4f"
     NOT_ANSWERED = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c50"
+    SLEEP = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c51"
+    RESUME = "5b0e3c6d8f2a4e1b9c7d0a6f3e2b1c52"
 
 
 def watchdog_interval() -> float | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import private_bus
 import pytest
 import testbed
+from logind_mock import MockLogind, allow_logind
 from phyllod_on_bus import Phyllod
 
 
@@ -39,6 +40,21 @@ def real_polkit(system_bus: private_bus.PrivateSystemBus) -> Iterator[private_bu
         pytest.skip(why)
     with private_bus.RealPolkit(system_bus, [private_bus.SHIPPED_POLICY]) as polkit:
         yield polkit
+
+
+@pytest.fixture
+def logind_bus(system_bus: private_bus.PrivateSystemBus) -> private_bus.PrivateSystemBus:
+    """The private system bus, where logind may live."""
+    allow_logind(system_bus)
+    return system_bus
+
+
+@pytest.fixture
+def mock_logind(logind_bus: private_bus.PrivateSystemBus) -> Iterator[MockLogind]:
+    """python-dbusmock's logind (no PrepareForSleep of its own: tests emit it)."""
+    mock = MockLogind(logind_bus).start()
+    yield mock
+    mock.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,14 @@ from pathlib import Path
 import libvirtd
 import pytest
 import testbed
-from bus_fixtures import mock_polkit, phyllod, real_polkit, system_bus  # noqa: F401 (fixtures)
+from bus_fixtures import (  # noqa: F401 (fixtures)
+    logind_bus,
+    mock_logind,
+    mock_polkit,
+    phyllod,
+    real_polkit,
+    system_bus,
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""PCI functions, IOMMU groups and disks in a umockdev testbed, as a real host shows them.
+"""PCI functions, IOMMU groups, disks, USB devices and input devices in a umockdev testbed,
+as a real host shows them.
 
 ``add_device`` makes the devices, their attributes, the /sys/bus and
 /sys/class links, and emits ``add``. What umockdev cannot express is written
@@ -40,7 +41,12 @@ class Fn:
     boot_vga: bool = False
     physfn: str = ""
     sriov_totalvfs: int = 0
-    reset_method: str = ""
+    #: The reset_method attribute; "": present but empty (all disabled by a person).
+    reset_method: str = "flr bus"
+    #: False: no reset method at all (neither reset_method nor reset is shown).
+    resettable: bool = True
+    #: A kernel before 5.15: reset but no reset_method.
+    old_kernel: bool = False
 
 
 def build(tb: UMockdev.Testbed, functions: Sequence[Fn], iommu: bool = True) -> PciTree:
@@ -57,7 +63,7 @@ def build(tb: UMockdev.Testbed, functions: Sequence[Fn], iommu: bool = True) -> 
 
 
 class PciTree:
-    """A testbed's PCI side: functions by address, and where each lives in sysfs."""
+    """A testbed's devices by name (PCI address, USB port or interface), and where each lives."""
 
     def __init__(self, tb: UMockdev.Testbed) -> None:
         self.tb = tb
@@ -86,8 +92,10 @@ class PciTree:
             attrs += ["boot_vga", "1"]
         if fn.sriov_totalvfs:
             attrs += ["sriov_totalvfs", str(fn.sriov_totalvfs)]
-        if fn.reset_method:
-            attrs += ["reset_method", fn.reset_method]
+        if fn.resettable:
+            attrs += ["reset", ""]
+            if not fn.old_kernel:
+                attrs += ["reset_method", fn.reset_method]
         props = ["PCI_CLASS", fn.class_code.lstrip("0").upper(),
                  "PCI_ID", f"{fn.vendor}:{fn.device}".upper(),
                  "PCI_SUBSYS_ID", f"{fn.subsystem_vendor}:{fn.subsystem_device}".upper(),
@@ -119,11 +127,56 @@ class PciTree:
             index = sum(1 for p in pf.iterdir() if p.name.startswith("virtfn"))
             _link(pf / f"virtfn{index}", here)
 
+    def add_usb_bus(self, controller: str, bus: int = 1) -> str:
+        """The root hub ``usbN`` of the USB controller at PCI address ``controller``."""
+        name = f"usb{bus}"
+        self.paths[name] = self.tb.add_device(
+            "usb", name, self.paths[controller],
+            ["busnum", str(bus), "devnum", "1", "bDeviceClass", "09"],
+            ["DEVTYPE", "usb_device", "BUSNUM", f"{bus:03d}", "DEVNUM", "001"])
+        return self.paths[name]
+
+    def add_usb(self, port: str, devnum: int, device_class: str = "00",
+                interface: str = "030101") -> str:
+        """A USB device at ``port`` (``1-2``, ``1-1.4`` behind hub ``1-1``) with one
+        interface ``PORT:1.0`` of class/subclass/protocol ``interface``; returns its path.
+
+        Its hub (root hub or ``1-1``) must exist; both are filed under ``paths``.
+        """
+        bus = int(port.split("-", 1)[0])
+        parent = f"usb{bus}" if "." not in port else port.rsplit(".", 1)[0]
+        self.paths[port] = self.tb.add_device(
+            "usb", port, self.paths[parent],
+            ["busnum", str(bus), "devnum", str(devnum), "bDeviceClass", device_class],
+            ["DEVTYPE", "usb_device", "BUSNUM", f"{bus:03d}", "DEVNUM", f"{devnum:03d}"])
+        self.paths[f"{port}:1.0"] = self.tb.add_device(
+            "usb", f"{port}:1.0", self.paths[port],
+            ["bInterfaceClass", interface[0:2], "bInterfaceSubClass", interface[2:4],
+             "bInterfaceProtocol", interface[4:6]], ["DEVTYPE", "usb_interface"])
+        return self.paths[port]
+
+    def add_input(self, rel: str, name: str, ev: str, key: str, parent: str = "") -> str:
+        """An input device ``inputN`` at ``rel`` below the device named ``parent``
+        (top level, e.g. ``virtual/input/input9``, if none), with its ``eventN`` node.
+
+        ``ev`` and ``key`` are the ``capabilities`` bitmaps as the kernel prints
+        them: hex words, most significant first. ``name`` is written as is.
+        """
+        path = self.tb.add_device("input", rel, self.paths[parent] if parent else None,
+                                  ["name", name + "\n", "capabilities/ev", ev + "\n",
+                                   "capabilities/key", key + "\n"], [])
+        number = rel.rsplit("input", 1)[1]
+        self.tb.add_device("input", f"event{number}", path, ["dev", f"13:{64 + int(number)}"],
+                           ["DEVNAME", f"/dev/input/event{number}"])
+        return path
+
     def add_disk(self, controller: str, below: str, name: str, dev: str) -> str:
-        """A whole disk ``name`` at ``below`` under the controller at PCI address ``controller``.
+        """A whole disk ``name`` at ``below`` under ``controller``, a PCI address or a
+        USB interface (``1-2:1.0``) added here.
 
         ``below`` is the kernel's path from the controller (``nvme/nvme0``,
-        ``ata1/host0/target0:0:0/0:0:0:0/block``); ``dev`` is major:minor.
+        ``ata1/host0/target0:0:0/0:0:0:0/block``, ``host6/target6:0:0/6:0:0:0/block``
+        for a USB stick); ``dev`` is major:minor.
         """
         return self._block(self.paths[controller], f"{below}/{name}", name, dev, "disk")
 

@@ -20,9 +20,12 @@ from phyllod_on_bus import ROOT, Phyllod
 
 pytestmark = pytest.mark.integration
 
+# debounce = 0: a replug in these tests is a new plug at once (test_real_life
+# covers a device that returns within its window).
 ASK_KEYS = """\
 [settings]
 ask_timeout = {timeout}
+debounce = 0
 
 [[rule]]
 name = "keys"

@@ -52,7 +52,7 @@ def test_reports_every_mistake_and_fails(usb_testbed: testbed.UsbTestbed, tmp_pa
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"{bad}:3: rule 'a': unknown match key 'colour' (known: address, class, interface_class, "
-        "manufacturer, port, product, product_name, serial, subsystem, vendor)",
+        "manufacturer, port, port_below, product, product_name, serial, subsystem, vendor)",
         f"{bad}:5: rule 'b': an 'attach' rule needs a target: guest = \"NAME\" or a UUID",
         "policy has 2 error(s)",
     ]

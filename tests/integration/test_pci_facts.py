@@ -217,7 +217,8 @@ def test_odd_sysfs_is_read_without_crashing(tb):
     wifi = tree.real(tree.paths[WIFI.address])
     (wifi / "vendor").write_text("garbage\n")
     (wifi / "reset_method").unlink()
-    (wifi / "reset_method").mkdir()  # unreadable as a file
+    (wifi / "reset_method").mkdir()  # unreadable as a file: as good as absent
+    (wifi / "reset").unlink()
     (wifi / "iommu_group").unlink()
     (wifi / "iommu_group").symlink_to("../../../kernel/iommu_groups/not-a-number")
     block = tree.root / "sys" / "class" / "block"
@@ -228,6 +229,28 @@ def test_odd_sysfs_is_read_without_crashing(tb):
     assert (fn.vendor, fn.reset_method, fn.iommu_group) == ("", "", None)
     assert got.mounted[SATA.address] == "/home (home)"
     assert pci_verdict(WIFI.address, got).blocking[0].risk is Risk.GROUP
+
+
+def test_reset_method_listed_disabled_none_or_unknown(tb):
+    """"flr bus" as the kernel lists it; "" when all were disabled (the file is
+    there, empty) or when the function has no reset at all (the kernel shows
+    neither reset_method nor reset); None when a kernel before 5.15 shows
+    ``reset`` but no ``reset_method``."""
+    port = Fn("0000:00:1c.4", "060400", driver="pcieport", group=5, resettable=False)
+    listed = Fn("0000:04:00.0", "020000", parent=port.address, group=6, reset_method="flr bus")
+    disabled = Fn("0000:04:00.1", "020000", parent=port.address, group=7, reset_method="")
+    none = Fn("0000:04:00.2", "020000", parent=port.address, group=8, resettable=False)
+    old = Fn("0000:04:00.3", "020000", parent=port.address, group=9, old_kernel=True)
+    tree = pci_tree.build(tb, [port, listed, disabled, none, old])
+    assert (tree.real(tree.paths[disabled.address]) / "reset_method").read_text() == ""
+    got = facts(mounts="")
+    assert {a: f.reset_method for a, f in got.functions.items()} == {
+        port.address: "", listed.address: "flr bus", disabled.address: "", none.address: "",
+        old.address: None}
+    for blocked in (disabled, none):
+        assert [f.risk for f in pci_verdict(blocked.address, got).blocking] == [Risk.NO_RESET]
+    assert pci_verdict(listed.address, got).ok
+    assert pci_verdict(old.address, got).ok
 
 
 def test_missing_sysfs_gives_empty_facts(tmp_path):
