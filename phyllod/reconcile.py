@@ -159,7 +159,8 @@ class Attach:
     rule: str  # "" for a manual override
     #: PCI: group mates going to the same guest, to take from their host drivers first.
     prepare: tuple[str, ...] = ()
-    #: Who decided, when it is an answer rather than the rule or an override.
+    #: Who decided, in words, when more than the rule's name is worth saying
+    #: ("by your answer", "by rule 'desk' (behind port 1-2)").
     source: str = ""
     #: USB: reset the device's port first (the rule's ``reset_before_attach``).
     reset: bool = False
@@ -572,7 +573,8 @@ class _Planner:
         if d.iommu_group is not None:
             self.groups_busy.add(d.iommu_group)
         reset = why.reset and d.subsystem is Subsystem.USB
-        self.actions.append(Attach(d.slot, d, name, rule, prepare, why.source, reset))
+        source = why.by if why.source or why.place else ""
+        self.actions.append(Attach(d.slot, d, name, rule, prepare, source, reset))
         return assignment(State.ATTACHING, name, f"attaching to '{name}' {why.by}{warning}")
 
     def _pci_verdict(self, d: Device, target: Guest | None,

@@ -45,7 +45,8 @@ class UsbTestbed:
 
     def plug(self, port: str, devnum: int, vendor: str = "0627", product: str = "0001",
              serial: str = "", manufacturer: str = "QEMU", product_name: str = "QEMU USB Keyboard",
-             interfaces: tuple[str, ...] = ("030101",), with_property: bool = True) -> str:
+             interfaces: tuple[str, ...] = ("030101",), with_property: bool = True,
+             device_class: str = "00") -> str:
         """Add a USB device at ``port`` (emits ``add``); returns its sysfs path.
 
         ``with_property=False`` leaves out ``ID_USB_INTERFACES`` so only the
@@ -56,7 +57,7 @@ class UsbTestbed:
         self._hub(bus)
         parent = self.paths[f"usb{bus}"] if "." not in port else self.paths[port.rsplit(".", 1)[0]]
         attrs = ["idVendor", vendor, "idProduct", product, "busnum", str(bus),
-                 "devnum", str(devnum), "bDeviceClass", "00"]
+                 "devnum", str(devnum), "bDeviceClass", device_class]
         for name, value in (("serial", serial), ("manufacturer", manufacturer),
                             ("product", product_name)):
             if value:
@@ -76,6 +77,18 @@ class UsbTestbed:
                  "bInterfaceProtocol", triple[4:6]], ["DEVTYPE", "usb_interface"])
         return path
 
+    def add_keyboard_input(self, port: str, number: int, name: str = "QEMU USB Keyboard") -> str:
+        """The input device usbhid makes for the keyboard at ``port`` (on its first
+        interface), with the capabilities by which udev calls it a keyboard."""
+        interface = self.paths[f"{port}:1.0"]
+        path = self.tb.add_device(
+            "input", f"input{number}", interface,
+            ["name", name + "\n", "capabilities/ev", "120013\n",
+             "capabilities/key", "1000000000007 ff9f207ac14057ff febeffdfffefffff "
+             "fffffffffffffffe\n"], [])
+        self.paths[f"input{number}"] = path
+        return path
+
     def unplug(self, port: str) -> None:
         """Send ``remove`` (umockdev's remove_device sends none) and remove.
 
@@ -83,7 +96,9 @@ class UsbTestbed:
         parent leaves their /sys/bus symlinks behind and a replug then fails.
         """
         path = self.paths.pop(port)
-        for name in [n for n in self.paths if n.startswith(f"{port}:")]:
+        below = [n for n in self.paths if n.startswith(f"{port}:") or
+                 (n.startswith("input") and self.paths[n].startswith(path + "/"))]
+        for name in sorted(below, key=lambda n: not n.startswith("input")):
             child = self.paths.pop(name)
             self.tb.uevent(child, "remove")
             self.tb.remove_device(child)

@@ -145,7 +145,8 @@ def test_reset_before_attach_is_carried_to_the_attach_and_port_below_is_said():
     p = policy('[[rule]]\nname="desk"\nmatch={port_below="1-2"}\nguest="work"\n'
                'reset_before_attach=true\n')
     plan = reconcile(p, world([d], [guest("work")]))
-    assert plan.actions == (Attach(d.slot, d, "work", "desk", reset=True),)
+    assert plan.actions == (Attach(d.slot, d, "work", "desk", reset=True,
+                                   source="by rule 'desk' (behind port 1-2)"),)
     assert plan.assignments[d.id].reason == ("attaching to 'work' by rule 'desk' "
                                              "(behind port 1-2)")
 

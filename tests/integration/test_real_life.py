@@ -1,0 +1,154 @@
+"""Real life, daemon level: the host's sleep, vanishing devices, hubs, host keyboards.
+
+The real daemon on a private system bus with python-dbusmock's logind, over
+umockdev devices and libvirt's test driver (which refuses every attach, so
+an attempt shows as a refusal naming the guest; the lab shows devices in a
+real guest). logind's PrepareForSleep is emitted through the mock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from phyllod_on_bus import Phyllod
+
+pytestmark = pytest.mark.integration
+
+LOGIND = ("org.freedesktop.login1", "/org/freedesktop/login1")
+HELD = ["sleep", "phyllod", "Detach passed-through USB devices before sleep", "delay"]
+
+
+def _wait(what, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def _inhibitors(phyllod: Phyllod) -> list[list]:
+    r = phyllod.busctl("--json=short", "call", *LOGIND, "org.freedesktop.login1.Manager",
+                       "ListInhibitors")
+    assert r.returncode == 0, r.stderr
+    return [i[:4] for i in json.loads(r.stdout)["data"][0]]
+
+
+def _prepare_for_sleep(phyllod: Phyllod, going: bool) -> None:
+    r = phyllod.busctl("call", *LOGIND, "org.freedesktop.DBus.Mock", "EmitSignal", "sssav",
+                       "org.freedesktop.login1.Manager", "PrepareForSleep", "b", "1", "b",
+                       "true" if going else "false")
+    assert r.returncode == 0, r.stderr
+
+
+def test_sleep_holds_the_inhibitor_and_resume_attaches_again(phyllod: Phyllod, mock_logind):
+    (phyllod.policy_dir / "10.toml").write_text(
+        '[[rule]]\nname = "kbd"\nmatch = { vendor = "0627" }\nguest = "test"\n\n'
+        '[[rule]]\nname = "nic"\nmatch = { vendor = "8086" }\nguest = "test"\n'
+        'on_sleep = "keep"\n')
+    phyllod.start()
+    assert phyllod.proc is not None
+    assert _wait(lambda: _inhibitors(phyllod) == [HELD]), _inhibitors(phyllod)
+    _wait(lambda: phyllod.show("usb:1-2")["State"] == "failed")
+    start = phyllod.proc.mark()
+
+    _prepare_for_sleep(phyllod, True)
+    phyllod.proc.wait_line("the host is going to sleep", start)
+    # Nothing of phyllod's is in a guest (the test driver refused): nothing to
+    # wait for, the inhibitor is given back at once.
+    phyllod.proc.wait_line("ready for sleep", start)
+    assert _wait(lambda: _inhibitors(phyllod) == []), _inhibitors(phyllod)
+    shown = phyllod.show("usb:1-2")
+    assert (shown["State"], shown["Guest"]) == ("sleeping", "test")
+    assert shown["Reason"] == "detached for sleep, waiting for the host to resume"
+    explained = phyllod.ctl("explain", "usb:1-2").stdout
+    assert "on the host while it sleeps; goes back to 'test' after resume" in explained
+
+    _prepare_for_sleep(phyllod, False)
+    phyllod.proc.wait_line("the host resumed; attaching devices again in 2.0s", start)
+    assert _wait(lambda: _inhibitors(phyllod) == [HELD]), "taken again for the next sleep"
+    shown = phyllod.show("usb:1-2")
+    assert shown["State"] == "sleeping" and shown["Reason"].startswith("back from sleep")
+    # After the settle window each device is attached again on its own.
+    phyllod.proc.wait_line("attaching usb:1-2", start, timeout=10)
+    assert _wait(lambda: phyllod.show("usb:1-2")["State"] == "failed")
+
+
+def test_without_logind_phyllod_runs_on(phyllod: Phyllod):
+    phyllod.start()
+    assert phyllod.proc is not None
+    phyllod.proc.wait_line("no delay inhibitor from logind")
+    assert phyllod.show("usb:1-2")["State"] == "host"
+
+
+def test_a_device_back_within_its_window_is_the_same_plug(phyllod: Phyllod):
+    """An answer is per plug; a device that vanishes and returns in time keeps it."""
+    (phyllod.policy_dir / "10.toml").write_text(
+        '[settings]\ndebounce = 3\n\n[[rule]]\nname = "keys"\nmatch = { vendor = "1050" }\n'
+        'action = "ask"\n')
+    phyllod.start()
+    assert phyllod.proc is not None
+    phyllod.tb.plug("1-3", devnum=7, vendor="1050", product="0407", serial="K1")
+    requests = _wait(lambda: json.loads(phyllod.ctl("--json", "requests").stdout))
+    assert phyllod.ctl("answer", str(requests[0]["Id"]), "--host").returncode == 0
+    start = phyllod.proc.mark()
+
+    phyllod.tb.unplug("1-3")
+    phyllod.proc.wait_line("vanished; waiting 3.0s for it to return", start)
+    shown = phyllod.show("usb:1-3")
+    assert shown["Reason"].startswith("vanished from the host; waiting")
+    phyllod.tb.plug("1-3", devnum=8, vendor="1050", product="0407", serial="K1")
+    phyllod.proc.wait_line("returned (bus 1 device 8)", start)
+    assert _wait(lambda: phyllod.show("usb:1-3")["Reason"] == "kept on the host by your answer")
+    assert json.loads(phyllod.ctl("--json", "requests").stdout) == [], "not asked again"
+    assert "unplugged" not in phyllod.proc.log()[start:]
+
+    # Gone for longer than the window: unplugged, and a new plug is asked about.
+    phyllod.tb.unplug("1-3")
+    phyllod.proc.wait_line("unplugged [device=usb:1-3]", start, timeout=10)
+    assert phyllod.ctl("show", "usb:1-3").returncode == 3
+    phyllod.tb.plug("1-3", devnum=9, vendor="1050", product="0407", serial="K1")
+    assert _wait(lambda: json.loads(phyllod.ctl("--json", "requests").stdout))
+
+
+def test_port_below_takes_what_is_behind_a_hub_but_never_the_hub(phyllod: Phyllod):
+    (phyllod.policy_dir / "10.toml").write_text(
+        '[[rule]]\nname = "desk"\nmatch = { port_below = "1-4" }\nguest = "test"\n')
+    phyllod.start()
+    assert phyllod.proc is not None
+    phyllod.tb.plug("1-4", devnum=10, vendor="05e3", product="0610", device_class="09",
+                    product_name="USB2.0 Hub", interfaces=("090000",))
+    phyllod.tb.plug("1-4.1", devnum=11)
+    phyllod.tb.plug("1-4.1.2", devnum=12, vendor="1050", product="0407")
+    phyllod.proc.wait_line("attaching usb:1-4.1 ")
+    phyllod.proc.wait_line("attaching usb:1-4.1.2 ")
+    phyllod.proc.wait_line("by rule 'desk' (behind port 1-4)")
+    hub = phyllod.show("usb:1-4")
+    assert (hub["State"], hub["Rule"]) == ("host", ""), hub
+    assert phyllod.show("usb:1-2")["State"] == "host", "1-2 is not below 1-4"
+
+
+def test_a_hub_carrying_the_only_keyboard_is_refused_and_says_which(phyllod: Phyllod):
+    phyllod.tb.unplug("1-2")
+    phyllod.tb.plug("1-4", devnum=10, vendor="05e3", product="0610", device_class="09",
+                    product_name="USB2.0 Hub", interfaces=("090000",))
+    phyllod.tb.plug("1-4.1", devnum=11)
+    phyllod.tb.add_keyboard_input("1-4.1", 5)
+    (phyllod.policy_dir / "10.toml").write_text(
+        '[[rule]]\nname = "hub"\nmatch = { port = "1-4" }\nguest = "test"\n')
+    phyllod.start()
+    hub = phyllod.show("usb:1-4")
+    assert hub["State"] == "denied", hub
+    assert hub["Reason"] == (
+        "not safe to pass: usb:1-4 (a hub) carries the host's only keyboard, QEMU USB Keyboard "
+        '(usb:1-4.1) (a rule may accept it with allow_risks = ["host-keyboard"])')
+
+    (phyllod.policy_dir / "10.toml").write_text(
+        '[[rule]]\nname = "hub"\nmatch = { port = "1-4" }\nguest = "test"\n'
+        'allow_risks = ["host-keyboard"]\n')
+    assert phyllod.ctl("reload").returncode == 0
+    hub = _wait(lambda: (h := phyllod.show("usb:1-4"))["State"] == "failed" and h)
+    assert hub["Guest"] == "test" and "not supported" in hub["Reason"], \
+        "accepted: the attach was tried (and refused by the test driver)"
