@@ -546,6 +546,8 @@ class Daemon:
     def _seen(self, event: DeviceSeen) -> None:
         d = event.device
         previous = self.devices.get(d.id)
+        if event.host_driver:
+            self._taken_back(d, event.host_driver)
         returned = d.id in self.vanished
         self._stop_waiting(d.id)
         self.devices[d.id] = d
@@ -561,6 +563,17 @@ class Daemon:
             self.failures.pop(d.slot, None)
             log.info("%s plugged in (udev %s)", d.describe(), event.action,
                      **_fields(device=d.id, event=MessageId.DEVICE_ADDED))
+
+    def _taken_back(self, d: Device, driver: str) -> None:
+        """A host driver bound to a device a guest holds: the guest lost it (a reset or
+        re-authorization on the host). Detach its hostdev and attach it again."""
+        a = self.assignments.get(d.id)
+        if a is None or a.state is not State.ATTACHED or d.slot in self.inflight:
+            return  # bound during our own attach or detach: expected
+        self.broken.add(d.slot)
+        log.warning("%s: the host's %s took it back while in '%s' (a reset on the host?); "
+                    "attaching it again", d.describe(), driver, a.guest,
+                    **_fields(device=d.id, guest=a.guest))
 
     # ------------------------------------------------------------ sleep
 
@@ -704,6 +717,9 @@ class Daemon:
                 self._spawn(self._detach(action))
         if plan.wake_at is not None:
             self._wake = loop.call_at(plan.wake_at, self._kick)
+        # A lost device stays marked while its detach runs or backs off; one
+        # held outside phyllod is not ours to move.
+        self.broken = {s for s in self.broken if s in self.inflight or s in self.failures}
 
     # ------------------------------------------------------------ ask mode
 

@@ -593,11 +593,14 @@ class _Planner:
 
     def stale(self) -> None:
         """Remove hostdevs phyllod placed for devices that are gone."""
+        present = {d.slot for d in self.world.devices.values()}
         for h in self.index.stale:
             slot = h.hostdev.slot
             if slot in self.world.inflight:
                 continue
-            self._detach(slot, h, "the device is gone")
+            why = ("it came back with a new device number; removing the old one"
+                   if slot in present else "the device is gone")
+            self._detach(slot, h, why)
 
 
 def _asking(label: str, candidates: tuple[str, ...]) -> str:

@@ -106,6 +106,13 @@ def pci_device(dev: pyudev.Device) -> Device:
     )
 
 
+def _addressable(dev: pyudev.Device) -> bool:
+    """Not in the middle of a reset: during one the kernel reports device number 0
+    (a ``change`` with DEVNUM=000, then one with the number back), which no
+    hostdev can name."""
+    return _int(_attr(dev, "devnum") or dev.properties.get("DEVNUM", "0")) != 0
+
+
 def is_usb_device(dev: pyudev.Device) -> bool:
     """A real USB device (not an interface, not a root hub)."""
     return (dev.subsystem == "usb" and dev.properties.get("DEVTYPE") == "usb_device"
@@ -134,10 +141,16 @@ def usb_device(dev: pyudev.Device) -> Device:
 
 @dataclass(frozen=True, slots=True)
 class DeviceSeen:
-    """A device appeared or changed (interfaces bound, attributes readable)."""
+    """A device appeared or changed (interfaces bound, attributes readable).
+
+    ``host_driver`` names the host driver just bound to one of its interfaces
+    (``usbhid``): for a device a guest holds, the host took it back (a reset
+    or a re-authorization on the host), so the guest lost it.
+    """
 
     device: Device
     action: str
+    host_driver: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,14 +233,16 @@ class UdevWatcher:
             if action not in ("add", "bind", "change"):
                 return None
             parent = dev.find_parent("usb", "usb_device")
-            if parent is None or not is_usb_device(parent):
+            if parent is None or not is_usb_device(parent) or not _addressable(parent):
                 return None
-            return DeviceSeen(usb_device(parent), "change")
+            driver = (dev.driver or "") if action == "bind" else ""
+            return DeviceSeen(usb_device(parent), "change",
+                              driver if driver not in ("", "usbfs") else "")
         if devtype != "usb_device" or dev.sys_name.startswith("usb"):
             return None
         if action == "remove":
             return DeviceGone(f"{Subsystem.USB}:{dev.sys_name}")
-        if action == "unbind":
+        if action == "unbind" or not _addressable(dev):
             return None
         return DeviceSeen(usb_device(dev), action)
 

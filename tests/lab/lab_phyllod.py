@@ -44,10 +44,12 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0,
         time.sleep(interval)
 
 
-def keyboard_alias(lab: Any, port: int) -> str:
-    """The alias phyllod gives the device now in L1's port 1-``port``."""
-    devnum = wait_until(f"1-{port} in L1's sysfs", lambda: _read(lab, f"1-{port}/devnum"))
-    return f"ua-phyllod-usb1-{port}-{int(devnum)}"
+def keyboard_alias(lab: Any, port: int | str, bus: int = 1) -> str:
+    """The alias phyllod gives the device now in L1's port ``bus``-``port`` (``3.1``
+    is port 1 of the hub in port 3)."""
+    name = f"{bus}-{port}"
+    devnum = wait_until(f"{name} in L1's sysfs", lambda: _read(lab, f"{name}/devnum"))
+    return f"ua-phyllod-usb{name.replace('.', '_')}-{int(devnum)}"
 
 
 def _read(lab: Any, attr: str) -> str:

@@ -137,3 +137,34 @@ guest = "{L2_LINUX}"
     wait_l1_driver(lab, address, "vfio-pci", timeout=120)
     wait_until("the keyboard in L2, behind its own xHCI",
                lambda: "0627:0001" in l2_usb_view(lab), 180, 1)
+
+
+def test_a_function_without_a_reset_method_is_refused_unless_accepted(pci_lab: LabPhyllod):
+    lab = pci_lab.lab
+    address = plug(pci_lab, "nic3", "e1000e", "rp3")
+    wait_l1_driver(lab, address, "e1000e")
+    reset_method = f"/sys/bus/pci/devices/{address}/reset_method"
+    assert pci_lab.sh(f"cat {reset_method}").strip(), "QEMU's e1000e can be reset"
+    # Writing it empty disables every reset method (the kernel logs it): the
+    # state of a device no reset clears, as on hardware with FLR errata.
+    pci_lab.sh(f"echo > {reset_method}")
+    try:
+        pci_lab.start(NIC_TO_L2)
+        shown = show(pci_lab, f"pci:{address}")
+        assert shown["State"] == "denied", shown
+        assert f"{address} has no reset method" in shown["Reason"]
+        assert 'allow_risks = ["no-reset"]' in shown["Reason"]
+        assert "no reset method" in pci_lab.ctl(f"explain pci:{address}")[1]
+        assert l1_driver(lab, address) == "e1000e", "nothing moved"
+
+        # A rule accepting that risk by name: attached, the warning kept in the reason.
+        pci_lab.lab.write_file("/etc/phyllod/policy.d/10-lab.toml",
+                               NIC_TO_L2 + 'allow_risks = ["no-reset"]\n')
+        pci_lab.ctl("reload")
+        wait_l1_driver(lab, address, "vfio-pci", timeout=120)
+        pci_lab.wait_journal(rf"attached pci:{address} to {L2_LINUX}", timeout=120)
+        shown = show(pci_lab, f"pci:{address}")
+        assert shown["State"] == "attached"
+        assert "security warning" in shown["Reason"] and "no reset method" in shown["Reason"]
+    finally:
+        pci_lab.sh(f"echo default > {reset_method}")

@@ -122,16 +122,6 @@ def test_a_vanished_device_moves_nothing_until_its_window_ends():
     assert plan.actions == () and plan.assignments[d.id].state is State.HOST
 
 
-def test_a_returned_device_with_new_numbers_is_one_detach_then_one_attach():
-    old, new = usb(devnum=5), usb(devnum=9)
-    g = guest("work", hostdevs=(held(old),))
-    plan = reconcile(KBD, world([new], [g]))
-    assert plan.actions == (Detach(old.slot, "work", held(old), "the device is gone"),)
-    assert plan.assignments[new.id].state is State.PENDING
-    plan = reconcile(KBD, world([new], [guest("work")]))
-    assert plan.actions == (Attach(new.slot, new, "work", "kbd"),)
-
-
 def test_a_device_its_guest_lost_is_detached_to_be_attached_again():
     d = usb()
     plan = reconcile(KBD, world([d], [guest("work", hostdevs=(held(d),))],

@@ -84,7 +84,8 @@ def test_replug_removes_the_old_enumeration_first_then_attaches():
     old, new = usb(devnum=5), usb(devnum=9)
     g = guest("work", hostdevs=(held(old),))
     plan = reconcile(KBD_TO_WORK, world([new], [g]))
-    assert plan.actions == (Detach(old.slot, "work", held(old), "the device is gone"),)
+    assert plan.actions == (Detach(old.slot, "work", held(old), "it came back with a new "
+                                   "device number; removing the old one"),)
     assert plan.assignments[new.id].state is State.PENDING
     plan = reconcile(KBD_TO_WORK, world([new], [guest("work")]))
     assert plan.actions == (Attach(new.slot, new, "work", "kbd"),)
