@@ -110,7 +110,8 @@ def _addressable(dev: pyudev.Device) -> bool:
     """Not in the middle of a reset: during one the kernel reports device number 0
     (a ``change`` with DEVNUM=000, then one with the number back), which no
     hostdev can name."""
-    return _int(_attr(dev, "devnum") or dev.properties.get("DEVNUM", "0")) != 0
+    # The event's own DEVNUM first: sysfs may already show the number back.
+    return _int(dev.properties.get("DEVNUM", "") or _attr(dev, "devnum") or "0") != 0
 
 
 def is_usb_device(dev: pyudev.Device) -> bool:

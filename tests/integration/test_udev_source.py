@@ -83,3 +83,37 @@ async def test_interfaces_arriving_after_the_device_complete_its_identity():
         assert second.device.interface_classes == ("e00101",)
     finally:
         watcher.stop()
+
+
+async def test_a_host_driver_binding_an_interface_is_reported_and_number_0_is_skipped():
+    """A bind of a host driver (usbhid) is what a guest losing its device looks like
+    from the host; during a port reset the kernel reports device number 0."""
+    tb = testbed.UsbTestbed()
+    tb.plug("1-2", devnum=4)
+    queue: asyncio.Queue[UdevEvent] = asyncio.Queue()
+    watcher = UdevWatcher(queue.put_nowait)
+    watcher.start(asyncio.get_running_loop())
+    try:
+        interface = tb.paths["1-2:1.0"]
+        tb.tb.set_property(interface, "DRIVER", "usbhid")
+        tb.tb.uevent(interface, "bind")
+        event = await next_event(queue)
+        assert isinstance(event, DeviceSeen) and event.device.id == "usb:1-2"
+        assert event.host_driver == "usbhid"
+        tb.tb.set_property(interface, "DRIVER", "usbfs")
+        tb.tb.uevent(interface, "bind")
+        event = await next_event(queue)
+        assert isinstance(event, DeviceSeen) and event.host_driver == "", "usbfs is a guest's"
+
+        device = tb.paths["1-2"]
+        tb.tb.set_attribute(device, "devnum", "0")
+        tb.tb.set_property(device, "DEVNUM", "000")
+        tb.tb.uevent(device, "change")
+        tb.tb.set_attribute(device, "devnum", "4")
+        tb.tb.set_property(device, "DEVNUM", "004")
+        tb.tb.uevent(device, "change")
+        event = await next_event(queue)
+        assert isinstance(event, DeviceSeen) and event.device.devnum == 4
+        assert queue.empty(), "the change with device number 0 was skipped"
+    finally:
+        watcher.stop()

@@ -191,7 +191,8 @@ class LabPhyllod:
         """Leave L1 and L2 as the next test expects: no phyllod, no devices, L2 running."""
         self.stop()
         self.lab.run("rm -f /var/lib/phyllod/overrides.json /var/lib/phyllod/answers.json")
-        for qdev_id in list(self.plugged):
+        # Newest first: a device behind a hub goes before the hub (which takes it along).
+        for qdev_id in reversed(list(self.plugged)):
             self.unplug(qdev_id)
         if "running" not in self.virsh(f"domstate {L2}"):
             self.virsh(f"start {L2}")
