@@ -527,6 +527,11 @@ class _JsonSocket:
         return line
 
 
+#: Where L1 mounts the checkout (virtio-9p), and the driver behind it.
+SHARE = "/opt/phyllod"
+_9P_DRIVER = "/sys/bus/virtio/drivers/9pnet_virtio"
+
+
 class Lab:
     """L1 running under QEMU/TCG, driven over QMP (as its hardware) and qemu-ga (as root in it).
 
@@ -861,6 +866,33 @@ class Lab:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"L1: {what} not reached within {timeout:.0f} s")
             time.sleep(0.3)
+
+    def suspend_resume(self, asleep: float = 2.0) -> None:
+        """A real S3 of L1 (``systemctl suspend``), woken by QMP ``system_wakeup``.
+
+        QEMU's wakeup from S3 resets every device, and Linux's 9pnet_virtio
+        has no freeze/restore: a share mounted across it is left without a
+        virtqueue and any later access blocks for good (D state, immune to
+        SIGKILL). So the checkout's share is unmounted and its driver unbound
+        first, bound and mounted again after.
+        """
+        dev = self.check(f"basename $(readlink -f {_9P_DRIVER}/virtio*)").strip()
+        self.check(f"umount {SHARE} && echo {dev} > {_9P_DRIVER}/unbind")
+        try:
+            # QEMU 7.2's ICH9 loses its ACPI PM base on resume; without it a
+            # later suspend only pretends (the kernel goes through S3, QEMU never sleeps).
+            self.check("setpci -s 00:1f.0 40.l=0x601 44.b=0x80")
+            self.check("systemd-run --no-block systemctl suspend")
+            self.wait_for(lambda: self.qmp("query-status")["status"] == "suspended", 60,
+                          "L1 suspended")
+            time.sleep(asleep)
+            self.qmp("system_wakeup")
+            self.wait_for(lambda: self.qmp("query-status")["status"] == "running", 60,
+                          "L1 running again")
+        finally:
+            if self.qmp("query-status")["status"] == "suspended":
+                self.qmp("system_wakeup")
+            self.check(f"echo {dev} > {_9P_DRIVER}/bind && mount {SHARE}", timeout=60)
 
     # -- in-L1 helpers -----------------------------------------------------
 
