@@ -22,13 +22,17 @@ from phyllod.model import Device, Subsystem
 
 log = logging.getLogger(__name__)
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0/C1 controls, bidi controls (they reorder the rest of a log or terminal line)
+# and the line/paragraph separators that str.splitlines and log viewers break on.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029"
+                      r"\u2066-\u2069]")
 
 
 def _text(raw: bytes | str | None) -> str:
     """A device-reported string made safe to keep: decoded, no control characters.
 
-    What a USB device says about itself (serial, names) is attacker-chosen.
+    What a USB device says about itself (serial, names) is attacker-chosen; it
+    reaches logs, check-policy and D-Bus clients (the applet) without escaping.
     """
     if raw is None:
         return ""
