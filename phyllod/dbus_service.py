@@ -34,6 +34,7 @@ from phyllod import (
     errors,
     polkit,
 )
+from phyllod.dbus_strings import guard_writer
 from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, Request, State
 from phyllod.pci_safety import TableRow
 
@@ -278,13 +279,48 @@ def _manager_values(s: Snapshot) -> dict[str, Any]:
 # ------------------------------------------------------------ the bus connection
 
 
+class _SendSocket:
+    """The bus socket as dbus-fast's writer sees it: a full send buffer is no error.
+
+    dbus-fast's writer (1.84 to 5.x, like dbus-next before it, whose issue
+    #153 is still open) takes EAGAIN from ``send`` at a message boundary for a
+    broken connection and drops it. A burst of signals larger than the
+    socket's buffer (hundreds of devices at start, a storm of udev events)
+    did exactly that: phyllod fell off the bus, or hung before READY=1.
+    Sending nothing instead makes the writer wait until the socket is
+    writable, as it does after a partial send. (``sendmsg``, used only for
+    messages carrying fds, which phyllod never sends, is left as it is.)
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def send(self, data: Any) -> int:
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class _Bus(MessageBus):
-    """dbus-fast's bus, with ObjectManager signals sent from the manager's path.
+    """dbus-fast's bus, with ObjectManager signals sent from the manager's path,
+    and a writer that survives a full socket buffer (:class:`_SendSocket`).
 
     dbus-fast emits ``InterfacesAdded``/``Removed`` from the new object's own
     path; the specification, sd-bus, GDBus and ``GDBusObjectManagerClient``
     (what desktop applets use) expect them from the ObjectManager object.
     """
+
+    async def connect(self) -> "_Bus":
+        await super().connect()
+        writer = self._writer  # made in __init__ (1.84) or connect (5.x)
+        if not isinstance(writer.sock, _SendSocket):
+            writer.sock = _SendSocket(writer.sock)
+        guard_writer(writer)  # dbus-fast 1.84: non-ASCII strings sent escaped
+        return self
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected or path == ROOT or not isinstance(interface, _Published):
@@ -410,9 +446,13 @@ class BusService:
         log.info("on the %s bus as %s", self.address, BUS_NAME)
 
     async def _watch(self, bus: _Bus) -> None:
-        await bus.wait_for_disconnect()
+        why = ""
+        try:
+            await bus.wait_for_disconnect()
+        except Exception as e:  # a connection that broke raises what broke it
+            why = f" ({str(e) or type(e).__name__})"
         if not self._closing:
-            log.error("lost the connection to the %s bus", self.address)
+            log.error("lost the connection to the %s bus%s", self.address, why)
             self._on_lost()
 
     def close(self) -> None:
@@ -522,15 +562,25 @@ class BusService:
                                       else REQUEST if msg.path in self._requests else DEVICE)
         mutation = MUTATIONS.get((interface, msg.member or ""))
         if mutation is None or msg.signature != mutation.signature:
-            return False  # a read, or wrong arguments: dbus-fast answers
+            return self._unanswered(msg)  # a read, or wrong arguments: dbus-fast answers
         exported = (msg.path == ROOT if interface == MANAGER
                     # A request that just went away gets NoSuchRequest, not UnknownObject.
                     else msg.path.startswith(f"{ROOT}/requests/") if interface == REQUEST
                     else msg.path in self._devices)
         if not exported:
-            return False  # unknown object: dbus-fast answers
+            return self._unanswered(msg)  # unknown object: dbus-fast answers
         self._spawn(self._serve(msg, mutation))
         return True
+
+    @staticmethod
+    def _unanswered(msg: Message) -> bool:
+        """Drop a call the gate does not serve when its caller waits for no reply.
+
+        Such calls only read, so dropping them loses nothing; passed on, each one
+        that fails made dbus-fast log "Unexpected error processing message" and a
+        traceback at ERROR: any client could fill the journal with them.
+        """
+        return bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED)
 
     async def _serve(self, msg: Message, mutation: _Mutation) -> None:
         assert self.bus is not None and self.authority is not None

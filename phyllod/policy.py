@@ -11,6 +11,7 @@ refused as a whole and the previous policy kept.
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -248,6 +249,15 @@ class _Locator:
         return 0
 
 
+def _shown(value: Any) -> str:
+    """``value`` for a message, cut short; a huge TOML integer has no decimal repr at all."""
+    try:
+        text = repr(value)
+    except ValueError:  # int()'s limit on a number's digits
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _normalize_pci_address(value: str) -> str | None:
     m = _PCI_ADDR.match(value)
     if not m:
@@ -351,7 +361,7 @@ def _parse_rule(
         action = Action(action_raw)
     except (ValueError, TypeError):
         allowed = ", ".join(a.value for a in Action)
-        bad("action", f"action must be one of {allowed}, not {action_raw!r}")
+        bad("action", f"action must be one of {allowed}, not {_shown(action_raw)}")
         action = None
     guest = raw.get("guest", "")
     candidates: tuple[str, ...] = ()
@@ -388,15 +398,16 @@ def _parse_rule(
         try:
             on_sleep = OnSleep(on_sleep_raw)
         except (ValueError, TypeError):
-            bad("on_sleep", f"on_sleep must be 'detach' or 'keep', not {on_sleep_raw!r}")
+            bad("on_sleep", f"on_sleep must be 'detach' or 'keep', not {_shown(on_sleep_raw)}")
     debounce = raw.get("debounce")
     if debounce is not None and not _seconds(debounce, MAX_DEBOUNCE):
         bad("debounce", f"debounce must be a number of seconds from 0 to {MAX_DEBOUNCE:g}, "
-                        f"not {debounce!r}")
+                        f"not {_shown(debounce)}")
         debounce = None
     reset = raw.get("reset_before_attach", False)
     if not isinstance(reset, bool):
-        bad("reset_before_attach", f"reset_before_attach must be true or false, not {reset!r}")
+        bad("reset_before_attach",
+            f"reset_before_attach must be true or false, not {_shown(reset)}")
     elif reset and match is not None and (match.subsystem == Subsystem.PCI or match.address):
         bad("reset_before_attach", "reset_before_attach is for USB devices (libvirt resets "
                                    "PCI functions itself)")
@@ -434,16 +445,16 @@ def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any],
             try:
                 values[key] = Unmatched(value)
             except (ValueError, TypeError):
-                bad(key, f"unmatched must be 'host' or 'ask', not {value!r}")
+                bad(key, f"unmatched must be 'host' or 'ask', not {_shown(value)}")
         elif key == "debounce":
             if _seconds(value, MAX_DEBOUNCE):
                 values[key] = float(value)
             else:
                 bad(key, f"debounce must be a number of seconds from 0 to {MAX_DEBOUNCE:g}, "
-                         f"not {value!r}")
+                         f"not {_shown(value)}")
         elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
             bad(key, f"ask_timeout must be a whole number of seconds from 1 to 3600, "
-                     f"not {value!r}")
+                     f"not {_shown(value)}")
         else:
             values[key] = value
     return values, problems
@@ -466,6 +477,13 @@ def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]
         m = re.search(r"\(at line (\d+), column \d+\)", str(e))
         line = int(m.group(1)) if m else 0
         return FileContent((), {}), [Problem(file, line, f"TOML syntax error: {e}")]
+    # tomllib lets these two out as they are: it recurses once per nested array or
+    # inline table, and int() refuses a number of more than 4300 digits.
+    except RecursionError:
+        return FileContent((), {}), [Problem(file, 0, "TOML arrays or tables nested too deeply")]
+    except ValueError:
+        return FileContent((), {}), [Problem(file, 0, "a number too long to read "
+                                             f"(more than {sys.get_int_max_str_digits()} digits)")]
     loc = _Locator(text)
     problems: list[Problem] = []
     for key in data:
@@ -488,7 +506,10 @@ def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]
         problems += rule_problems
         if rule is not None:
             rules.append(rule)
-    return FileContent(tuple(rules), settings, loc.top_key_line("settings")), problems
+    # Whether the file has a [settings] table is tomllib's to say (the name may be
+    # quoted); the locator only finds its line.
+    settings_line = max(loc.top_key_line("settings"), 1) if "settings" in data else 0
+    return FileContent(tuple(rules), settings, settings_line), problems
 
 
 def policy_files(directory: Path) -> list[Path]:
