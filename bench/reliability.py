@@ -56,7 +56,8 @@ def _outcomes(junit: Path) -> dict[str, tuple[str, float]]:
 
 
 def _figures(figures: dict) -> str:
-    return ", ".join(f"{k.replace('_', ' ')}: {_number(v)}" for k, v in figures.items())
+    text = ", ".join(f"{k.replace('_', ' ')}: {_number(v)}" for k, v in figures.items())
+    return text.replace("|", "\\|")  # a figure's own "|" must not split the table's cell
 
 
 def _number(value: object) -> str:
