@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import private_bus
 import testbed
@@ -83,3 +86,13 @@ class Phyllod:
         r = self.ctl("--json", "show", device)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
+
+
+def poll(what: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """``what()`` until it is truthy or ``timeout`` passed; its last value either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)

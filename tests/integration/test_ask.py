@@ -16,7 +16,7 @@ import time
 
 import pytest
 from daemon_process import child_env
-from phyllod_on_bus import ROOT, Phyllod
+from phyllod_on_bus import ROOT, Phyllod, poll
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +51,6 @@ def _requests(phyllod: Phyllod) -> list[dict]:
     return json.loads(r.stdout)
 
 
-def _wait(what, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
-
-
 def _plug_key(phyllod: Phyllod, devnum: int = 7) -> None:
     phyllod.tb.plug("1-3", devnum=devnum, vendor="1050", product="0407", serial="K1",
                     manufacturer="Yubico", product_name="YubiKey OTP+FIDO+CCID",
@@ -75,7 +66,7 @@ def test_inserted_device_is_asked_and_the_answer_decides(phyllod: Phyllod):
     assert kbd["State"] == "host" and "present at start" in kbd["Reason"]
 
     _plug_key(phyllod)
-    (request,) = _wait(lambda: _requests(phyllod))
+    (request,) = poll(lambda: _requests(phyllod))
     assert request["DeviceId"] == "usb:1-3" and request["Candidates"] == ["test"]
     assert request["Rule"] == "keys" and "Yubico" in request["Description"]
     assert 55e6 < request["Deadline"] - time.time() * 1e6 <= 60e6
@@ -110,7 +101,7 @@ def test_remember_survives_replug_and_restart_until_forgotten(phyllod: Phyllod):
     (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=60))
     phyllod.start()
     _plug_key(phyllod)
-    (request,) = _wait(lambda: _requests(phyllod))
+    (request,) = poll(lambda: _requests(phyllod))
     r = phyllod.ctl("answer", str(request["Id"]), "--host", "--remember")
     assert r.returncode == 0, r.stderr
     shown = phyllod.show("usb:1-3")
@@ -124,7 +115,7 @@ def test_remember_survives_replug_and_restart_until_forgotten(phyllod: Phyllod):
     # Replugged (new device number): not asked again, the remembered answer applies.
     phyllod.tb.unplug("1-3")
     _plug_key(phyllod, devnum=8)
-    assert _wait(lambda: phyllod.show("usb:1-3")["DeviceNumber"] == 8)
+    assert poll(lambda: phyllod.show("usb:1-3")["DeviceNumber"] == 8)
     time.sleep(0.5)
     assert _requests(phyllod) == []
     assert phyllod.show("usb:1-3")["Reason"] == "kept on the host by a remembered answer"
@@ -141,29 +132,29 @@ def test_remember_survives_replug_and_restart_until_forgotten(phyllod: Phyllod):
     assert phyllod.show("usb:1-3")["Remembered"] is False
     phyllod.tb.unplug("1-3")
     _plug_key(phyllod, devnum=9)
-    assert _wait(lambda: _requests(phyllod))
+    assert poll(lambda: _requests(phyllod))
 
 
 def test_deadline_unplug_and_deny(phyllod: Phyllod):
     (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=2))
     phyllod.start()
     _plug_key(phyllod)
-    assert _wait(lambda: _requests(phyllod))
+    assert poll(lambda: _requests(phyllod))
     # No answer: after the deadline the request is gone and the device stays home.
-    assert _wait(lambda: not _requests(phyllod), timeout=10)
+    assert poll(lambda: not _requests(phyllod), timeout=10)
     shown = phyllod.show("usb:1-3")
     assert shown["State"] == "host" and "no answer before the deadline" in shown["Reason"]
 
     # An unplug withdraws an open request.
     phyllod.tb.unplug("1-3")
     _plug_key(phyllod, devnum=8)
-    assert _wait(lambda: _requests(phyllod))
+    assert poll(lambda: _requests(phyllod))
     phyllod.tb.unplug("1-3")
-    assert _wait(lambda: not _requests(phyllod), timeout=1.5)
+    assert poll(lambda: not _requests(phyllod), timeout=1.5)
 
     # A deny rule is never asked about.
     phyllod.tb.plug("1-4", devnum=9, vendor="0781", product="5567")
-    assert _wait(lambda: phyllod.show("usb:1-4").get("State") == "denied")
+    assert poll(lambda: phyllod.show("usb:1-4").get("State") == "denied")
     assert _requests(phyllod) == []
     log = phyllod.proc.log() if phyllod.proc else ""
     assert "no answer before the deadline" in log and "withdrawn: unplugged" in log
@@ -176,14 +167,14 @@ def test_unmatched_devices_are_asked_when_the_setting_says_so(phyllod: Phyllod):
     status = json.loads(phyllod.ctl("--json", "status").stdout)
     assert status["AskTimeout"] == 30
     _plug_key(phyllod)
-    (request,) = _wait(lambda: _requests(phyllod))
+    (request,) = poll(lambda: _requests(phyllod))
     assert request["Rule"] == "" and request["Device"] == f"{ROOT}/devices/usb_1_3"
     # A reload that makes the device ignored takes the question back.
     (phyllod.policy_dir / "10-ask.toml").write_text(
         '[settings]\nunmatched = "ask"\n[[rule]]\nname = "i"\nmatch = { vendor = "1050" }\n'
         'action = "ignore"\n')
     assert phyllod.ctl("reload").returncode == 0
-    assert _wait(lambda: not _requests(phyllod), timeout=5)
+    assert poll(lambda: not _requests(phyllod), timeout=5)
 
 
 def test_real_polkitd_refuses_an_answer_outside_the_active_session(
@@ -192,7 +183,7 @@ def test_real_polkitd_refuses_an_answer_outside_the_active_session(
     (phyllod.policy_dir / "10-ask.toml").write_text(ASK_KEYS.format(timeout=60))
     phyllod.start()
     _plug_key(phyllod)
-    (request,) = _wait(lambda: _requests(phyllod))
+    (request,) = poll(lambda: _requests(phyllod))
     path = f"{ROOT}/requests/{request['Id']}"
     r = phyllod.call("Answer", "sb", "", "false", path=path,
                      interface="me.phyllo.Phyllod1.Request", nobody=True)
@@ -213,7 +204,7 @@ def test_monitor_shows_requests_as_they_come(phyllod: Phyllod):
     try:
         assert mon.stdout is not None and "monitoring" in mon.stdout.readline()
         _plug_key(phyllod)
-        (request,) = _wait(lambda: _requests(phyllod))
+        (request,) = poll(lambda: _requests(phyllod))
         assert phyllod.ctl("answer", str(request["Id"]), "--host").returncode == 0
     finally:
         mon.send_signal(signal.SIGINT)

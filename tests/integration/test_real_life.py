@@ -9,24 +9,14 @@ real guest). logind's PrepareForSleep is emitted through the mock.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from phyllod_on_bus import Phyllod
+from phyllod_on_bus import Phyllod, poll
 
 pytestmark = pytest.mark.integration
 
 LOGIND = ("org.freedesktop.login1", "/org/freedesktop/login1")
 HELD = ["sleep", "phyllod", "Detach passed-through USB devices before sleep", "delay"]
-
-
-def _wait(what, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def _inhibitors(phyllod: Phyllod) -> list[list]:
@@ -50,8 +40,8 @@ def test_sleep_holds_the_inhibitor_and_resume_attaches_again(phyllod: Phyllod, m
         'on_sleep = "keep"\n')
     phyllod.start()
     assert phyllod.proc is not None
-    assert _wait(lambda: _inhibitors(phyllod) == [HELD]), _inhibitors(phyllod)
-    _wait(lambda: phyllod.show("usb:1-2")["State"] == "failed")
+    assert poll(lambda: _inhibitors(phyllod) == [HELD]), _inhibitors(phyllod)
+    poll(lambda: phyllod.show("usb:1-2")["State"] == "failed")
     start = phyllod.proc.mark()
 
     _prepare_for_sleep(phyllod, True)
@@ -59,7 +49,7 @@ def test_sleep_holds_the_inhibitor_and_resume_attaches_again(phyllod: Phyllod, m
     # Nothing of phyllod's is in a guest (the test driver refused): nothing to
     # wait for, the inhibitor is given back at once.
     phyllod.proc.wait_line("ready for sleep", start)
-    assert _wait(lambda: _inhibitors(phyllod) == []), _inhibitors(phyllod)
+    assert poll(lambda: _inhibitors(phyllod) == []), _inhibitors(phyllod)
     shown = phyllod.show("usb:1-2")
     assert (shown["State"], shown["Guest"]) == ("sleeping", "test")
     assert shown["Reason"] == "detached for sleep, waiting for the host to resume"
@@ -68,12 +58,12 @@ def test_sleep_holds_the_inhibitor_and_resume_attaches_again(phyllod: Phyllod, m
 
     _prepare_for_sleep(phyllod, False)
     phyllod.proc.wait_line("the host resumed; attaching devices again in 2.0s", start)
-    assert _wait(lambda: _inhibitors(phyllod) == [HELD]), "taken again for the next sleep"
+    assert poll(lambda: _inhibitors(phyllod) == [HELD]), "taken again for the next sleep"
     shown = phyllod.show("usb:1-2")
     assert shown["State"] == "sleeping" and shown["Reason"].startswith("back from sleep")
     # After the settle window each device is attached again on its own.
     phyllod.proc.wait_line("attaching usb:1-2", start, timeout=10)
-    assert _wait(lambda: phyllod.show("usb:1-2")["State"] == "failed")
+    assert poll(lambda: phyllod.show("usb:1-2")["State"] == "failed")
 
 
 def test_without_logind_phyllod_runs_on(phyllod: Phyllod):
@@ -91,7 +81,7 @@ def test_a_device_back_within_its_window_is_the_same_plug(phyllod: Phyllod):
     phyllod.start()
     assert phyllod.proc is not None
     phyllod.tb.plug("1-3", devnum=7, vendor="1050", product="0407", serial="K1")
-    requests = _wait(lambda: json.loads(phyllod.ctl("--json", "requests").stdout))
+    requests = poll(lambda: json.loads(phyllod.ctl("--json", "requests").stdout))
     assert phyllod.ctl("answer", str(requests[0]["Id"]), "--host").returncode == 0
     start = phyllod.proc.mark()
 
@@ -101,7 +91,7 @@ def test_a_device_back_within_its_window_is_the_same_plug(phyllod: Phyllod):
     assert shown["Reason"].startswith("vanished from the host; waiting")
     phyllod.tb.plug("1-3", devnum=8, vendor="1050", product="0407", serial="K1")
     phyllod.proc.wait_line("returned (bus 1 device 8)", start)
-    assert _wait(lambda: phyllod.show("usb:1-3")["Reason"] == "kept on the host by your answer")
+    assert poll(lambda: phyllod.show("usb:1-3")["Reason"] == "kept on the host by your answer")
     assert json.loads(phyllod.ctl("--json", "requests").stdout) == [], "not asked again"
     assert "unplugged" not in phyllod.proc.log()[start:]
 
@@ -110,7 +100,7 @@ def test_a_device_back_within_its_window_is_the_same_plug(phyllod: Phyllod):
     phyllod.proc.wait_line("unplugged [device=usb:1-3]", start, timeout=10)
     assert phyllod.ctl("show", "usb:1-3").returncode == 3
     phyllod.tb.plug("1-3", devnum=9, vendor="1050", product="0407", serial="K1")
-    assert _wait(lambda: json.loads(phyllod.ctl("--json", "requests").stdout))
+    assert poll(lambda: json.loads(phyllod.ctl("--json", "requests").stdout))
 
 
 def test_port_below_takes_what_is_behind_a_hub_but_never_the_hub(phyllod: Phyllod):
@@ -149,6 +139,6 @@ def test_a_hub_carrying_the_only_keyboard_is_refused_and_says_which(phyllod: Phy
         '[[rule]]\nname = "hub"\nmatch = { port = "1-4" }\nguest = "test"\n'
         'allow_risks = ["host-keyboard"]\n')
     assert phyllod.ctl("reload").returncode == 0
-    hub = _wait(lambda: (h := phyllod.show("usb:1-4"))["State"] == "failed" and h)
+    hub = poll(lambda: (h := phyllod.show("usb:1-4"))["State"] == "failed" and h)
     assert hub["Guest"] == "test" and "not supported" in hub["Reason"], \
         "accepted: the attach was tried (and refused by the test driver)"
