@@ -40,6 +40,7 @@ import private_bus
 import pytest
 import testbed
 from daemon_process import DaemonProcess, NotifySocket, child_env
+from libvirtd import frozen
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -263,19 +264,6 @@ def _mismatches(seen: dict[str, dict[str, Any]], want: dict[str, Want]) -> list[
         if w.devnum is not None and d["DeviceNumber"] != w.devnum:
             problems.append(f"{device_id}: device number {d['DeviceNumber']}, not {w.devnum}")
     return problems
-
-
-@contextlib.contextmanager
-def frozen(lv: libvirtd.PrivateLibvirtd) -> Iterator[int]:
-    """libvirtd stopped (SIGSTOP): calls made now wait in its socket. Thawed on exit
-    unless the test killed it meanwhile."""
-    pid = int((lv.base / "libvirtd.pid").read_text().strip())
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 def _attaches(lines: list[str], slot: str) -> tuple[int, int]:
