@@ -96,6 +96,10 @@ from phyllod.usb_reset import UsbResetError, reset_usb_device
 log = logging.getLogger("phyllod")
 
 RECONNECT_MAX_DELAY = 30.0
+#: How long a start-up step may wait for the bus or logind before it gives up.
+START_TIMEOUT = 30.0
+#: After this long without an answer from libvirt, say so (and keep waiting).
+CONNECT_PATIENCE = 10.0
 _TRANSITIONS = (State.ATTACHING, State.DETACHING)
 
 
@@ -176,6 +180,7 @@ class Daemon:
         self._kicked = False
         self._wake: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task | None = None
+        self._logind: asyncio.Task | None = None
         self._stopping = False
         self._stop = asyncio.Event()
         self._status = ""
@@ -193,11 +198,34 @@ class Daemon:
     # ------------------------------------------------------------ life cycle
 
     async def run(self) -> None:
+        """Start, serve until SIGTERM, stop. A SIGTERM during the start is heard at once."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self._log_memory)
+        self._watchdog(watchdog_interval())
+        starting = loop.create_task(self._start())
+        stopped = loop.create_task(self._stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("stopped while starting")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        elif starting.result():
+            await stopped
+        stopped.cancel()
+        await self._shutdown()
+
+    async def _start(self) -> bool:
+        """The start, in order; False if phyllod cannot serve (then it exits with 1).
+
+        Nothing here waits for libvirt, which is connected in the background
+        (a hung libvirtd never answers ``open``), and every wait on another
+        party is bounded: READY=1 comes once the bus is served.
+        """
+        loop = asyncio.get_running_loop()
         self._load_policy(initial=True)
         self.overrides = load_overrides(self.config.state_dir)
         if self.overrides:
@@ -211,24 +239,33 @@ class Daemon:
             log.info("%s present at start", d.describe(), **_fields(device=d.id))
         pci = sum(d.subsystem is Subsystem.PCI for d in self.devices.values())
         log.info("%d USB and %d PCI devices present at start", len(self.devices) - pci, pci)
-        await self._connect()
+        self._start_reconnect(at_once=True)
         self._reconcile()
         if self.bus is not None:
             try:
-                await self.bus.connect(self._snapshot())
-            except BusError as e:
-                log.error("%s", e)
+                await asyncio.wait_for(self.bus.connect(self._snapshot()), START_TIMEOUT)
+            except (BusError, TimeoutError) as e:
+                log.error("%s", str(e) or f"the {self.config.bus} bus did not answer within "
+                          f"{START_TIMEOUT:.0f}s")
                 self.exit_code = 1
-                await self._shutdown()
-                return
-        if self.sleep_watcher is not None:
-            await self.sleep_watcher.start()
+                return False
         notify("READY=1")
         log.info("phyllod %s ready", __version__, **_fields(event=MessageId.STARTED))
         self._notify_status()
-        self._watchdog(watchdog_interval())
-        await self._stop.wait()
-        await self._shutdown()
+        if self.sleep_watcher is not None:
+            self._logind = loop.create_task(self._watch_sleep(self.sleep_watcher))
+        return True
+
+    @staticmethod
+    async def _watch_sleep(watcher: SleepWatcher) -> None:
+        """logind's inhibitor, after READY=1: a logind that never answers costs
+        only the sleep handling (bounded; the watcher warns and phyllod runs on)."""
+        try:
+            await asyncio.wait_for(watcher.start(), START_TIMEOUT)
+        except TimeoutError:
+            log.warning("sleep: logind did not answer within %.0fs; devices stay attached "
+                        "across suspend", START_TIMEOUT)
+            watcher.close()
 
     async def _shutdown(self) -> None:
         """Stop taking decisions; let issued calls finish and be logged; touch nothing."""
@@ -238,8 +275,9 @@ class Daemon:
         self.udev.stop()
         if self._wake is not None:
             self._wake.cancel()
-        if self._connecting is not None:
-            self._connecting.cancel()
+        for starting in (self._connecting, self._logind):
+            if starting is not None:
+                starting.cancel()
         for released in self._released.values():
             released.set()  # the detach calls have returned; do not wait for QEMU
         for timer in [*self._request_timers.values(), *self._vanish_timers.values(),
@@ -353,6 +391,7 @@ class Daemon:
             raise NoSuchDevice(f"no present device is named {device_id!r}")
         if self.policy is None:
             raise Failed("the policy has errors; nothing moves until it is fixed and reloaded")
+        self._need_libvirt()
         if device_id in self._manual:
             raise Busy(f"another request for {device_id} is still being carried out")
         if override is not None and override.kind is OverrideKind.ATTACH:
@@ -385,10 +424,15 @@ class Daemon:
                 and override.kind is OverrideKind.ATTACH:
             raise Denied(a.reason)
 
-    def _guest_name(self, ref: str) -> str:
+    def _need_libvirt(self) -> None:
+        """A change libvirt must carry out is refused while it is away, as virsh would
+        refuse it: accepted now, it would be reported settled when nothing moved."""
         if self.guests is None:
-            raise Failed(f"libvirt ({self.config.uri}) is not connected; cannot find '{ref}'")
-        g = find_guest(ref, self.guests)
+            raise Failed(f"libvirt at {self.config.uri} is not connected (phyllod is waiting "
+                         "for it); nothing was changed: try again once it is")
+
+    def _guest_name(self, ref: str) -> str:
+        g = find_guest(ref, self.guests or {})
         if g is None:
             raise NoSuchGuest(f"no guest named {ref!r} is defined")
         return g.name
@@ -400,6 +444,7 @@ class Daemon:
             raise NoSuchRequest(f"request {number} was answered, expired or withdrawn")
         d = self.devices[r.device_id]
         if guest:
+            self._need_libvirt()
             g = find_guest(guest, self.guests or {})
             if g is None or g.name not in r.candidates:
                 offers = ", ".join(r.candidates)
@@ -473,15 +518,14 @@ class Daemon:
 
     # ------------------------------------------------------------ libvirt connection
 
-    async def _connect(self) -> None:
-        """Connect once now; on failure keep retrying in the background."""
-        if not await self._try_connect(log_failure=True):
-            self._start_reconnect()
-
     async def _try_connect(self, log_failure: bool) -> bool:
+        attempt = asyncio.ensure_future(self._open_libvirt())
+        if not (await asyncio.wait({attempt}, timeout=CONNECT_PATIENCE))[0]:
+            log.warning("%s does not answer after %.0fs; waiting for it (the bus is served "
+                        "meanwhile, and changes that need libvirt are refused)",
+                        self.config.uri, CONNECT_PATIENCE)
         try:
-            await self.client.connect()
-            guests = await self.client.guests()
+            guests = await attempt
         except LibvirtError as e:
             self.client.mark_lost()
             if log_failure:
@@ -495,13 +539,21 @@ class Daemon:
         self._kick()
         return True
 
-    def _start_reconnect(self) -> None:
+    async def _open_libvirt(self) -> dict[str, Guest]:
+        await self.client.connect()
+        return await self.client.guests()
+
+    def _start_reconnect(self, at_once: bool = False) -> None:
         if self._stopping or (self._connecting is not None and not self._connecting.done()):
             return
-        self._connecting = asyncio.get_running_loop().create_task(self._reconnect())
+        self._connecting = asyncio.get_running_loop().create_task(self._reconnect(at_once))
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, at_once: bool = False) -> None:
+        """Connect in the background, with backoff (0.5 s doubling to 30 s); at start
+        the first attempt is made at once and its failure logged."""
         delay = 0.5
+        if at_once and await self._try_connect(log_failure=True):
+            return
         while not self._stopping:
             await asyncio.sleep(delay)
             if await self._try_connect(log_failure=delay >= RECONNECT_MAX_DELAY):
@@ -963,7 +1015,7 @@ class Daemon:
         parts = [f"{n} {state}" for state, n in sorted(counts.items()) if n]
         status = f"{len(self.assignments)} devices" + (f": {', '.join(parts)}" if parts else "")
         if self.guests is None:
-            status += "; libvirt not connected"
+            status += f"; waiting for libvirt at {self.config.uri}"
         if self.policy is None:
             status += "; policy has errors"
         if status != self._status:
