@@ -181,6 +181,7 @@ class Daemon:
         self._wake: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task | None = None
         self._logind: asyncio.Task | None = None
+        self._first_attempt = asyncio.Event()
         self._stopping = False
         self._stop = asyncio.Event()
         self._status = ""
@@ -221,9 +222,10 @@ class Daemon:
     async def _start(self) -> bool:
         """The start, in order; False if phyllod cannot serve (then it exits with 1).
 
-        Nothing here waits for libvirt, which is connected in the background
-        (a hung libvirtd never answers ``open``), and every wait on another
-        party is bounded: READY=1 comes once the bus is served.
+        libvirt is connected in the background (a hung libvirtd never answers
+        ``open``) while the bus is served; READY=1 waits for that first attempt
+        (so that "started" means "connected" when libvirt answers) at most
+        ``CONNECT_PATIENCE``. Every wait on another party is bounded.
         """
         loop = asyncio.get_running_loop()
         self._load_policy(initial=True)
@@ -249,6 +251,8 @@ class Daemon:
                           f"{START_TIMEOUT:.0f}s")
                 self.exit_code = 1
                 return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), CONNECT_PATIENCE)
         notify("READY=1")
         log.info("phyllod %s ready", __version__, **_fields(event=MessageId.STARTED))
         self._notify_status()
@@ -552,8 +556,11 @@ class Daemon:
         """Connect in the background, with backoff (0.5 s doubling to 30 s); at start
         the first attempt is made at once and its failure logged."""
         delay = 0.5
-        if at_once and await self._try_connect(log_failure=True):
-            return
+        if at_once:
+            connected = await self._try_connect(log_failure=True)
+            self._first_attempt.set()
+            if connected:
+                return
         while not self._stopping:
             await asyncio.sleep(delay)
             if await self._try_connect(log_failure=delay >= RECONNECT_MAX_DELAY):

@@ -145,7 +145,10 @@ class Rig:
 
     # -- the daemon
 
-    def start(self, text: str | None = None, timeout: float = 40.0) -> TimedDaemon:
+    def start(self, text: str | None = None, timeout: float = 40.0,
+              ready: bool = True) -> TimedDaemon:
+        """Start phyllod (on policy ``text`` if given); return after READY=1 unless not
+        ``ready``."""
         if text is not None:
             (self.policy_dir / "10-test.toml").write_text(text)
         notify = NotifySocket(self.tmp / f"notify-{len(self.procs)}")
@@ -156,7 +159,8 @@ class Rig:
                             "--state-dir", str(self.state_dir)], env)
         self.procs.append(proc)
         self.notifies.append(notify)
-        notify.wait_for("READY=1", timeout=timeout)
+        if ready:
+            notify.wait_for("READY=1", timeout=timeout)
         return proc
 
     @property
@@ -780,13 +784,16 @@ def test_a_hung_libvirtd_does_not_hold_up_the_start(rig: Rig, reliability):
     """Found by the issue 10 campaign (issue 16): phyllod's start awaited libvirt.open(),
     which a hung libvirtd never answers: no READY=1, no bus name, SIGTERM unheard
     (under systemd: killed by the start timeout or the watchdog, restarted, again).
-    Now, with libvirtd frozen: READY=1, STATUS= says what phyllod waits for, reads
+    Now, with libvirtd frozen: the bus is served at once and READY=1 follows a
+    bounded wait for libvirt (10 s), STATUS= says what phyllod waits for, reads
     answer (guests unknown), a change that needs libvirt is refused and nothing is
     saved; thawed, libvirt is connected and the policy applied. And SIGTERM ends a
-    phyllod still waiting for a frozen libvirtd before libvirtd answers."""
+    phyllod waiting for a frozen libvirtd, before READY=1 as after, while libvirtd
+    is still frozen."""
     plug_keyboard(rig.tb)
     with frozen(rig.lv):
-        d = rig.start(policy(debounce=0), timeout=15)
+        d = rig.start(policy(debounce=0), timeout=60)
+        d.wait_log(r"does not answer after 10s; waiting for it")
         status = rig.notify.wait_for("STATUS=")
         assert f"STATUS=1 devices: 1 pending; waiting for libvirt at {rig.lv.uri}" in status
         kbd = rig.devices()["usb:1-2"]
@@ -810,11 +817,16 @@ def test_a_hung_libvirtd_does_not_hold_up_the_start(rig: Rig, reliability):
     d.stop()
 
     with frozen(rig.lv):
-        d = rig.start(timeout=15)
-        assert d.stop() == 0, "SIGTERM ends it while libvirtd is still frozen"
-        assert "stopping; devices stay where they are" in d.log()
+        for ready in (False, True):
+            d = rig.start(timeout=60, ready=ready)
+            d.wait_log(r"bus as me\.phyllo\.Phyllod1")
+            kbd = rig.devices()["usb:1-2"]  # served before READY=1 too
+            assert (kbd["State"], kbd["Reason"]) == ("host", "libvirt is not connected")
+            assert d.stop() == 0, "SIGTERM ends it while libvirtd is still frozen"
+            assert "stopping; devices stay where they are" in d.log()
+            assert ("stopped while starting" in d.log()) is not ready
     reliability.record(
         "libvirtd frozen (SIGSTOP) when phyllod starts: READY=1 and the bus served "
         "without it, changes refused until it answers, SIGTERM heard",
-        ready_while_frozen=2, reads_answered=3, changes_refused=len(refused),
-        stopped_while_frozen=1)
+        ready_while_frozen=2, reads_answered=5, changes_refused=len(refused),
+        stopped_while_frozen=2, stopped_before_ready=1)
