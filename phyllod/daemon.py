@@ -253,6 +253,7 @@ class Daemon:
                 return False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_attempt.wait(), CONNECT_PATIENCE)
+        self._reconcile()  # what READY=1 announces is on the bus, guests included
         notify("READY=1")
         log.info("phyllod %s ready", __version__, **_fields(event=MessageId.STARTED))
         self._notify_status()
