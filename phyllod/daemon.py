@@ -72,6 +72,7 @@ from phyllod.reconcile import (
     reconcile,
     record_failure,
 )
+from phyllod.serial_trust import carry_choices, with_identities
 from phyllod.state_store import (
     StateError,
     load_answers,
@@ -121,8 +122,12 @@ def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "",
 
 
 def _same_device(a: Device, b: Device) -> bool:
-    """Whether ``b`` is ``a`` enumerated again (reset, re-plug, resume), not another device."""
-    return a.identity == b.identity and (a.vendor, a.product) == (b.vendor, b.product)
+    """Whether ``b`` is ``a`` enumerated again (reset, re-plug, resume), not another device.
+
+    Both are in the same port; ``b`` comes straight from udev, its identity
+    not yet judged against the present set, so the serial itself is compared.
+    """
+    return (a.vendor, a.product, a.serial) == (b.vendor, b.product, b.serial)
 
 
 class Daemon:
@@ -132,6 +137,8 @@ class Daemon:
         self.policy_errors: tuple[str, ...] = ()
         self.overrides: dict[str, Override] = {}
         self.devices: dict[str, Device] = {}
+        #: The devices as last judged by serial_trust (whose choices went where).
+        self._judged: dict[str, Device] = {}
         self.guests: dict[str, Guest] | None = None
         self.inflight: dict[str, Operation] = {}
         self.failures: dict[str, Failure] = {}
@@ -193,6 +200,7 @@ class Daemon:
         for d in self.udev.start(loop):
             self.devices[d.id] = d
             log.info("%s present at start", d.describe(), **_fields(device=d.id))
+        self._judge_identities()
         pci = sum(d.subsystem is Subsystem.PCI for d in self.devices.values())
         log.info("%d USB and %d PCI devices present at start", len(self.devices) - pci, pci)
         await self._connect()
@@ -529,6 +537,7 @@ class Daemon:
             for device_id in self.devices.keys() - fresh.keys():
                 self._plug_ended(device_id, "unplugged")
             self.devices = fresh
+        self._judge_identities()
         self._kick()
 
     def _vanish(self, device_id: str) -> None:
@@ -564,7 +573,31 @@ class Daemon:
             self.broken.discard(d.slot)
             log.info("%s unplugged", d.describe(),
                      **_fields(device=d.id, event=MessageId.DEVICE_REMOVED))
+        self._judge_identities()
         self._kick()
+
+    def _judge_identities(self) -> None:
+        """After every change to the present set: which serials are identity
+        (serial_trust); a device whose identity changed takes its choices along."""
+        self.devices = with_identities(self.devices)
+        before, self._judged = self._judged, dict(self.devices)
+        for d in self.devices.values():
+            if d.serial_doubt and before.get(d.id) != d:
+                log.info("%s: %s; identified by its port", d.describe(), d.serial_doubt,
+                         **_fields(device=d.id))
+        overrides = carry_choices(self.overrides, before, self.devices)
+        remembered = carry_choices(self.remembered, before, self.devices)
+        try:
+            if overrides != self.overrides:
+                save_overrides(self.config.state_dir, overrides, self._notes(overrides))
+                self.overrides = overrides
+            if remembered != self.remembered:
+                save_answers(self.config.state_dir, remembered, self._notes(remembered))
+                self.remembered = remembered
+        except StateError as e:
+            # Kept in memory all the same: the device keeps its choice this run.
+            log.error("%s", e)
+            self.overrides, self.remembered = overrides, remembered
 
     def _seen(self, event: DeviceSeen) -> None:
         d = event.device

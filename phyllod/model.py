@@ -30,6 +30,15 @@ class Device:
     ``port`` (USB) and ``address`` (PCI) are physical and survive a replug;
     ``busnum``/``devnum`` change on every enumeration and only serve to name
     the device to libvirt and to recognise it in a guest's live XML.
+    ``peer_ports`` are the other names of the same physical port: a USB 3
+    port is two ports (its USB 2 half on one bus, its SuperSpeed half on
+    another), which the kernel links as peers; a rule on either half covers
+    both. ``manufacturer``/``product_name`` are what the device says of
+    itself; ``vendor_db``/``model_db`` are udev's hardware database names for
+    its ids (what lspci and lsusb show), for devices that say nothing (every
+    PCI function, many USB ones). ``serial_doubt`` says why the serial cannot
+    tell this device from others (a placeholder, a twin present); the
+    identity then falls back to the port (see :mod:`phyllod.serial_trust`).
     """
 
     subsystem: Subsystem
@@ -47,6 +56,10 @@ class Device:
     address: str = ""
     iommu_group: int | None = None
     driver: str = ""
+    peer_ports: tuple[str, ...] = ()
+    vendor_db: str = ""
+    model_db: str = ""
+    serial_doubt: str = ""
 
     @property
     def id(self) -> str:
@@ -83,17 +96,24 @@ class Device:
         """What a person means by "this device", for choices that outlive a replug.
 
         A serial number follows the device to any port (``usb:1050:0407:123``);
-        without one, the physical place is all that tells identical devices apart.
+        without one, or with one that tells nothing apart (``serial_doubt``),
+        the physical place is all that tells identical devices apart.
         """
-        if self.subsystem is Subsystem.USB and self.serial:
+        if self.subsystem is Subsystem.USB and self.serial and not self.serial_doubt:
             return f"usb:{self.vendor}:{self.product}:{self.serial}"
         return self.id
 
     def describe(self) -> str:
         """One line a person recognises the device by."""
         ids = f"{self.vendor}:{self.product}"
-        name = " ".join(s for s in (self.manufacturer, self.product_name) if s)
+        name = self.name
         return f"{self.id} ({ids}{' ' + name if name else ''})"
+
+    @property
+    def name(self) -> str:
+        """The device's own strings; failing those, the hardware database's names."""
+        own = " ".join(s for s in (self.manufacturer, self.product_name) if s)
+        return own or " ".join(s for s in (self.vendor_db, self.model_db) if s)
 
 
 class GuestState(StrEnum):

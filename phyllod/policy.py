@@ -80,7 +80,9 @@ class PolicyError(Exception):
 
 
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
-_HEX2 = re.compile(r"^[0-9a-f]{2}$")
+#: An interface class as USBGuard writes it: ``e0:01:01``, ``e0:01:*``, ``e0:*:*``.
+_USBGUARD_CLASS = re.compile(r"^([0-9a-f]{2}):([0-9a-f]{2}|\*):([0-9a-f]{2}|\*)$")
+_INTERFACE_KEYS = ("interface_class", "not_interface_class")
 _CLASS = re.compile(r"^(?:[0-9a-f]{2}){1,3}$")
 _PORT = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
 _PCI_ADDR = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
@@ -92,8 +94,14 @@ class Match:
 
     ``class`` is a prefix of the device class (USB ``bDeviceClass``, two hex
     digits; PCI class code, six), so ``0280`` means any PCI network controller.
-    ``interface_class`` holds if any USB interface has that class, which is how
-    "any Bluetooth adapter" (``e0``) or "any audio device" (``01``) is said.
+    ``interface_class`` holds if any USB interface's class, subclass and
+    protocol (``e00101``) begins with one of its prefixes (2, 4 or 6 hex
+    digits), and ``not_interface_class`` if none does: USBGuard's
+    ``with-interface one-of {…}`` and ``none-of {…}``. So "any Bluetooth
+    adapter" is ``e00101`` (``e0`` alone also takes a phone tethering over
+    RNDIS, ``e00103``), and "headsets, not webcams" is ``01`` but not ``0e``.
+    ``port`` and ``port_below`` hold for the device's own port path or any the
+    kernel pairs with it (the two halves of a USB 3 port, ``peer_ports``);
     ``port_below`` holds for the device in that port and everything behind it,
     at any depth (a hub, a KVM switch, a dock); hubs themselves only route, so
     it never matches a hub.
@@ -108,7 +116,8 @@ class Match:
     port: str = ""
     port_below: str = ""
     device_class: str = ""
-    interface_class: str = ""
+    interface_class: tuple[str, ...] = ()
+    not_interface_class: tuple[str, ...] = ()
     address: str = ""
 
     def matches(self, device: Device) -> bool:
@@ -118,10 +127,12 @@ class Match:
             wanted = getattr(self, name)
             if wanted and wanted != getattr(device, name):
                 return False
-        if self.port and (device.subsystem is not Subsystem.USB or self.port != device.port):
+        usb = device.subsystem is Subsystem.USB
+        ports = (device.port, *device.peer_ports) if usb else ()
+        if self.port and self.port not in ports:
             return False
-        if self.port_below and not (device.subsystem is Subsystem.USB and not device.is_hub
-                                    and is_below(device.port, self.port_below)):
+        if self.port_below and (device.is_hub or not any(
+                is_below(port, self.port_below) for port in ports)):
             return False
         if self.address and (
             device.subsystem is not Subsystem.PCI or self.address != device.address
@@ -129,9 +140,15 @@ class Match:
             return False
         if self.device_class and not device.device_class.startswith(self.device_class):
             return False
-        return not self.interface_class or any(
-            c.startswith(self.interface_class) for c in device.interface_classes
-        )
+        if self.interface_class and not _any_interface(self.interface_class, device):
+            return False
+        return not (self.not_interface_class
+                    and _any_interface(self.not_interface_class, device))
+
+
+def _any_interface(prefixes: tuple[str, ...], device: Device) -> bool:
+    """Whether one of ``device``'s interface triplets begins with one of ``prefixes``."""
+    return any(c.startswith(prefixes) for c in device.interface_classes)
 
 
 def is_below(port: str, top: str) -> bool:
@@ -277,11 +294,18 @@ def _parse_match(
     if not isinstance(raw, dict) or not raw:
         bad("match", "'match' must be a non-empty table, e.g. match = { vendor = \"1050\" }")
         return None, problems
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _MATCH_KEYS:
             known = ", ".join(sorted(_MATCH_KEYS))
             bad(key, f"unknown match key '{key}' (known: {known})")
+            continue
+        if key in _INTERFACE_KEYS:
+            prefixes, message = _interface_prefixes(key, value)
+            if message:
+                bad(key, message)
+            else:
+                values[key] = prefixes
             continue
         if not isinstance(value, str):
             bad(key, f"match key '{key}' must be a string, not {type(value).__name__}")
@@ -296,11 +320,6 @@ def _parse_match(
         elif key in ("vendor", "product"):
             if not _HEX4.match(low):
                 bad(key, f"{key} must be 4 hex digits (e.g. \"1050\"), not {value!r}")
-                continue
-            text = low
-        elif key == "interface_class":
-            if not _HEX2.match(low):
-                bad(key, f"interface_class must be 2 hex digits (e.g. \"e0\"), not {value!r}")
                 continue
             text = low
         elif key == "class":
@@ -326,14 +345,43 @@ def _parse_match(
     if problems:
         return None, problems
     match = Match(**values)
-    usb_only = match.port or match.port_below or match.interface_class
+    usb_only = (match.port or match.port_below or match.interface_class
+                or match.not_interface_class)
     if match.subsystem == Subsystem.PCI and usb_only:
-        bad("subsystem", "'port', 'port_below' and 'interface_class' only apply to USB devices")
+        bad("subsystem", "'port', 'port_below', 'interface_class' and 'not_interface_class' "
+                         "only apply to USB devices")
     if match.subsystem == Subsystem.USB and match.address:
         bad("subsystem", "'address' only applies to PCI devices (USB uses 'port')")
     if match.address and usb_only:
         bad("address", "a rule cannot match both a PCI address and USB-only keys")
     return (None if problems else match), problems
+
+
+def _interface_prefixes(key: str, value: Any) -> tuple[tuple[str, ...], str]:
+    """An interface class key's prefixes, or the message saying what is wrong.
+
+    One class or a list of them (any one may match); each is 2, 4 or 6 hex
+    digits (class, subclass, protocol: ``e00101``), or USBGuard's
+    ``e0:01:01`` with ``*`` for the parts that may be anything.
+    """
+    example = f'{key} must be 2, 4 or 6 hex digits (class, subclass, protocol: "e00101") ' \
+              'or a list of them'
+    items = value if isinstance(value, list) else [value]
+    if not items or len(items) > 64 or not all(isinstance(v, str) for v in items):
+        return (), f"{example}, not {_shown(value)}"
+    prefixes: list[str] = []
+    for item in items:
+        low = item.strip().lower().removeprefix("0x")
+        usbguard = _USBGUARD_CLASS.match(low)
+        if usbguard:
+            parts = list(usbguard.groups())
+            while parts[-1] == "*":
+                parts.pop()
+            low = "".join(parts)
+        if not _CLASS.match(low):
+            return (), f"{example}, not {_shown(item)}"
+        prefixes.append(low)
+    return tuple(dict.fromkeys(prefixes)), ""
 
 
 def _parse_rule(

@@ -75,6 +75,51 @@ def _interface_classes(dev: pyudev.Device) -> tuple[str, ...]:
     return tuple(found)
 
 
+#: A hub port's directory: ``usb2-port3`` (root hub of bus 2) or ``2-3.1-port4``.
+_PORT_DIR = re.compile(r"(?:usb([0-9]{1,3})|([0-9]{1,3}-[0-9]{1,3}(?:\.[0-9]{1,3}){0,6}))"
+                       r"-port([0-9]{1,3})")
+_PORT_PATH = re.compile(r"[0-9]{1,3}-[0-9]{1,3}(?:\.[0-9]{1,3}){0,6}")
+
+
+def _port_of(port_dir: str) -> str:
+    """The path of the device a hub port holds: ``usb2-port3`` → ``2-3``; "" if no port."""
+    m = _PORT_DIR.fullmatch(port_dir)
+    if m is None:
+        return ""
+    bus, hub, number = m.groups()
+    return f"{bus}-{number}" if bus else f"{hub}.{number}"
+
+
+def _peer_ports(dev: pyudev.Device) -> tuple[str, ...]:
+    """The other names of the device's physical port (Documentation/ABI/testing/
+    sysfs-bus-usb, ``peer``): a USB 3 port is a USB 2 port and a SuperSpeed port,
+    and the kernel links the two halves. The device's own port and each hub
+    port above it are followed, so a device behind a USB 2 hub in the
+    SuperSpeed half's physical port is also named under that half
+    (``1-3.1.4`` gives ``2-3.1.4`` when port ``1-3``'s peer is ``2-3``).
+    """
+    port = dev.sys_name
+    if not _PORT_PATH.fullmatch(port):
+        return ()
+    bus, _, chain = port.partition("-")
+    hops = chain.split(".")
+    parts = dev.sys_path.split("/")
+    found: list[str] = []
+    for depth in range(len(hops), 0, -1):
+        above = f"{bus}-{'.'.join(hops[:depth])}"
+        if above not in parts:
+            continue
+        here = "/".join(parts[:parts.index(above) + 1])
+        try:
+            peer = _port_of(os.path.basename(os.readlink(os.path.join(here, "port", "peer"))))
+        except OSError:
+            continue
+        if peer and peer != above:
+            rest = ".".join(hops[depth:])
+            found.append(f"{peer}.{rest}" if rest else peer)
+    return tuple(dict.fromkeys(found))
+
+
 def _hex(value: str, digits: int) -> str:
     """``0x8086`` → ``8086``; "" if it is not a number of at most ``digits`` hex digits."""
     value = value.lower().removeprefix("0x")
@@ -107,6 +152,8 @@ def pci_device(dev: pyudev.Device) -> Device:
         device_class=_hex(_attr(dev, "class") or dev.properties.get("PCI_CLASS", ""), 6),
         iommu_group=_iommu_group(dev),
         driver=dev.driver or "",
+        vendor_db=_text(dev.properties.get("ID_VENDOR_FROM_DATABASE")),
+        model_db=_text(dev.properties.get("ID_MODEL_FROM_DATABASE")),
     )
 
 
@@ -141,6 +188,9 @@ def usb_device(dev: pyudev.Device) -> Device:
         device_class=_attr(dev, "bDeviceClass").lower(),
         interface_classes=_interface_classes(dev),
         driver=dev.driver or "",
+        peer_ports=_peer_ports(dev),
+        vendor_db=_text(props.get("ID_VENDOR_FROM_DATABASE")),
+        model_db=_text(props.get("ID_MODEL_FROM_DATABASE")),
     )
 
 

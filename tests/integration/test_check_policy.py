@@ -36,6 +36,7 @@ def test_shows_what_each_rule_matches(usb_testbed: testbed.UsbTestbed, tmp_path:
         "unmatched devices plugged in: host; ask_timeout: 30s",
         f"{tmp_path}/10-desk.toml:1: rule 'key' (attach to work)",
         "    matches usb:1-2 (1050:0407 Yubico YubiKey)",
+        "        (serial 12345678 is a placeholder; identified by its port)",
         f"{tmp_path}/10-desk.toml:6: rule 'bluetooth' (attach to desktop)",
         "    matches usb:1-3 (8087:0a2b QEMU QEMU USB Keyboard)",
         f"{tmp_path}/20-deny.toml:1: rule 'no keys anywhere else' (deny)",
@@ -52,7 +53,8 @@ def test_reports_every_mistake_and_fails(usb_testbed: testbed.UsbTestbed, tmp_pa
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"{bad}:3: rule 'a': unknown match key 'colour' (known: address, class, interface_class, "
-        "manufacturer, port, port_below, product, product_name, serial, subsystem, vendor)",
+        "manufacturer, not_interface_class, port, port_below, product, product_name, serial, "
+        "subsystem, vendor)",
         f"{bad}:5: rule 'b': an 'attach' rule needs a target: guest = \"NAME\" or a UUID",
         "policy has 2 error(s)",
     ]

@@ -117,7 +117,8 @@ def _table(header: str, body: dict[str, Any]) -> list[str]:
 _RULE_KEYS = ["name", "match", "guest", "action", "allow_risks", "on_sleep", "debounce",
               "reset_before_attach"]
 _MATCH_KEYS = ["subsystem", "vendor", "product", "serial", "manufacturer", "product_name",
-               "port", "port_below", "class", "interface_class", "address"]
+               "port", "port_below", "class", "interface_class", "not_interface_class",
+               "address"]
 _SETTINGS_KEYS = ["unmatched", "ask_timeout", "debounce"]
 
 #: Values a person would plausibly write, right and wrong, per key.
@@ -131,7 +132,8 @@ _PLAUSIBLE: dict[str, list[Any]] = {
     "port": ["1-2", "1-2.3", "1", "1-2.", "0-0"],
     "port_below": ["1-2", "2-1.4.1", "x"],
     "class": ["e0", "0280", "030000", "0", "zz"],
-    "interface_class": ["e0", "08", "E0", "0x08", "123"],
+    "interface_class": ["e0", "08", "E0", "0x08", "123", "e00101", "e0:01:*", ["01", "e0"]],
+    "not_interface_class": ["0e", "e00103", [], "0e:*:01"],
     "address": ["0000:03:00.0", "03:00.0", "03:00.8", "3:0.0"],
     "action": ["attach", "attach", "ask", "deny", "ignore", "ATTACH", "", "detach"],
     "guest": ["work", "desktop", ["a", "b"], [], ["", "x"],

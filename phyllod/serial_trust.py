@@ -1,0 +1,112 @@
+"""When a USB serial number is identity, and when it is not.
+
+A person's choices that outlive a plug (a manual override, a remembered
+answer) are kept under a device's identity: its serial number when it has
+one, so the choice follows it to any port. But serial numbers are not always
+unique: vendors flash one factory serial into every unit, and placeholders
+(``0123456789ABCDEF``, ``000000000001``, "Serial", "N/A", one character
+repeated, two or three characters) are common. Identity built from such a
+serial merges devices: the override for one dongle would apply to its twins.
+
+So a serial is identity only if it is no placeholder and no other present
+device of the same vendor:product has it; otherwise the device is known by
+its port, and :attr:`Device.serial_doubt` says why. When a twin appears next
+to a device whose choices are kept under its serial, those choices move to
+that device's port (the twin never gets them), and back when the twin leaves
+(:func:`carry_choices`). A twin plugged in while the original is away cannot
+be told from it: that is what a serial number is, and the same as without
+this module.
+
+Pure: functions over the present devices, tested as tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TypeVar
+
+from phyllod.model import Device, Subsystem
+
+T = TypeVar("T")
+
+#: Fewer characters than this tell too few devices apart to be identity.
+MIN_SERIAL = 4
+#: Serial numbers seen shipped on many units (compared without case and
+#: without separators ``-_.:`` and spaces).
+_PLACEHOLDERS = frozenset({
+    "serial", "serialnumber", "serialno", "sn", "none", "null", "na", "n/a", "unknown",
+    "default", "defaultstring", "empty", "notapplicable", "notavailable", "tobefilledbyoem",
+    "0123456789", "0123456789abcdef", "123456789", "1234567890", "12345678", "123456",
+    "1234", "abcdef", "abcdef0123456789", "fedcba9876543210", "deadbeef",
+})
+_SEPARATORS = re.compile(r"[\s\-_.:]")
+#: Zeros (or Fs) ending in one small number: ``000000000001``, ``00000010``.
+_COUNTER = re.compile(r"^(?:0+|f+)[0-9]{1,2}$")
+
+
+def placeholder(serial: str) -> str:
+    """Why ``serial`` cannot be identity on its own ("" if it can)."""
+    bare = _SEPARATORS.sub("", serial).lower()
+    if len(bare) < MIN_SERIAL:
+        return f"serial {serial!r} is too short to tell devices apart"
+    if bare in _PLACEHOLDERS or len(set(bare)) == 1 or _COUNTER.match(bare):
+        return f"serial {serial} is a placeholder"
+    return ""
+
+
+def _kind(d: Device) -> tuple[str, str, str]:
+    return d.vendor, d.product, d.serial
+
+
+def with_identities(devices: Mapping[str, Device]) -> dict[str, Device]:
+    """``devices`` (by id) with ``serial_doubt`` set from the whole present set.
+
+    A device's doubt names the twins by port so a person sees which devices
+    share the serial (``serial 1234ABCD is shared with usb:1-3``).
+    """
+    holders: dict[tuple[str, str, str], list[str]] = {}
+    for d in devices.values():
+        if d.subsystem is Subsystem.USB and d.serial:
+            holders.setdefault(_kind(d), []).append(d.id)
+    result: dict[str, Device] = {}
+    for key, d in devices.items():
+        doubt = ""
+        if d.subsystem is Subsystem.USB and d.serial:
+            doubt = placeholder(d.serial)
+            twins = sorted(t for t in holders.get(_kind(d), ()) if t != d.id)
+            if not doubt and twins:
+                shown = ", ".join(twins[:3]) + (f" and {len(twins) - 3} more"
+                                                if len(twins) > 3 else "")
+                doubt = f"serial {d.serial} is shared with {shown}"
+        result[key] = d if d.serial_doubt == doubt else replace(d, serial_doubt=doubt)
+    return result
+
+
+def carry_choices(choices: Mapping[str, T], before: Mapping[str, Device],
+                  after: Mapping[str, Device]) -> dict[str, T]:
+    """The choices (by identity) once each device whose identity changed while it
+    stayed plugged in (a twin came or went) has taken its choice along.
+
+    ``before`` and ``after`` are the judged present devices (by id) of two
+    snapshots; a device is the same in both if its id, ids and serial are. A
+    choice moves from its old identity to its new one unless the new one has
+    a choice of its own; it is copied instead when another present device
+    still has the old identity. A device that just appeared has no old
+    identity, so a twin plugged in beside a chosen device gets nothing, and
+    neither twin of a pair present together from the start gets a choice kept
+    under their shared serial: nothing says which of them it was made for.
+    """
+    result = dict(choices)
+    still = {d.identity for d in after.values()}
+    for device_id, old in before.items():
+        new = after.get(device_id)
+        if new is None or _kind(new) != _kind(old) or new.identity == old.identity:
+            continue
+        if old.identity not in choices or new.identity in result:
+            continue
+        result[new.identity] = choices[old.identity]
+        if old.identity not in still:
+            result.pop(old.identity, None)
+    return result
