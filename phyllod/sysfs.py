@@ -18,11 +18,13 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from phyllod.model import HostFacts, PciFunction
 
 _SYS = Path("/sys")
+_PROC = Path("/proc")
 _PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _INPUT = re.compile(r"input[0-9]+")
@@ -44,24 +46,30 @@ def iommu_enabled(sys_root: Path = _SYS) -> bool:
 
 
 def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
-                    mounts: str | None = None, swaps: str | None = None) -> HostFacts:
+                    mounts: str | None = None, swaps: str | None = None,
+                    proc_root: Path = _PROC) -> HostFacts:
     """Everything the PCI safety check weighs, read in one pass.
 
     ``cmdline``, ``mounts`` (/proc/self/mountinfo or /proc/mounts format) and
     ``swaps`` (/proc/swaps) default to the running kernel's; tests pass text.
     Active swap counts as mounted: passing its disk's controller is as fatal.
+    ``proc_root`` is where /proc/kallsyms is looked for (see
+    :func:`kernel_ignores_acs_override`).
     """
     if cmdline is None:
-        cmdline = _read(Path("/proc/cmdline"))
+        cmdline = _read(proc_root / "cmdline")
     if mounts is None:
         mounts = _read(Path("/proc/self/mountinfo")) or _read(Path("/proc/mounts"))
     if swaps is None:
         swaps = _read(Path("/proc/swaps"))
     functions = {f.address: f for f in _pci_functions(sys_root)}
     held = list(_held_blocks(sys_root, mounts, swaps))
+    acs_asked = any(w.startswith("pcie_acs_override=") for w in cmdline.split())
+    acs_ignored = acs_asked and kernel_ignores_acs_override(sys_root, proc_root)
     return HostFacts(
         iommu_enabled=iommu_enabled(sys_root),
-        acs_override=any(w.startswith("pcie_acs_override=") for w in cmdline.split()),
+        acs_override=acs_asked and not acs_ignored,
+        acs_override_ignored=acs_ignored,
         functions=functions,
         groups=iommu_groups(sys_root),
         mounted=_by_pci_address(held),
@@ -76,6 +84,8 @@ def pci_function(sys_root: Path, address: str) -> PciFunction | None:
     if not path.is_dir():
         return None
     group = _link_name(path / "iommu_group")
+    reset_method, reset_shown = _reset_method(path)
+    real = _resolve(path)
     return PciFunction(
         address=address,
         vendor=_hex(path / "vendor", 4),
@@ -88,7 +98,10 @@ def pci_function(sys_root: Path, address: str) -> PciFunction | None:
         boot_vga=_read(path / "boot_vga").strip() == "1",
         physfn=_link_name(path / "physfn"),
         sriov_totalvfs=_int(path / "sriov_totalvfs"),
-        reset_method=_reset_method(path),
+        reset_method=reset_method,
+        reset_shown=reset_shown,
+        parent=real.parent.name if real is not None and _PCI_ADDRESS.fullmatch(
+            real.parent.name) else "",
     )
 
 
@@ -99,6 +112,69 @@ def iommu_groups(sys_root: Path = _SYS) -> dict[int, tuple[str, ...]]:
         if group.name.isdigit():
             groups[int(group.name)] = tuple(sorted(d.name for d in _entries(group / "devices")))
     return groups
+
+
+#: Functions the out-of-tree ACS override patch adds to drivers/pci/quirks.c (Alex
+#: Williamson's, as linux-zen, Liquorix, Proxmox and linux-vfio carry it).
+_ACS_PATCH = (b"pcie_acs_overrides", b"pcie_acs_override_setup")
+#: A function every kernel since 3.x has beside it in quirks.c (static, reached
+#: only through the same ACS quirk table): a listing that names it covers such
+#: functions, so its silence about the patch's names is proof of absence.
+_ACS_CONTROL = b"pci_quirk_intel_pch_acs"
+_SYMBOL = re.compile(rb"(?<![A-Za-z0-9_])(" + b"|".join((*_ACS_PATCH, _ACS_CONTROL))
+                     + rb")(?![A-Za-z0-9_])")
+_LISTING_CAP = 64 << 20  # vmlinux BTF is ~6 MiB, kallsyms ~12 MiB
+_CHUNK = 1 << 20
+
+
+def kernel_ignores_acs_override(sys_root: Path = _SYS, proc_root: Path = _PROC) -> bool:
+    """Whether the running kernel lacks the patch that reads ``pcie_acs_override=``.
+
+    Stock Debian, Fedora and Ubuntu kernels do not have it: the word is then
+    an unknown parameter and the IOMMU groups are the hardware's. The patch's
+    functions are named, to every reader, in the kernel's BTF
+    (/sys/kernel/btf/vmlinux, under the sysfs root) and in /proc/kallsyms
+    (which systemd's ProtectKernelTunables= hides from the unit). True only
+    when one of them names the control function but none of the patch's;
+    when neither can tell, the override is taken as applied (the safe side).
+    """
+    for listing in (sys_root / "kernel" / "btf" / "vmlinux", proc_root / "kallsyms"):
+        found = _names_in(listing)
+        if found & set(_ACS_PATCH):
+            return False
+        if _ACS_CONTROL in found:
+            return True
+    return False
+
+
+def _names_in(listing: Path) -> frozenset[bytes]:
+    """Which of the ACS names ``listing`` holds: read once per file (per boot), streamed."""
+    try:
+        st = listing.stat()
+    except OSError:
+        return frozenset()
+    return _scan(str(listing), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _scan(path: str, dev: int, ino: int, size: int, mtime: int) -> frozenset[bytes]:
+    """Stream ``path`` (at most _LISTING_CAP bytes); the stat fields key the cache."""
+    del dev, ino, size, mtime
+    found: set[bytes] = set()
+    tail = b""
+    keep = max(len(n) for n in (*_ACS_PATCH, _ACS_CONTROL)) + 1
+    try:
+        with open(path, "rb") as listing:
+            for _ in range(_LISTING_CAP // _CHUNK):
+                chunk = listing.read(_CHUNK)
+                if not chunk:
+                    break
+                window = tail + chunk
+                found.update(m[1] for m in _SYMBOL.finditer(window))
+                tail = window[-keep:]
+    except OSError:
+        return frozenset()
+    return frozenset(found)
 
 
 def mounted_pci(sys_root: Path, mounts: str, swaps: str = "") -> dict[str, str]:
@@ -321,21 +397,23 @@ def _has_entries(directory: Path) -> bool:
     return bool(_entries(directory))
 
 
-def _reset_method(function: Path) -> str | None:
-    """The kernel's reset methods ("flr bus"); "" if it has none; None if it cannot say.
+def _reset_method(function: Path) -> tuple[str | None, bool]:
+    """The kernel's reset methods ("flr bus"; "" none; None cannot say) and whether
+    it shows a reset file at all.
 
     The kernel shows ``reset_method`` (5.15 and later) and ``reset`` (all
     kernels) only for a function that can be reset, deciding when the
     function appears; a person may also write ``reset_method`` empty to
     disable every method. So: ``reset_method`` readable → its text; no
     ``reset_method`` but a ``reset`` → a kernel before 5.15, None (it can be
-    reset, by a method we cannot name); neither → "" (no reset method at all).
+    reset, by a method we cannot name); neither → ("", False): the kernel
+    found no reset method at all.
     """
     try:
-        return (function / "reset_method").read_text(errors="replace").strip()
+        return (function / "reset_method").read_text(errors="replace").strip(), True
     except OSError:
         pass
-    return None if (function / "reset").exists() else ""
+    return (None, True) if (function / "reset").is_file() else ("", False)
 
 
 def _read(path: Path) -> str:
