@@ -79,6 +79,15 @@ class PciTree:
         self.tb.add_device("iommu", f"virtual/iommu/{name}", None, [], [])
         (self.root / "sys" / "kernel" / "iommu_groups").mkdir(parents=True, exist_ok=True)
 
+    def add_kernel_btf(self, names: Sequence[str]) -> Path:
+        """/sys/kernel/btf/vmlinux naming ``names``: BTF's string section keeps each
+        function's name NUL-terminated among binary type records."""
+        btf = self.root / "sys" / "kernel" / "btf" / "vmlinux"
+        btf.parent.mkdir(parents=True, exist_ok=True)
+        btf.write_bytes(b"\x9f\xeb\x01\x00" + b"".join(
+            b"\x00" + n.encode() + b"\x00\x0c\x00\x00\x00" for n in names))
+        return btf
+
     def add(self, functions: Sequence[Fn]) -> None:
         """Create ``functions`` in order (bridges before what is behind them)."""
         for fn in functions:
