@@ -184,8 +184,8 @@ def iommu_table(facts: HostFacts) -> list[tuple[int, list[TableRow]]]:
             if f is None:
                 continue
             level, reason = safety(address, facts)
-            rows.append((address, f"{f.vendor}:{f.device}", f.class_code, f.driver, level,
-                         reason))
+            rows.append((address, f"{f.vendor}:{f.device}", f.class_code, f.driver,
+                         level.value, reason))
         groups.append((number, rows))
     return groups
 
