@@ -378,3 +378,27 @@ def test_a_chipset_bridge_bound_to_a_driver_makes_its_group_not_viable(tb):
     (tree.real(tree.paths[lpc.address]) / "driver").unlink()
     assert pci_verdict(smbus.address, facts(mounts=""),
                        together=frozenset({sata.address})).ok
+
+
+@pytest.mark.reliability
+def test_a_huge_or_garbled_kernel_listing_is_read_only_up_to_its_cap(tb, reliability):
+    """A listing far past any real size (here a sparse 100 MiB BTF whose names lie beyond
+    the cap) is read up to the cap and proves nothing: the override counts as applied.
+    Binary garbage around the names does not hide them."""
+    tree = laptop(tb)
+    btf = tree.add_kernel_btf([])
+    size = 100 << 20
+    with btf.open("r+b") as f:
+        f.truncate(size)
+        f.seek(size - 64)
+        f.write(b"\0" + CONTROL.encode() + b"\0")
+    sysfs._scan.cache_clear()
+    huge = facts(cmdline=ACS_CMDLINE)
+    assert (huge.acs_override, huge.acs_override_ignored) == (True, False)
+    btf.write_bytes(bytes(range(256)) * 4096 + b"\xff" + CONTROL.encode() + b"\0"
+                    + bytes(range(255, -1, -1)) * 4096)
+    garbled = facts(cmdline=ACS_CMDLINE)
+    assert (garbled.acs_override, garbled.acs_override_ignored) == (False, True)
+    reliability.record("kernel listing (BTF/kallsyms) far past its size",
+                       listing_mib=size >> 20, cap_mib=sysfs._LISTING_CAP >> 20,
+                       scans=sysfs._scan.cache_info().misses, result="taken as applied")
