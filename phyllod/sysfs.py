@@ -18,10 +18,10 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from phyllod.model import HostFacts, PciFunction
+from phyllod.sysfs_acs import kernel_ignores_acs_override
 
 _SYS = Path("/sys")
 _PROC = Path("/proc")
@@ -112,82 +112,6 @@ def iommu_groups(sys_root: Path = _SYS) -> dict[int, tuple[str, ...]]:
         if group.name.isdigit():
             groups[int(group.name)] = tuple(sorted(d.name for d in _entries(group / "devices")))
     return groups
-
-
-#: Functions the out-of-tree ACS override patch adds to drivers/pci/quirks.c (Alex
-#: Williamson's, as linux-zen, Liquorix, Proxmox and linux-vfio carry it).
-_ACS_PATCH = (b"pcie_acs_overrides", b"pcie_acs_override_setup")
-#: A function every kernel since 3.x has beside it in quirks.c (static, reached
-#: only through the same ACS quirk table): a listing that names it covers such
-#: functions, so its silence about the patch's names is proof of absence.
-_ACS_CONTROL = b"pci_quirk_intel_pch_acs"
-_IDENTIFIER = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
-_LISTING_CAP = 64 << 20  # vmlinux BTF is ~6 MiB, kallsyms ~12 MiB
-_CHUNK = 1 << 20
-
-
-def kernel_ignores_acs_override(sys_root: Path = _SYS, proc_root: Path = _PROC) -> bool:
-    """Whether the running kernel lacks the patch that reads ``pcie_acs_override=``.
-
-    Stock Debian, Fedora and Ubuntu kernels do not have it: the word is then
-    an unknown parameter and the IOMMU groups are the hardware's. The patch's
-    functions are named, to every reader, in the kernel's BTF
-    (/sys/kernel/btf/vmlinux, under the sysfs root) and in /proc/kallsyms
-    (which systemd's ProtectKernelTunables= hides from the unit). True only
-    when one of them names the control function but none of the patch's;
-    when neither can tell, the override is taken as applied (the safe side).
-    """
-    for listing in (sys_root / "kernel" / "btf" / "vmlinux", proc_root / "kallsyms"):
-        found = _names_in(listing)
-        if found & set(_ACS_PATCH):
-            return False
-        if _ACS_CONTROL in found:
-            return True
-    return False
-
-
-def _names_in(listing: Path) -> frozenset[bytes]:
-    """Which of the ACS names ``listing`` holds: read once per file (per boot), streamed."""
-    try:
-        st = listing.stat()
-    except OSError:
-        return frozenset()
-    return _scan(str(listing), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=8)
-def _scan(path: str, dev: int, ino: int, size: int, mtime: int) -> frozenset[bytes]:
-    """Stream ``path`` (at most _LISTING_CAP bytes); the stat fields key the cache."""
-    del dev, ino, size, mtime
-    found: set[bytes] = set()
-    tail = b""
-    keep = max(len(n) for n in (*_ACS_PATCH, _ACS_CONTROL)) + 1
-    try:
-        with open(path, "rb") as listing:
-            for _ in range(_LISTING_CAP // _CHUNK):
-                chunk = listing.read(_CHUNK)
-                window = tail + (chunk or b"\0")  # at the end, the last name is whole
-                found.update(n for n in (*_ACS_PATCH, _ACS_CONTROL) if _has_name(window, n))
-                if not chunk:
-                    break
-                tail = window[-keep:]
-    except OSError:
-        return frozenset()
-    return frozenset(found)
-
-
-def _has_name(data: bytes, name: bytes) -> bool:
-    """``name`` as a whole symbol (not inside a longer one; a ``.cold`` suffix is a clone
-    of the same function): bytes.find, as a regex over 10 MiB costs a second."""
-    start = data.find(name)
-    while start >= 0:
-        end = start + len(name)
-        # A name touching the window's end is judged in the next window (the tail).
-        if (end < len(data) and data[end] not in _IDENTIFIER
-                and (start == 0 or data[start - 1] not in _IDENTIFIER)):
-            return True
-        start = data.find(name, start + 1)
-    return False
 
 
 def mounted_pci(sys_root: Path, mounts: str, swaps: str = "") -> dict[str, str]:

@@ -15,7 +15,7 @@ import testbed
 from gi.repository import UMockdev
 from pci_tree import Fn
 
-from phyllod import sysfs
+from phyllod import sysfs_acs
 from phyllod.model import HostFacts, PciFunction
 from phyllod.pci_safety import Risk, iommu_table, pci_verdict
 from phyllod.sysfs import mounted_pci, pci_function, read_host_facts
@@ -319,21 +319,21 @@ def test_kernel_listings_are_streamed_once_per_boot(tb, tmp_path, monkeypatch):
     """kallsyms is ~12 MiB: read in chunks (a name across two chunks is still found),
     at most up to a cap, and only once while the file stays the same."""
     laptop(tb)
-    monkeypatch.setattr(sysfs, "_CHUNK", 64)
-    monkeypatch.setattr(sysfs, "_LISTING_CAP", 64 * 64)
+    monkeypatch.setattr(sysfs_acs, "_CHUNK", 64)
+    monkeypatch.setattr(sysfs_acs, "_LISTING_CAP", 64 * 64)
     proc = tmp_path / "proc"
     proc.mkdir()
     filler = "0000000000000000 t pad\n" * 50  # 1150 bytes: the name straddles a chunk edge
     (proc / "kallsyms").write_text(filler + f"0000000000000000 t {CONTROL}\n")
-    sysfs._scan.cache_clear()
+    sysfs_acs._scan.cache_clear()
     assert facts(cmdline=ACS_CMDLINE, proc=proc).acs_override_ignored
     assert facts(cmdline=ACS_CMDLINE, proc=proc).acs_override_ignored
-    assert (sysfs._scan.cache_info().misses, sysfs._scan.cache_info().hits) == (1, 1)
+    assert (sysfs_acs._scan.cache_info().misses, sysfs_acs._scan.cache_info().hits) == (1, 1)
     # Past the cap nothing more is read: the name there proves nothing.
     (proc / "kallsyms").write_text("0000000000000000 t pad\n" * 200
                                    + f"0000000000000000 t {CONTROL}\n")
     assert facts(cmdline=ACS_CMDLINE, proc=proc).acs_override
-    assert sysfs._scan.cache_info().misses == 2
+    assert sysfs_acs._scan.cache_info().misses == 2
 
 
 # ------------------------------------------------------------ reset files and the bus
@@ -392,7 +392,7 @@ def test_a_huge_or_garbled_kernel_listing_is_read_only_up_to_its_cap(tb, reliabi
         f.truncate(size)
         f.seek(size - 64)
         f.write(b"\0" + CONTROL.encode() + b"\0")
-    sysfs._scan.cache_clear()
+    sysfs_acs._scan.cache_clear()
     huge = facts(cmdline=ACS_CMDLINE)
     assert (huge.acs_override, huge.acs_override_ignored) == (True, False)
     btf.write_bytes(bytes(range(256)) * 4096 + b"\xff" + CONTROL.encode() + b"\0"
@@ -400,5 +400,5 @@ def test_a_huge_or_garbled_kernel_listing_is_read_only_up_to_its_cap(tb, reliabi
     garbled = facts(cmdline=ACS_CMDLINE)
     assert (garbled.acs_override, garbled.acs_override_ignored) == (False, True)
     reliability.record("kernel listing (BTF/kallsyms) far past its size",
-                       listing_mib=size >> 20, cap_mib=sysfs._LISTING_CAP >> 20,
-                       scans=sysfs._scan.cache_info().misses, result="taken as applied")
+                       listing_mib=size >> 20, cap_mib=sysfs_acs._LISTING_CAP >> 20,
+                       scans=sysfs_acs._scan.cache_info().misses, result="taken as applied")
