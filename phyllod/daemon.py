@@ -49,7 +49,7 @@ from phyllod.model import (
     State,
     Subsystem,
 )
-from phyllod.pci_safety import TableRow, iommu_table
+from phyllod.pci_safety import TableRow, iommu_table, safety
 from phyllod.policy import (
     DEFAULT_ASK_TIMEOUT,
     DEFAULT_DEBOUNCE,
@@ -331,7 +331,12 @@ class Daemon:
         a = self.assignments.get(device_id)
         if d is None or a is None:
             raise NoSuchDevice(f"no present device is named {device_id!r}")
-        return explain(d, a, self.overrides.get(d.identity), self.remembered.get(d.identity))
+        verdict = ""
+        if d.subsystem is Subsystem.PCI:
+            level, reason = safety(d.address, self.host)
+            verdict = f"{level}: {reason}" if reason else str(level)
+        return explain(d, a, self.overrides.get(d.identity), self.remembered.get(d.identity),
+                       verdict)
 
     async def set_override(self, device_id: str, override: Override | None) -> None:
         """A person's choice for a device: check, persist, then wait until it settled.

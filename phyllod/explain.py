@@ -18,8 +18,12 @@ _WHERE = {
 
 
 def explain(device: Device, assignment: Assignment, override: Override | None,
-            remembered: str | None = None) -> str:
-    """Several ``key: value`` lines: the device, where it is, why, and what decides."""
+            remembered: str | None = None, safety: str = "") -> str:
+    """Several ``key: value`` lines: the device, where it is, why, and what decides.
+
+    ``safety`` is a PCI function's policy-free verdict, as ``phyllodctl iommu``
+    shows it ("warning: …"): what passing it would take, before any rule asks.
+    """
     where = _WHERE[assignment.state].format(guest=assignment.guest)
     if assignment.state is State.FAILED and not assignment.guest:
         where = "failed"
@@ -31,6 +35,8 @@ def explain(device: Device, assignment: Assignment, override: Override | None,
         f"why: {assignment.reason}",
         f"rule: {assignment.rule or '(none)'}",
     ]
+    if safety:
+        lines.append(f"safety: {safety}")
     if override is None:
         lines.append("override: none (the policy decides)")
     else:

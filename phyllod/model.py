@@ -256,6 +256,14 @@ class PciFunction:
     #: The kernel's reset_method ("flr bus", …); "" when it has none (or a person
     #: disabled them all); None when the kernel is too old to say (before 5.15).
     reset_method: str | None = None
+    #: Whether the kernel shows ``reset_method`` or ``reset`` at all: it does for a
+    #: function it found a reset for, so with "" above False means "none found",
+    #: True "all disabled by a person".
+    reset_shown: bool = True
+    #: The upstream bridge's address: the function sits on that bridge's
+    #: secondary bus, with every other function whose ``parent`` is the same.
+    #: "" on a root bus, which no bridge can reset.
+    parent: str = ""
 
     @property
     def is_bridge(self) -> bool:
@@ -268,7 +276,9 @@ class HostFacts:
     """What the host's kernel says about IOMMU isolation, read from sysfs and /proc."""
 
     iommu_enabled: bool = False
-    acs_override: bool = False  # pcie_acs_override= on the kernel command line
+    #: pcie_acs_override= is on the kernel command line and the kernel applies it
+    #: (or cannot be shown to ignore it).
+    acs_override: bool = False
     functions: Mapping[str, PciFunction] = field(default_factory=dict)
     groups: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     #: PCI address → what the host has mounted from it ("/ (nvme0n1p2)").
@@ -280,3 +290,6 @@ class HostFacts:
     #: sysfs path of each of the host's keyboards (input devices, not virtual)
     #: → its name: a hub or controller above all of them takes the only keyboard.
     keyboards: Mapping[str, str] = field(default_factory=dict)
+    #: pcie_acs_override= is on the command line but this kernel lacks the
+    #: out-of-tree patch that reads it: groups are the hardware's own.
+    acs_override_ignored: bool = False

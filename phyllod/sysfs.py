@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phyllod.model import HostFacts, PciFunction
+from phyllod.sysfs_acs import kernel_ignores_acs_override
 
 _SYS = Path("/sys")
+_PROC = Path("/proc")
 _PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _INPUT = re.compile(r"input[0-9]+")
@@ -44,24 +46,30 @@ def iommu_enabled(sys_root: Path = _SYS) -> bool:
 
 
 def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
-                    mounts: str | None = None, swaps: str | None = None) -> HostFacts:
+                    mounts: str | None = None, swaps: str | None = None,
+                    proc_root: Path = _PROC) -> HostFacts:
     """Everything the PCI safety check weighs, read in one pass.
 
     ``cmdline``, ``mounts`` (/proc/self/mountinfo or /proc/mounts format) and
     ``swaps`` (/proc/swaps) default to the running kernel's; tests pass text.
     Active swap counts as mounted: passing its disk's controller is as fatal.
+    ``proc_root`` is where /proc/kallsyms is looked for (see
+    :func:`kernel_ignores_acs_override`).
     """
     if cmdline is None:
-        cmdline = _read(Path("/proc/cmdline"))
+        cmdline = _read(proc_root / "cmdline")
     if mounts is None:
         mounts = _read(Path("/proc/self/mountinfo")) or _read(Path("/proc/mounts"))
     if swaps is None:
         swaps = _read(Path("/proc/swaps"))
     functions = {f.address: f for f in _pci_functions(sys_root)}
     held = list(_held_blocks(sys_root, mounts, swaps))
+    acs_asked = any(w.startswith("pcie_acs_override=") for w in cmdline.split())
+    acs_ignored = acs_asked and kernel_ignores_acs_override(sys_root, proc_root)
     return HostFacts(
         iommu_enabled=iommu_enabled(sys_root),
-        acs_override=any(w.startswith("pcie_acs_override=") for w in cmdline.split()),
+        acs_override=acs_asked and not acs_ignored,
+        acs_override_ignored=acs_ignored,
         functions=functions,
         groups=iommu_groups(sys_root),
         mounted=_by_pci_address(held),
@@ -76,6 +84,8 @@ def pci_function(sys_root: Path, address: str) -> PciFunction | None:
     if not path.is_dir():
         return None
     group = _link_name(path / "iommu_group")
+    reset_method, reset_shown = _reset_method(path)
+    real = _resolve(path)
     return PciFunction(
         address=address,
         vendor=_hex(path / "vendor", 4),
@@ -88,7 +98,10 @@ def pci_function(sys_root: Path, address: str) -> PciFunction | None:
         boot_vga=_read(path / "boot_vga").strip() == "1",
         physfn=_link_name(path / "physfn"),
         sriov_totalvfs=_int(path / "sriov_totalvfs"),
-        reset_method=_reset_method(path),
+        reset_method=reset_method,
+        reset_shown=reset_shown,
+        parent=real.parent.name if real is not None and _PCI_ADDRESS.fullmatch(
+            real.parent.name) else "",
     )
 
 
@@ -321,21 +334,23 @@ def _has_entries(directory: Path) -> bool:
     return bool(_entries(directory))
 
 
-def _reset_method(function: Path) -> str | None:
-    """The kernel's reset methods ("flr bus"); "" if it has none; None if it cannot say.
+def _reset_method(function: Path) -> tuple[str | None, bool]:
+    """The kernel's reset methods ("flr bus"; "" none; None cannot say) and whether
+    it shows a reset file at all.
 
     The kernel shows ``reset_method`` (5.15 and later) and ``reset`` (all
     kernels) only for a function that can be reset, deciding when the
     function appears; a person may also write ``reset_method`` empty to
     disable every method. So: ``reset_method`` readable → its text; no
     ``reset_method`` but a ``reset`` → a kernel before 5.15, None (it can be
-    reset, by a method we cannot name); neither → "" (no reset method at all).
+    reset, by a method we cannot name); neither → ("", False): the kernel
+    found no reset method at all.
     """
     try:
-        return (function / "reset_method").read_text(errors="replace").strip()
+        return (function / "reset_method").read_text(errors="replace").strip(), True
     except OSError:
         pass
-    return None if (function / "reset").exists() else ""
+    return (None, True) if (function / "reset").is_file() else ("", False)
 
 
 def _read(path: Path) -> str:

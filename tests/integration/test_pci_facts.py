@@ -15,14 +15,18 @@ import testbed
 from gi.repository import UMockdev
 from pci_tree import Fn
 
+from phyllod import sysfs_acs
 from phyllod.model import HostFacts, PciFunction
-from phyllod.pci_safety import Risk, pci_verdict
+from phyllod.pci_safety import Risk, iommu_table, pci_verdict
 from phyllod.sysfs import mounted_pci, pci_function, read_host_facts
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(testbed.available()), reason=testbed.available())]
 
 SYS = Path("/sys")
+#: No /proc/kallsyms: the tests' kernel listings are faked under the testbed's /sys
+#: (or written to a directory of their own), never the running kernel's.
+NO_PROC = Path("/nonexistent-proc")
 
 NVME_PORT = Fn("0000:00:1d.0", "060400", driver="pcieport", group=1)
 NVME = Fn("0000:01:00.0", "010802", vendor="144d", device="a808", parent=NVME_PORT.address,
@@ -73,8 +77,8 @@ def laptop(tb: UMockdev.Testbed) -> pci_tree.PciTree:
 
 
 def facts(cmdline: str = "BOOT_IMAGE=/vmlinuz root=UUID=x intel_iommu=on",
-          mounts: str = MOUNTINFO, swaps: str = "") -> HostFacts:
-    return read_host_facts(SYS, cmdline=cmdline, mounts=mounts, swaps=swaps)
+          mounts: str = MOUNTINFO, swaps: str = "", proc: Path = NO_PROC) -> HostFacts:
+    return read_host_facts(SYS, cmdline=cmdline, mounts=mounts, swaps=swaps, proc_root=proc)
 
 
 def test_laptop_facts(tb):
@@ -86,11 +90,11 @@ def test_laptop_facts(tb):
     assert got.functions[WIFI.address] == PciFunction(
         WIFI.address, vendor="8086", device="2723", subsystem_vendor="8086",
         subsystem_device="0084", class_code="028000", driver="iwlwifi", iommu_group=2,
-        reset_method="flr bus")
+        reset_method="flr bus", parent=WIFI_PORT.address)
     assert got.functions[GPU.address] == PciFunction(
         GPU.address, vendor="10de", device="1f91", subsystem_vendor="17aa",
         subsystem_device="2233", class_code="030000", driver="nouveau", iommu_group=3,
-        boot_vga=True, reset_method="bus")
+        boot_vga=True, reset_method="bus", parent=GPU_PORT.address)
     for spec in LAPTOP:
         fn = got.functions[spec.address]
         assert (fn.class_code, fn.driver, fn.iommu_group, fn.boot_vga) == (
@@ -201,7 +205,7 @@ def test_sriov_virtual_functions(tb):
     assert pci_function(SYS, vfs[1].address) == PciFunction(
         "0000:05:10.2", vendor="8086", device="10ed", subsystem_vendor="17aa",
         subsystem_device="2233", class_code="020000", driver="ixgbevf", iommu_group=9,
-        physfn="0000:05:00.0", reset_method="flr")
+        physfn="0000:05:00.0", reset_method="flr", parent=port.address)
     got = facts(mounts="")
     assert got.functions[pf.address].sriov_totalvfs == 63
     assert got.functions[pf.address].physfn == ""
@@ -256,3 +260,145 @@ def test_reset_method_listed_disabled_none_or_unknown(tb):
 def test_missing_sysfs_gives_empty_facts(tmp_path):
     assert read_host_facts(tmp_path / "nothing", cmdline="", mounts=MOUNTINFO,
                            swaps="") == HostFacts()
+
+
+# ------------------------------------------------------------ pcie_acs_override=, applied or not
+
+ACS_CMDLINE = "root=/dev/nvme0n1p2 pcie_acs_override=downstream,multifunction"
+PATCH = "pcie_acs_overrides"  # a function the out-of-tree ACS override patch adds
+CONTROL = "pci_quirk_intel_pch_acs"  # its neighbour in quirks.c on every kernel
+
+
+def kallsyms(directory: Path, *names: str) -> Path:
+    """A /proc/kallsyms as an unprivileged reader sees it: addresses zeroed."""
+    directory.mkdir(exist_ok=True)
+    (directory / "kallsyms").write_text(
+        "0000000000000000 T _text\n"
+        + "".join(f"0000000000000000 t {n}\n" for n in names)
+        + "0000000000000000 t e1000_probe\t[e1000e]\n")
+    return directory
+
+
+@pytest.mark.parametrize(("btf", "syms", "applied"), [
+    ([PATCH, CONTROL, "pcie_acs_override_setup"], None, True),  # linux-zen, Proxmox
+    ([CONTROL, "pci_quirk_amd_sb_acs"], None, False),  # Debian/Fedora stock
+    (["pci_dev_specific_acs_enabled"], [CONTROL], False),  # BTF silent, kallsyms tells
+    (None, [CONTROL, "pcie_acs_override_setup"], True),
+    (None, [f"{CONTROL}.cold", f"x{PATCH}", f"{PATCH}_helper"], False),  # whole names only
+    (["e1000_probe"], ["e1000_probe"], True),  # neither proves anything: taken as applied
+    (None, None, True),
+], ids=["btf-patched", "btf-stock", "kallsyms-stock", "kallsyms-patched", "whole-names",
+        "silent", "nothing-readable"])
+def test_acs_override_applied_or_ignored_by_this_kernel(tb, tmp_path, btf, syms, applied):
+    """The word on the command line is weighed only if this kernel has the patch that
+    reads it; a kernel that ignores it gets a note instead of the risk."""
+    tree = laptop(tb)
+    if btf is not None:
+        tree.add_kernel_btf(btf)
+    proc = kallsyms(tmp_path / "proc", *syms) if syms is not None else NO_PROC
+    got = facts(cmdline=ACS_CMDLINE, proc=proc)
+    assert (got.acs_override, got.acs_override_ignored) == (applied, not applied)
+    wifi = pci_verdict(WIFI.address, got)
+    if applied:
+        assert [f.risk for f in wifi.blocking] == [Risk.ACS_OVERRIDE]
+    else:
+        assert wifi.ok and wifi.reason() == (
+            "pcie_acs_override= is on the command line but this kernel ignores it (it lacks "
+            "the out-of-tree ACS override patch): the IOMMU groups are the hardware's own")
+        assert pci_table_row(got, WIFI.address)[4:] == ("ok", wifi.reason())
+    # Without the word on the command line nothing is read and nothing is said.
+    plain = facts(proc=proc)
+    assert (plain.acs_override, plain.acs_override_ignored) == (False, False)
+
+
+def pci_table_row(got: HostFacts, address: str) -> tuple[str, ...]:
+    return next(row for _, rows in iommu_table(got) for row in rows if row[0] == address)
+
+
+def test_kernel_listings_are_streamed_once_per_boot(tb, tmp_path, monkeypatch):
+    """kallsyms is ~12 MiB: read in chunks (a name across two chunks is still found),
+    at most up to a cap, and only once while the file stays the same."""
+    laptop(tb)
+    monkeypatch.setattr(sysfs_acs, "_CHUNK", 64)
+    monkeypatch.setattr(sysfs_acs, "_LISTING_CAP", 64 * 64)
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    filler = "0000000000000000 t pad\n" * 50  # 1150 bytes: the name straddles a chunk edge
+    (proc / "kallsyms").write_text(filler + f"0000000000000000 t {CONTROL}\n")
+    sysfs_acs._scan.cache_clear()
+    assert facts(cmdline=ACS_CMDLINE, proc=proc).acs_override_ignored
+    assert facts(cmdline=ACS_CMDLINE, proc=proc).acs_override_ignored
+    assert (sysfs_acs._scan.cache_info().misses, sysfs_acs._scan.cache_info().hits) == (1, 1)
+    # Past the cap nothing more is read: the name there proves nothing.
+    (proc / "kallsyms").write_text("0000000000000000 t pad\n" * 200
+                                   + f"0000000000000000 t {CONTROL}\n")
+    assert facts(cmdline=ACS_CMDLINE, proc=proc).acs_override
+    assert sysfs_acs._scan.cache_info().misses == 2
+
+
+# ------------------------------------------------------------ reset files and the bus
+
+def test_a_gpu_and_its_audio_without_reset_files_move_as_one_bus(tb):
+    """NVIDIA GPUs often have no FLR: the kernel shows no reset file for either
+    function (a bus reset would hit both). Going together, a bus reset covers them."""
+    port = Fn("0000:00:01.0", "060400", driver="pcieport", group=1)
+    gpu = Fn("0000:01:00.0", "030000", vendor="10de", device="11e1", parent=port.address,
+             driver="nouveau", group=1, resettable=False)
+    audio = Fn("0000:01:00.1", "040300", vendor="10de", device="0e0b", parent=port.address,
+               driver="snd_hda_intel", group=1, resettable=False)
+    pci_tree.build(tb, [port, gpu, audio])
+    got = facts(mounts="")
+    assert [(got.functions[a].parent, got.functions[a].reset_method,
+             got.functions[a].reset_shown) for a in (gpu.address, audio.address)] == [
+        (port.address, "", False)] * 2
+    assert got.functions[port.address].parent == ""
+    both = frozenset({audio.address})
+    assert pci_verdict(gpu.address, got, together=both, along=both).ok
+    alone = pci_verdict(gpu.address, got)
+    assert [f.risk for f in alone.blocking] == [Risk.GROUP, Risk.NO_RESET]
+    assert "the kernel shows neither reset_method nor reset for it" in alone.reason()
+    assert pci_table_row(got, gpu.address)[4] == "unsafe"
+
+
+# ------------------------------------------------------------ chipset bridges in a group
+
+def test_a_chipset_bridge_bound_to_a_driver_makes_its_group_not_viable(tb):
+    """Intel's PCH: the LPC bridge (lpc_ich), SATA and SMBus share a group. The LPC
+    bridge is a 06xx function but no PCI-to-PCI bridge: bound to its driver, the
+    kernel refuses the group, and the reason names it."""
+    lpc = Fn("0000:00:1f.0", "060100", device="8c4b", driver="lpc_ich", group=11)
+    sata = Fn("0000:00:1f.2", "010400", device="282a", driver="ahci", group=11)
+    smbus = Fn("0000:00:1f.3", "0c0500", device="8c22", driver="i801_smbus", group=11)
+    tree = pci_tree.build(tb, [lpc, sata, smbus])
+    got = facts(mounts="")
+    verdict = pci_verdict(smbus.address, got, together=frozenset({sata.address, lpc.address}))
+    assert verdict.reason() == ("IOMMU group 11 is shared with 0000:00:1f.0 (ISA bridge, "
+                                "class 060100, bound to lpc_ich) which stays on the host")
+    # Unbound (as on AMD's FCH), the same bridge is no obstacle: the kernel agrees.
+    (tree.real(tree.paths[lpc.address]) / "driver").unlink()
+    assert pci_verdict(smbus.address, facts(mounts=""),
+                       together=frozenset({sata.address})).ok
+
+
+@pytest.mark.reliability
+def test_a_huge_or_garbled_kernel_listing_is_read_only_up_to_its_cap(tb, reliability):
+    """A listing far past any real size (here a sparse 100 MiB BTF whose names lie beyond
+    the cap) is read up to the cap and proves nothing: the override counts as applied.
+    Binary garbage around the names does not hide them."""
+    tree = laptop(tb)
+    btf = tree.add_kernel_btf([])
+    size = 100 << 20
+    with btf.open("r+b") as f:
+        f.truncate(size)
+        f.seek(size - 64)
+        f.write(b"\0" + CONTROL.encode() + b"\0")
+    sysfs_acs._scan.cache_clear()
+    huge = facts(cmdline=ACS_CMDLINE)
+    assert (huge.acs_override, huge.acs_override_ignored) == (True, False)
+    btf.write_bytes(bytes(range(256)) * 4096 + b"\xff" + CONTROL.encode() + b"\0"
+                    + bytes(range(255, -1, -1)) * 4096)
+    garbled = facts(cmdline=ACS_CMDLINE)
+    assert (garbled.acs_override, garbled.acs_override_ignored) == (False, True)
+    reliability.record("kernel listing (BTF/kallsyms) far past its size",
+                       listing_mib=size >> 20, cap_mib=sysfs_acs._LISTING_CAP >> 20,
+                       scans=sysfs_acs._scan.cache_info().misses, result="taken as applied")
