@@ -37,6 +37,7 @@ _T = TypeVar("_T")
 _SYS = Path("/sys")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _INPUT = re.compile(r"input[0-9]+")
+_FIELD_SEPARATOR = re.compile(r"[ \t]+")
 _HEX_WORD = re.compile(r"[0-9a-f]{1,16}")
 #: A sysfs attribute is at most a page (sysfs_emit); a longer file is no kernel's.
 _MAX_ATTRIBUTE = 4096
@@ -178,8 +179,7 @@ class _Mount:
 
 def _parse_mounts(text: str) -> Iterator[_Mount]:
     """Lines of /proc/self/mountinfo or /proc/mounts, whichever the text is."""
-    for line in text.splitlines():
-        fields = line.split()
+    for fields in _lines_of_fields(text):
         if len(fields) >= 10 and "-" in fields[6:]:
             dash = fields.index("-", 6)
             if len(fields) > dash + 2:
@@ -190,10 +190,18 @@ def _parse_mounts(text: str) -> Iterator[_Mount]:
 
 def _parse_swaps(text: str) -> Iterator[_Mount]:
     """Swap partitions from /proc/swaps (swap files live on a mount already seen)."""
-    for line in text.splitlines()[1:]:
-        fields = line.split()
+    for fields in _lines_of_fields(text)[1:]:
         if len(fields) >= 2 and fields[1] == "partition":
             yield _Mount("[SWAP]", _unescape(fields[0]))
+
+
+def _lines_of_fields(text: str) -> list[list[str]]:
+    """The kernel's lines and fields: only a newline ends a line, only spaces and tabs
+    part fields (it escapes those in a field), never the U+2028, U+0085 or \\x1c
+    that str.splitlines and str.split also break at, which a label's mount point
+    (/media/user/LABEL) may hold."""
+    return [_FIELD_SEPARATOR.split(line.strip(" \t")) for line in text.split("\n")
+            if line.strip(" \t")]
 
 
 def _unescape(field: str) -> str:
