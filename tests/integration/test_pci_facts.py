@@ -275,8 +275,8 @@ def _replace_link(link: Path, target: str) -> None:
 @pytest.fixture
 def told(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """The adapters' lines, with fresh memories of what they already said."""
-    monkeypatch.setattr(sysfs, "_reported", kv.ReportedOnce())
-    monkeypatch.setattr(udev_source, "_reported", kv.ReportedOnce())
+    monkeypatch.setattr(sysfs, "_reported", kv.ReportedOnce(), raising=False)
+    monkeypatch.setattr(udev_source, "_reported", kv.ReportedOnce(), raising=False)
     caplog.set_level(logging.WARNING, logger="phyllod")
     return lambda: [r.getMessage() for r in caplog.records]
 
