@@ -32,15 +32,18 @@ _BYTES_PER_CHAR = 4
 def clean(raw: bytes | str | None, limit: int = MAX_TEXT) -> str:
     """``raw`` decoded, stripped, each unprintable character made U+FFFD, cut to ``limit``.
 
-    Bytes that are not UTF-8 become U+FFFD (one per invalid sequence), as do
-    the lone surrogates a ``surrogateescape`` decoder leaves in a str.
+    A NUL ends the text, as it ends the C string libudev reads an attribute
+    as (so a file read whole says the same). Bytes that are not UTF-8 become
+    U+FFFD (one per invalid sequence), as do the lone surrogates a
+    ``surrogateescape`` decoder leaves in a str.
     """
     if not raw:
         return ""
     if isinstance(raw, bytes):
-        raw = raw[:(limit + 1) * _BYTES_PER_CHAR].decode("utf-8", errors="replace")
+        raw = raw[:(limit + 1) * _BYTES_PER_CHAR].split(b"\0", 1)[0]
+        raw = raw.decode("utf-8", errors="replace")
     else:
-        raw = raw[:(limit + 1) * _BYTES_PER_CHAR]
+        raw = raw[:(limit + 1) * _BYTES_PER_CHAR].split("\0", 1)[0]
     text = raw.strip()
     if not text.isprintable():
         text = "".join(_printable(c) for c in text)

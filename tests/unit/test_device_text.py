@@ -15,7 +15,9 @@ CASES = [
     ("markup is text", "<b>x</b>&amp;'\"", "<b>x</b>&amp;'\""),
     ("letters of any script", "Ünïcødé 日本語 ✓ \U0001f600", "Ünïcødé 日本語 ✓ \U0001f600"),
     ("the kernel's newline and padding", "  QEMU  \n", "QEMU"),
-    ("C0: NUL, BEL, BS, ESC", "a\x00b\x07c\x08d\x1b[2J", f"a{R}b{R}c{R}d{R}[2J"),
+    ("C0: BEL, BS, ESC", "a\x07c\x08d\x1b[2J", f"a{R}c{R}d{R}[2J"),
+    ("NUL ends it, as a C string", "a\x1bb\x00c\x1b", f"a{R}b"),
+    ("NUL in bytes", b"before-nul\x00\x1b[2Jafter", "before-nul"),
     ("C0: tab, CR, LF inside", "a\tb\rc\nd", f"a{R}b{R}c{R}d"),
     ("C0: FS/GS/RS/US", "a\x1cb\x1dc\x1ed\x1fe", f"a{R}b{R}c{R}d{R}e"),
     ("DEL", "a\x7fb", f"a{R}b"),
@@ -40,7 +42,7 @@ CASES = [
     ("bytes that are UTF-8", "Ünï\u202e".encode(), f"Ünï{R}"),
     ("nothing", "", ""),
     ("None", None, ""),
-    ("only controls around", "\x00\x1b", f"{R}{R}"),
+    ("only controls around", "\x07\x1b", f"{R}{R}"),
 ]
 
 
