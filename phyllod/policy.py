@@ -85,7 +85,7 @@ _USBGUARD_CLASS = re.compile(r"^([0-9a-f]{2}):([0-9a-f]{2}|\*):([0-9a-f]{2}|\*)$
 _INTERFACE_KEYS = ("interface_class", "not_interface_class")
 _CLASS = re.compile(r"^(?:[0-9a-f]{2}){1,3}$")
 _PORT = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
-_PCI_ADDR = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+_PCI_ADDR = re.compile(r"^(?:([0-9a-f]{4,8}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
 
 
 @dataclass(frozen=True, slots=True)

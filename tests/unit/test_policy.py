@@ -256,3 +256,21 @@ def test_port_rules_cover_both_halves_of_a_usb3_port():
     assert not below.matches(ss_hub)  # a hub only routes, on either half
     assert not exact.matches(elsewhere) and not below.matches(elsewhere)
     assert not below.matches(usb(port="2-3"))  # no peer link: another port
+
+
+@pytest.mark.parametrize(("written", "kept"), [
+    ("03:00.0", "0000:03:00.0"),
+    ("0000:03:00.0", "0000:03:00.0"),
+    ("10000:e1:00.0", "10000:e1:00.0"),  # Intel VMD puts its NVMe functions in domains from 10000
+    ("ABCDEF01:00:1f.7", "abcdef01:00:1f.7"),
+])
+def test_pci_address_takes_every_domain_the_kernel_names(written, kept):
+    rules, problems = parse(f'[[rule]]\nname = "n"\nmatch = {{ address = "{written}" }}\n'
+                            'guest = "g"\n')
+    assert problems == [] and rules[0].match.address == kept
+
+
+@pytest.mark.parametrize("written", ["000:03:00.0", "123456789:03:00.0", "03:00.8", "3:00.0"])
+def test_pci_address_of_no_kernel_shape_is_refused(written):
+    _, problems = parse(f'[[rule]]\nname = "n"\nmatch = {{ address = "{written}" }}\nguest = "g"\n')
+    assert any("address must be a PCI address" in p for p in problems)
