@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from factories import usb
+from hangs import within
 
 from phyllod import policy as policy_module
 from phyllod.policy import (
@@ -32,26 +32,6 @@ from phyllod.policy import (
 
 ATTACH = '[[rule]]\nname = "keyboard to work"\nmatch = { vendor = "0627" }\nguest = "work"\n'
 DENY = '[[rule]]\nname = "never the keyboard"\nmatch = { vendor = "0627" }\naction = "deny"\n'
-
-
-def within(seconds: float, call: Callable[[], object]) -> object:
-    """``call()``'s result or exception, or a failure if it is still running after
-    ``seconds`` (a FIFO opened for reading blocks until a writer comes)."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as e:  # handed to the test thread
-            box["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds}s: it hangs"
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]
 
 
 def refused(directory: Path) -> list[str]:
