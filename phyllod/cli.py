@@ -75,16 +75,16 @@ def _doubt(d: Device) -> str:
 
 
 def check_policy(files: list[Path], policy_dir: Path) -> int:
-    paths = files or policy_files(policy_dir)
-    if not paths:
-        print(f"no policy files in {policy_dir}: every device stays on the host")
-        return 0
     try:
+        paths = files or policy_files(policy_dir)
+        if not paths:
+            print(f"no policy files in {policy_dir}: every device stays on the host")
+            return 0
         policy: Policy = load_policy(paths)
     except PolicyError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
-        print(f"policy has {len(e.problems)} error(s)", file=sys.stderr)
+        print(f"policy has {e.total} error(s)", file=sys.stderr)
         return 1
     print(f"policy OK: {len(policy.rules)} rules in {len(paths)} files")
     settings = policy.settings

@@ -75,10 +75,10 @@ from phyllod.reconcile import (
 from phyllod.serial_trust import carry_choices, with_identities
 from phyllod.state_store import (
     StateError,
+    StateWriter,
     load_answers,
     load_overrides,
-    save_answers,
-    save_overrides,
+    remove_leftovers,
 )
 from phyllod.sysfs import read_host_facts
 from phyllod.systemd_glue import MessageId, notify, watchdog_interval
@@ -146,6 +146,10 @@ class Daemon:
         #: Ask mode: per plug (by device id), remembered (by identity), open requests.
         self.asks: dict[str, Ask] = {}
         self.remembered: dict[str, str] = {}
+        #: Saves run off the loop; the lock keeps each read-change-save-keep of the
+        #: choices whole (two bus calls at once must not save from the same copy).
+        self.state = StateWriter(config.state_dir)
+        self._state_lock = asyncio.Lock()
         self.inserted: set[str] = set()
         #: Debounce: vanished devices (by id) → when phyllod stops waiting for them.
         self.vanished: dict[str, float] = {}
@@ -190,6 +194,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self._log_memory)
         self._load_policy(initial=True)
+        remove_leftovers(self.config.state_dir)
         self.overrides = load_overrides(self.config.state_dir)
         if self.overrides:
             log.info("%d manual overrides from %s", len(self.overrides), self.config.state_dir)
@@ -356,22 +361,23 @@ class Daemon:
             rule = self.policy.match(d)
             if rule is not None and rule.action is Action.DENY:
                 raise Denied(f"{d.id} is denied by rule '{rule.name}' ({rule.file}:{rule.line})")
-        overrides = dict(self.overrides)
-        if override is None:
-            overrides.pop(d.identity, None)
-        else:
-            overrides[d.identity] = override
-        if overrides != self.overrides:
-            try:
-                save_overrides(self.config.state_dir, overrides, self._notes(overrides))
-            except StateError as e:
-                log.error("%s", e, **_fields(device=d.id))
-                raise Failed(str(e)) from None
-            self.overrides = overrides
-            what = f"{override.kind} {override.guest}".strip() if override else "cleared"
-            log.info("manual override for %s: %s", d.describe(), what,
-                     **_fields(device=d.id, guest=override.guest if override else "",
-                               event=MessageId.OVERRIDE))
+        async with self._state_lock:
+            overrides = dict(self.overrides)
+            if override is None:
+                overrides.pop(d.identity, None)
+            else:
+                overrides[d.identity] = override
+            if overrides != self.overrides:
+                try:
+                    await self.state.save_overrides(overrides, self._notes(overrides))
+                except StateError as e:
+                    log.error("%s", e, **_fields(device=d.id))
+                    raise Failed(str(e)) from None
+                self.overrides = overrides
+                what = f"{override.kind} {override.guest}".strip() if override else "cleared"
+                log.info("manual override for %s: %s", d.describe(), what,
+                         **_fields(device=d.id, guest=override.guest if override else "",
+                                   event=MessageId.OVERRIDE))
         self._manual.add(device_id)
         try:
             a = await self._settle(device_id)
@@ -403,13 +409,18 @@ class Daemon:
                                   f"{d.id} ({offers}); answer one of them or the host")
             guest = g.name
         if remember:
-            remembered = {**self.remembered, d.identity: guest}
-            try:
-                save_answers(self.config.state_dir, remembered, self._notes(remembered))
-            except StateError as e:
-                log.error("%s", e, **_fields(device=d.id))
-                raise Failed(str(e)) from None
-            self.remembered = remembered
+            async with self._state_lock:
+                remembered = {**self.remembered, d.identity: guest}
+                try:
+                    await self.state.save_answers(remembered, self._notes(remembered))
+                except StateError as e:
+                    log.error("%s", e, **_fields(device=d.id))
+                    raise Failed(str(e)) from None
+                self.remembered = remembered
+            if self.requests.get(number) is not r:  # expired or withdrawn during the save
+                self._kick()
+                raise NoSuchRequest(f"request {number} was closed while its answer was "
+                                    "saved; the answer is remembered for the device")
         self._close_request(number)
         self.asks[d.id] = Ask(AskOutcome.ANSWERED, guest)
         log.info("request %d answered for %s: %s%s", number, d.describe(),
@@ -426,15 +437,16 @@ class Daemon:
 
     async def forget(self, identity: str) -> None:
         """Drop a remembered answer: the device is asked about again at its next plug."""
-        if identity not in self.remembered:
-            raise NoSuchDevice(f"no answer is remembered for {identity!r}")
-        remembered = {k: v for k, v in self.remembered.items() if k != identity}
-        try:
-            save_answers(self.config.state_dir, remembered, self._notes(remembered))
-        except StateError as e:
-            log.error("%s", e)
-            raise Failed(str(e)) from None
-        self.remembered = remembered
+        async with self._state_lock:
+            if identity not in self.remembered:
+                raise NoSuchDevice(f"no answer is remembered for {identity!r}")
+            remembered = {k: v for k, v in self.remembered.items() if k != identity}
+            try:
+                await self.state.save_answers(remembered, self._notes(remembered))
+            except StateError as e:
+                log.error("%s", e)
+                raise Failed(str(e)) from None
+            self.remembered = remembered
         log.info("forgot the remembered answer for %s", identity, **_fields(device=identity))
         self._kick()
 

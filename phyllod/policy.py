@@ -10,6 +10,8 @@ refused as a whole and the previous policy kept.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 import tomllib
@@ -21,6 +23,7 @@ from typing import Any
 
 from phyllod.model import Device, Subsystem
 from phyllod.pci_safety import OPT_IN
+from phyllod.safe_read import FileRefused, read_regular_file
 
 DEFAULT_POLICY_DIR = Path("/etc/phyllod/policy.d")
 
@@ -54,28 +57,79 @@ DEFAULT_ASK_TIMEOUT = 30
 #: return is one move, not an unplug and a plug.
 DEFAULT_DEBOUNCE = 1.0
 MAX_DEBOUNCE = 60.0
+#: Characters a rule name or a guest name may have: names go into every device's
+#: bus properties, the journal and explain; no real name comes close.
+MAX_NAME = 200
+
+
+#: What a problem shows of a message, a rule name and a file name, in characters:
+#: the input they quote (a key, a value, a name) may be megabytes long, and every
+#: problem goes to the journal, to check-policy's output and onto the bus.
+MAX_MESSAGE = 400
+MAX_SHOWN_NAME = 80
+MAX_SHOWN_FILE = 240
+#: Problems a PolicyError keeps; the rest are counted in one last problem.
+MAX_PROBLEMS = 50
+
+
+def bounded(text: str, most: int) -> str:
+    """``text`` made safe to print on one line and cut to about ``most`` characters.
+
+    Every character ``str.isprintable`` refuses (controls, newlines, bidi
+    overrides, lone surrogates from a file name that is not UTF-8) is shown as
+    its escape; a long text keeps its start and its end (where a message names
+    what is allowed) and says how much was left out.
+    """
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) <= most:
+        return text
+    tail = most // 3
+    head = most - tail
+    return f"{text[:head]}…[{len(text) - head - tail} characters left out]…{text[-tail:]}"
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One mistake in a policy file, located as precisely as we can."""
+    """One mistake in a policy file, located as precisely as we can.
+
+    The message and the rule name are bounded when the problem is made, so no
+    input can make one problem large; the file name is bounded where it is shown.
+    """
 
     file: str
     line: int
     message: str
     rule: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", bounded(self.message, MAX_MESSAGE))
+        object.__setattr__(self, "rule", bounded(self.rule, MAX_SHOWN_NAME))
+
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
+        file = bounded(self.file, MAX_SHOWN_FILE)
+        where = f"{file}:{self.line}" if self.line else file
         who = f" rule '{self.rule}':" if self.rule else ""
         return f"{where}:{who} {self.message}"
 
 
 class PolicyError(Exception):
-    """A policy that cannot be used; carries every problem found."""
+    """A policy that cannot be used; carries the problems found.
+
+    At most MAX_PROBLEMS are kept, and one more that counts the rest: a
+    directory of broken files must not make a message too large for the bus.
+    ``total`` is how many were found.
+    """
 
     def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = tuple(problems)
+        found = tuple(problems)
+        self.total = len(found)
+        kept = found[:MAX_PROBLEMS]
+        if self.total > MAX_PROBLEMS:
+            rest = found[MAX_PROBLEMS:]
+            kept += (Problem(rest[0].file, rest[0].line, f"and {len(rest)} more problems "
+                             "(not shown: fix these and check again)"),)
+        self.problems = kept
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
@@ -268,6 +322,8 @@ class _Locator:
 
 def _shown(value: Any) -> str:
     """``value`` for a message, cut short; a huge TOML integer has no decimal repr at all."""
+    if isinstance(value, str) and len(value) > 100:
+        return f"{value[:60]!r}… ({len(value)} characters)"
     try:
         text = repr(value)
     except ValueError:  # int()'s limit on a number's digits
@@ -394,6 +450,10 @@ def _parse_rule(
     if not isinstance(name, str) or not name.strip():
         return None, [Problem(file, line, f"rule #{index + 1} needs a 'name' (a non-empty string)")]
     name = name.strip()
+    if len(name) > MAX_NAME or not name.isprintable():
+        return None, [Problem(file, line, f"rule #{index + 1}: a name must be one line of "
+                              f"printable text of at most {MAX_NAME} characters, not "
+                              f"{_shown(name)}")]
     problems: list[Problem] = []
 
     def bad(key: str, message: str) -> None:
@@ -401,7 +461,7 @@ def _parse_rule(
 
     for key in raw:
         if key not in _RULE_KEYS:
-            bad(key, f"unknown key '{key}' (known: {', '.join(sorted(_RULE_KEYS))})")
+            bad(key, f"unknown key {_shown(key)} (known: {', '.join(sorted(_RULE_KEYS))})")
     match, match_problems = _parse_match(raw.get("match"), file, loc, index, name)
     problems += match_problems
     action_raw = raw.get("action", Action.ATTACH.value)
@@ -426,6 +486,10 @@ def _parse_rule(
     guest = guest.strip()
     if action is Action.ASK and guest:
         candidates, guest = (guest,), ""
+    for named in (guest, *candidates):
+        if len(named) > MAX_NAME or not named.isprintable():
+            bad("guest", f"a guest name must be one line of printable text of at most "
+                         f"{MAX_NAME} characters, not {_shown(named)}")
     if action is Action.ATTACH and not guest:
         bad("action", "an 'attach' rule needs a target: guest = \"NAME\" or a UUID")
     if action in (Action.IGNORE, Action.DENY) and guest:
@@ -436,7 +500,7 @@ def _parse_rule(
         risks = []
     for risk in risks:
         if risk not in OPT_IN_RISKS:
-            bad("allow_risks", f"'{risk}' cannot be allowed (a rule may accept only: "
+            bad("allow_risks", f"{_shown(risk)} cannot be allowed (a rule may accept only: "
                                f"{', '.join(OPT_IN_RISKS)}; other risks always block)")
     if risks and action is not Action.ATTACH:
         bad("allow_risks", "'allow_risks' only applies to 'attach' rules")
@@ -488,7 +552,8 @@ def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any],
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _SETTINGS_KEYS:
-            bad(key, f"unknown setting '{key}' (known: {', '.join(sorted(_SETTINGS_KEYS))})")
+            bad(key, f"unknown setting {_shown(key)} "
+                     f"(known: {', '.join(sorted(_SETTINGS_KEYS))})")
         elif key == "unmatched":
             try:
                 values[key] = Unmatched(value)
@@ -537,7 +602,7 @@ def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]
     for key in data:
         if key not in ("rule", "settings"):
             problems.append(
-                Problem(file, loc.top_key_line(key), f"unknown top-level key '{key}' "
+                Problem(file, loc.top_key_line(key), f"unknown top-level key {_shown(key)} "
                         "(a policy file holds [[rule]] tables and one [settings] table)")
             )
     settings: dict[str, Any] = {}
@@ -560,28 +625,93 @@ def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]
     return FileContent(tuple(rules), settings, settings_line), problems
 
 
+#: Bytes one policy file may have, and all of them together: a hand-written or
+#: generated policy of thousands of rules is a few hundred KiB; a log or an image
+#: named ``*.toml`` by mistake must not be read whole into memory.
+MAX_FILE_BYTES = 1 << 20
+MAX_TOTAL_BYTES = 8 << 20
+#: Drop-in files a policy may have (their names go onto the bus, PolicyFiles).
+MAX_FILES = 1000
+
+
 def policy_files(directory: Path) -> list[Path]:
-    """The drop-in files of ``directory`` in the order they apply."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.suffix == ".toml" and p.is_file())
+    """The drop-in entries of ``directory`` in the order they apply.
+
+    Every entry whose name ends in ``.toml`` is one, whatever it is: load_policy
+    refuses those that are not readable regular files, so a deny rule cannot
+    vanish with a broken symlink. Hidden entries (``.name.toml``, ``.#name.toml``:
+    editors' lock and swap files) are not read, as in systemd's drop-in
+    directories; backups (``name.toml~``, ``.dpkg-old``) do not end in ``.toml``.
+    A directory that does not exist is an empty policy; one that exists but
+    cannot be listed, or is not a directory, raises PolicyError.
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        if not os.path.islink(directory):
+            return []
+        problem = "is a dangling symlink"
+    except NotADirectoryError:
+        problem = "is not a directory"
+    except OSError as e:
+        problem = ("is a symlink loop" if e.errno == errno.ELOOP
+                   else f"cannot be listed ({e.strerror or e})")
+    else:
+        return [directory / n for n in sorted(names)
+                if n.endswith(".toml") and not n.startswith(".")]
+    raise PolicyError([Problem(str(directory), 0, f"the policy directory {problem}")])
+
+
+def _read_policy_file(path: Path, limit: int) -> tuple[str, int, Problem | None]:
+    """The text of one policy file and its size in bytes, or the problem that keeps it
+    from being read (the size then counts nothing)."""
+    file = str(path)
+    if not path.name.isprintable():
+        return "", 0, Problem(file, 0, "the file name is not printable UTF-8 text; rename it")
+    try:
+        raw = read_regular_file(path, limit)
+    except FileNotFoundError:
+        return "", 0, Problem(file, 0, "does not exist")
+    except FileRefused as e:
+        why = str(e)
+        if not why.startswith(("too large", "unreadable")):
+            why += ", not a regular file"
+        elif limit < MAX_FILE_BYTES and why.startswith("too large"):
+            why = f"too large: the policy files together exceed {MAX_TOTAL_BYTES >> 20} MiB"
+        return "", 0, Problem(file, 0, f"is {why}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        return "", len(raw), Problem(file, line, f"is not UTF-8 text (byte 0x{raw[e.start]:02x})")
+    # Universal newlines, as Path.read_text gave them before.
+    return text.replace("\r\n", "\n").replace("\r", "\n"), len(raw), None
 
 
 def load_policy(paths: Iterable[Path]) -> Policy:
-    """Read and check ``paths`` in order; raises PolicyError listing every problem."""
+    """Read and check ``paths`` in order; raises PolicyError listing every problem.
+
+    A path that is not a readable regular file (see safe_read) is a problem like
+    a syntax error: the policy is refused whole, never read without that file.
+    """
     rules: list[Rule] = []
     problems: list[Problem] = []
     files: list[str] = []
     seen: dict[str, Rule] = {}
     settings: dict[str, Any] = {}
     settings_at: str = ""
+    paths = list(paths)
+    if len(paths) > MAX_FILES:
+        raise PolicyError([Problem(str(paths[MAX_FILES]), 0, f"more than {MAX_FILES} policy "
+                                   f"files ({len(paths)}); merge some")])
+    budget = MAX_TOTAL_BYTES
     for path in paths:
         file = str(path)
         files.append(file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append(Problem(file, 0, f"cannot read: {e}"))
+        text, size, problem = _read_policy_file(path, min(MAX_FILE_BYTES, budget))
+        budget -= size
+        if problem is not None:
+            problems.append(problem)
             continue
         content, file_problems = parse_policy_text(text, file)
         problems += file_problems

@@ -38,9 +38,9 @@ class Phyllod:
         self.proc: DaemonProcess | None = None
         self.logs: list[str] = []
 
-    def start(self) -> None:
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
         notify = NotifySocket(self.tmp / f"notify-{len(self.logs)}")
-        env = child_env(**self.tb.env, NOTIFY_SOCKET=str(notify.path))
+        env = child_env(**{**self.tb.env, "NOTIFY_SOCKET": str(notify.path), **(extra_env or {})})
         self.proc = DaemonProcess(
             ["--bus", self.bus.address, "--connect", "test:///default",
              "--policy-dir", str(self.policy_dir), "--state-dir", str(self.state_dir)], env)

@@ -596,7 +596,8 @@ def test_found_settings_under_a_quoted_name_are_applied(spelling, tmp_path):
 def test_found_a_line_starting_with_settings_is_not_a_settings_table(tmp_path):
     """A rule's multi-line string with a line "settings…" made the file claim a
     [settings] table, so another file's real one was refused."""
-    (tmp_path / "a.toml").write_text(RULE.replace('"k"', '"""k\nsettings"""'))
+    (tmp_path / "a.toml").write_text('[[rule]]\nname = "k"\nguest = "work"\n[rule.match]\n'
+                                     'vendor = "1050"\nproduct_name = """k\nsettings"""\n')
     (tmp_path / "b.toml").write_text("[settings]\nask_timeout = 9\n")
     policy = load_policy([tmp_path / "a.toml", tmp_path / "b.toml"])
     assert policy.settings.ask_timeout == 9
