@@ -27,8 +27,10 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from phyllod import __version__, fault_points
 from phyllod.dbus_service import BusError, BusService, Snapshot
@@ -86,6 +88,7 @@ from phyllod.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEv
 from phyllod.usb_reset import UsbResetError, reset_usb_device
 
 log = logging.getLogger("phyllod")
+T = TypeVar("T")
 
 RECONNECT_MAX_DELAY = 30.0
 _TRANSITIONS = (State.ATTACHING, State.DETACHING)
@@ -121,6 +124,10 @@ def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "",
     return {"extra": extra}
 
 
+
+def _log_failed_save(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("%s", future.exception())
 def _same_device(a: Device, b: Device) -> bool:
     """Whether ``b`` is ``a`` enumerated again (reset, re-plug, resume), not another device.
 
@@ -362,6 +369,7 @@ class Daemon:
             if rule is not None and rule.action is Action.DENY:
                 raise Denied(f"{d.id} is denied by rule '{rule.name}' ({rule.file}:{rule.line})")
         async with self._state_lock:
+            judged = self._judged
             overrides = dict(self.overrides)
             if override is None:
                 overrides.pop(d.identity, None)
@@ -373,7 +381,7 @@ class Daemon:
                 except StateError as e:
                     log.error("%s", e, **_fields(device=d.id))
                     raise Failed(str(e)) from None
-                self.overrides = overrides
+                self.overrides = self._since(judged, overrides, self.state.save_overrides)
                 what = f"{override.kind} {override.guest}".strip() if override else "cleared"
                 log.info("manual override for %s: %s", d.describe(), what,
                          **_fields(device=d.id, guest=override.guest if override else "",
@@ -410,13 +418,14 @@ class Daemon:
             guest = g.name
         if remember:
             async with self._state_lock:
+                judged = self._judged
                 remembered = {**self.remembered, d.identity: guest}
                 try:
                     await self.state.save_answers(remembered, self._notes(remembered))
                 except StateError as e:
                     log.error("%s", e, **_fields(device=d.id))
                     raise Failed(str(e)) from None
-                self.remembered = remembered
+                self.remembered = self._since(judged, remembered, self.state.save_answers)
             if self.requests.get(number) is not r:  # expired or withdrawn during the save
                 self._kick()
                 raise NoSuchRequest(f"request {number} was closed while its answer was "
@@ -438,6 +447,7 @@ class Daemon:
     async def forget(self, identity: str) -> None:
         """Drop a remembered answer: the device is asked about again at its next plug."""
         async with self._state_lock:
+            judged = self._judged
             if identity not in self.remembered:
                 raise NoSuchDevice(f"no answer is remembered for {identity!r}")
             remembered = {k: v for k, v in self.remembered.items() if k != identity}
@@ -446,7 +456,7 @@ class Daemon:
             except StateError as e:
                 log.error("%s", e)
                 raise Failed(str(e)) from None
-            self.remembered = remembered
+            self.remembered = self._since(judged, remembered, self.state.save_answers)
         log.info("forgot the remembered answer for %s", identity, **_fields(device=identity))
         self._kick()
 
@@ -603,18 +613,35 @@ class Daemon:
                 log.info("%s: %s; identified by its port", d.describe(), d.serial_doubt,
                          **_fields(device=d.id))
         overrides = carry_choices(self.overrides, before, self.devices)
+        if overrides != self.overrides:
+            self.overrides = overrides
+            self._save_later(self.state.save_overrides, overrides)
         remembered = carry_choices(self.remembered, before, self.devices)
-        try:
-            if overrides != self.overrides:
-                save_overrides(self.config.state_dir, overrides, self._notes(overrides))
-                self.overrides = overrides
-            if remembered != self.remembered:
-                save_answers(self.config.state_dir, remembered, self._notes(remembered))
-                self.remembered = remembered
-        except StateError as e:
-            # Kept in memory all the same: the device keeps its choice this run.
-            log.error("%s", e)
-            self.overrides, self.remembered = overrides, remembered
+        if remembered != self.remembered:
+            self.remembered = remembered
+            self._save_later(self.state.save_answers, remembered)
+
+    def _save_later(self, save: Callable[[dict[str, T], dict[str, str]], asyncio.Future[None]],
+                    choices: dict[str, T]) -> None:
+        """Queue a save that no caller waits for (choices a device took along).
+
+        It takes its place in the writer's line at once, so it is never
+        overtaken; if it fails the choice still holds in memory for this run.
+        """
+        save(choices, self._notes(choices)).add_done_callback(_log_failed_save)
+
+    def _since(self, judged: dict[str, Device], choices: dict[str, T],
+               save: Callable[[dict[str, T], dict[str, str]], asyncio.Future[None]],
+               ) -> dict[str, T]:
+        """``choices`` as just saved, with what identities were judged since ``judged``
+        (a twin came or went while the save ran) carried along, as
+        _judge_identities carried the choices that were current then."""
+        if self._judged is judged:
+            return choices
+        carried = carry_choices(choices, judged, self._judged)
+        if carried != choices:
+            self._save_later(save, carried)
+        return carried
 
     def _seen(self, event: DeviceSeen) -> None:
         d = event.device

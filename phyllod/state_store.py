@@ -239,13 +239,16 @@ class StateWriter:
         self.state_dir = state_dir
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phyllod-state")
 
-    async def save_overrides(self, overrides: Mapping[str, Override],
-                             notes: Mapping[str, str]) -> None:
-        await self._run(save_overrides, overrides, notes)
+    def save_overrides(self, overrides: Mapping[str, Override],
+                       notes: Mapping[str, str]) -> asyncio.Future[None]:
+        return self._run(save_overrides, overrides, notes)
 
-    async def save_answers(self, answers: Mapping[str, str], notes: Mapping[str, str]) -> None:
-        await self._run(save_answers, answers, notes)
+    def save_answers(self, answers: Mapping[str, str],
+                     notes: Mapping[str, str]) -> asyncio.Future[None]:
+        return self._run(save_answers, answers, notes)
 
-    async def _run(self, save: Callable[..., None], *args: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._worker, save, self.state_dir,
-                                                         *args)
+    def _run(self, save: Callable[..., None], *args: Any) -> asyncio.Future[None]:
+        """Queue the save now (its place in line is taken at the call, not when a
+        task first runs), and hand back what to await for its outcome."""
+        return asyncio.get_running_loop().run_in_executor(self._worker, save, self.state_dir,
+                                                          *args)

@@ -38,10 +38,10 @@ LOADERS = {"overrides.json": load_overrides, "answers.json": load_answers}
 
 def test_round_trip_of_overrides_and_answers(tmp_path):
     save_overrides(tmp_path, {"usb:1-2": Override(OverrideKind.ATTACH, "work")}, {})
-    save_answers(tmp_path, {"usb:1050:0407:K1": "", "usb:1-3": "media"},
+    save_answers(tmp_path, {"usb:1050:0407:K1602738": "", "usb:1-3": "media"},
                  {"usb:1-3": "usb:1-3 (0627:0001)"})
     assert load_overrides(tmp_path) == {"usb:1-2": Override(OverrideKind.ATTACH, "work")}
-    assert load_answers(tmp_path) == {"usb:1050:0407:K1": "", "usb:1-3": "media"}
+    assert load_answers(tmp_path) == {"usb:1050:0407:K1602738": "", "usb:1-3": "media"}
     saved = json.loads((tmp_path / "answers.json").read_text())
     assert {"identity": "usb:1-3", "guest": "media", "device": "usb:1-3 (0627:0001)"} \
         in saved["answers"]
@@ -254,6 +254,17 @@ async def test_a_slow_fsync_leaves_the_loop_free_and_saves_stay_in_order(tmp_pat
     assert files == ["answers", "dir", "answers", "dir"]
     assert disk.threads and all(t.startswith("phyllod-state") for t in disk.threads)
     assert threading.current_thread().name not in disk.threads
+
+
+async def test_a_save_takes_its_place_in_line_when_asked_not_when_awaited(tmp_path: Path):
+    """The daemon queues saves nobody awaits (a choice carried to a twin's port) from
+    plain functions: their order is the order of the calls, whoever awaits first."""
+    writer = StateWriter(tmp_path)
+    earlier = writer.save_answers({"usb:1-2": "work"}, {})
+    later = writer.save_answers({"usb:1-2": "media"}, {})
+    await later
+    await earlier
+    assert load_answers(tmp_path) == {"usb:1-2": "media"}
 
 
 async def test_a_failed_save_raises_in_the_caller(tmp_path: Path, monkeypatch):
