@@ -10,12 +10,15 @@ serial merges devices: the override for one dongle would apply to its twins.
 
 So a serial is identity only if it is no placeholder and no other present
 device of the same vendor:product has it; otherwise the device is known by
-its port, and :attr:`Device.serial_doubt` says why. When a twin appears next
-to a device whose choices are kept under its serial, those choices move to
-that device's port (the twin never gets them), and back when the twin leaves
-(:func:`carry_choices`). A twin plugged in while the original is away cannot
-be told from it: that is what a serial number is, and the same as without
-this module.
+its port, and :attr:`Device.serial_doubt` says why: a placeholder device by
+its port alone (as a device with no serial), twins each by the serial at its
+port (``usb:0a12:0001:5B8F2F6E3C@1-3``), so the key still says whose choice
+it is. When a twin appears next to a device whose choices are kept under its
+serial, those choices move to that device's serial-at-port (the twin never
+gets them), and back when the twin leaves (:func:`carry_choices`), also when
+it left while phyllod was stopped. A twin plugged in while the original is
+away cannot be told from it: that is what a serial number is, and the same
+as without this module.
 
 Pure: functions over the present devices, tested as tables.
 """
@@ -75,12 +78,17 @@ def with_identities(devices: Mapping[str, Device]) -> dict[str, Device]:
         doubt = ""
         if d.subsystem is Subsystem.USB and d.serial:
             doubt = placeholder(d.serial)
-            twins = sorted(t for t in holders.get(_kind(d), ()) if t != d.id)
-            if not doubt and twins:
+            twins = tuple(sorted(t for t in holders.get(_kind(d), ()) if t != d.id))
+            if doubt:
+                twins = ()
+            elif twins:
                 shown = ", ".join(twins[:3]) + (f" and {len(twins) - 3} more"
                                                 if len(twins) > 3 else "")
                 doubt = f"serial {d.serial} is shared with {shown}"
-        result[key] = d if d.serial_doubt == doubt else replace(d, serial_doubt=doubt)
+        else:
+            twins = ()
+        same = (d.serial_doubt, d.serial_twins) == (doubt, twins)
+        result[key] = d if same else replace(d, serial_doubt=doubt, serial_twins=twins)
     return result
 
 
@@ -97,6 +105,12 @@ def carry_choices(choices: Mapping[str, T], before: Mapping[str, Device],
     identity, so a twin plugged in beside a chosen device gets nothing, and
     neither twin of a pair present together from the start gets a choice kept
     under their shared serial: nothing says which of them it was made for.
+
+    And a device known by its serial again has the choice held for it at its
+    port (``usb:V:P:S@1-3``) back under its serial, when it has none there:
+    so a twin that left while phyllod was stopped strands nothing (``before``
+    is empty at start). Only a device at that very port takes it back; a twin
+    alone in another port does not.
     """
     result = dict(choices)
     still = {d.identity for d in after.values()}
@@ -109,4 +123,8 @@ def carry_choices(choices: Mapping[str, T], before: Mapping[str, Device],
         result[new.identity] = choices[old.identity]
         if old.identity not in still:
             result.pop(old.identity, None)
+    for d in after.values():
+        if d.subsystem is Subsystem.USB and d.serial and not d.serial_doubt \
+                and d.serial_at_port in result and d.identity not in result:
+            result[d.identity] = result.pop(d.serial_at_port)
     return result
