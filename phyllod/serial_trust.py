@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
+from itertools import pairwise
 from typing import TypeVar
 
 from phyllod.model import Device, Subsystem
@@ -43,10 +44,33 @@ _PLACEHOLDERS = frozenset({
     "default", "defaultstring", "empty", "notapplicable", "notavailable", "tobefilledbyoem",
     "0123456789", "0123456789abcdef", "123456789", "1234567890", "12345678", "123456",
     "1234", "abcdef", "abcdef0123456789", "fedcba9876543210", "deadbeef",
+    # Marvell/ASR's reference serial, on Telit LE910R1 and Neoway N723 modems alike
+    # (tests/data/devices/SOURCES.md).
+    "200806006809080000",
 })
 _SEPARATORS = re.compile(r"[\s\-_.:]")
 #: Zeros (or Fs) ending in one small number: ``000000000001``, ``00000010``.
 _COUNTER = re.compile(r"^(?:0+|f+)[0-9]{1,2}$")
+#: A MAC or Bluetooth address (12 hex digits) whose device half is 1-15: a
+#: vendor's prefix with the chip's unprogrammed default, as ``00e04c000001``
+#: (Realtek's prefix) on every Realtek Bluetooth chip.
+_DEFAULT_ADDRESS = re.compile(r"^[0-9a-f]{6}00000[0-9a-f]$")
+_HEX = "0123456789abcdef"
+#: Shortest run of consecutive hex digits (``3456789abc``) taken for a pattern.
+_MIN_RUN = 6
+
+
+def _typed_pattern(bare: str) -> bool:
+    """Keys typed in order rather than a number given to one unit: consecutive
+    hex digits up or down (``123456789abc``, ``fedcba98``), or each doubled
+    (``001122334455``, ``aabbccddeeff``)."""
+    if len(bare) >= 2 * _MIN_RUN and len(bare) % 2 == 0 \
+            and all(bare[i] == bare[i + 1] for i in range(0, len(bare), 2)):
+        bare = bare[::2]
+    if len(bare) < _MIN_RUN or any(c not in _HEX for c in bare):
+        return False
+    steps = {(_HEX.index(b) - _HEX.index(a)) % 16 for a, b in pairwise(bare)}
+    return steps in ({1}, {15})
 
 
 def placeholder(serial: str) -> str:
@@ -54,7 +78,8 @@ def placeholder(serial: str) -> str:
     bare = _SEPARATORS.sub("", serial).lower()
     if len(bare) < MIN_SERIAL:
         return f"serial {serial!r} is too short to tell devices apart"
-    if bare in _PLACEHOLDERS or len(set(bare)) == 1 or _COUNTER.match(bare):
+    if bare in _PLACEHOLDERS or len(set(bare)) == 1 or _COUNTER.match(bare) \
+            or _DEFAULT_ADDRESS.match(bare) or _typed_pattern(bare):
         return f"serial {serial} is a placeholder"
     return ""
 

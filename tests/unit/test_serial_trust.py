@@ -28,7 +28,24 @@ from phyllod.serial_trust import carry_choices, placeholder, with_identities
     ("1", "serial '1' is too short to tell devices apart"),
     ("A1", "serial 'A1' is too short to tell devices apart"),
     ("\ufffd\ufffd\ufffd\ufffd", "serial \ufffd\ufffd\ufffd\ufffd is a placeholder"),
+    # Seen on real devices (tests/data/devices/SOURCES.md): Realtek's Bluetooth
+    # chips all say 00e04c000001, Marvell/ASR modems 200806006809080000.
+    ("00e04c000001", "serial 00e04c000001 is a placeholder"),
+    ("00E04C00000A", "serial 00E04C00000A is a placeholder"),
+    ("200806006809080000", "serial 200806006809080000 is a placeholder"),
+    # Keys typed in order, plain or doubled, up or down.
+    ("001122334455", "serial 001122334455 is a placeholder"),
+    ("AABBCCDDEEFF", "serial AABBCCDDEEFF is a placeholder"),
+    ("123456789ABC", "serial 123456789ABC is a placeholder"),
+    ("fedcba98", "serial fedcba98 is a placeholder"),
+    ("89abcdef0123", "serial 89abcdef0123 is a placeholder"),
     # Real, unique-looking serials.
+    ("00E04C239987", ""),  # the same prefix with a programmed address
+    ("74E54354F609", ""),  # a Broadcom module's Bluetooth address
+    ("b950269c", ""),
+    ("12345", ""),  # too short a run to be a pattern (and no known one)
+    ("001122", ""),
+    ("0011223344556", ""),
     ("0002A4C7", ""),
     ("5B8F2F6E3C", ""),
     ("00000000001A", ""),  # zeros, then more than a small counter
