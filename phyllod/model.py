@@ -39,6 +39,8 @@ class Device:
     PCI function, many USB ones). ``serial_doubt`` says why the serial cannot
     tell this device from others (a placeholder, a twin present); the
     identity then falls back to the port (see :mod:`phyllod.serial_trust`).
+    ``serial_twins`` are the ids of the other present devices with the same
+    vendor:product and (real, not placeholder) serial.
     """
 
     subsystem: Subsystem
@@ -60,6 +62,7 @@ class Device:
     vendor_db: str = ""
     model_db: str = ""
     serial_doubt: str = ""
+    serial_twins: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -96,12 +99,29 @@ class Device:
         """What a person means by "this device", for choices that outlive a replug.
 
         A serial number follows the device to any port (``usb:1050:0407:123``);
-        without one, or with one that tells nothing apart (``serial_doubt``),
-        the physical place is all that tells identical devices apart.
+        without one, or with a placeholder (``serial_doubt``), the physical
+        place is all that tells identical devices apart (``usb:1-2``). While
+        twins share a real serial, each is that serial at its port
+        (``usb:1050:0407:123@1-2``): the key says whose choice it is, so the
+        choice goes back under the serial when the twin leaves, after a
+        restart too, and never to another device later plugged into the port.
         """
-        if self.subsystem is Subsystem.USB and self.serial and not self.serial_doubt:
-            return f"usb:{self.vendor}:{self.product}:{self.serial}"
+        if self.subsystem is Subsystem.USB and self.serial:
+            if not self.serial_doubt:
+                return self.serial_identity
+            if self.serial_twins:
+                return self.serial_at_port
         return self.id
+
+    @property
+    def serial_identity(self) -> str:
+        """The identity by serial alone (what it is when no twin is present)."""
+        return f"usb:{self.vendor}:{self.product}:{self.serial}"
+
+    @property
+    def serial_at_port(self) -> str:
+        """The identity while a twin shares the serial: the serial at this port."""
+        return f"{self.serial_identity}@{self.port}"
 
     def describe(self) -> str:
         """One line a person recognises the device by."""

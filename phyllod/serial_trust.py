@@ -10,12 +10,15 @@ serial merges devices: the override for one dongle would apply to its twins.
 
 So a serial is identity only if it is no placeholder and no other present
 device of the same vendor:product has it; otherwise the device is known by
-its port, and :attr:`Device.serial_doubt` says why. When a twin appears next
-to a device whose choices are kept under its serial, those choices move to
-that device's port (the twin never gets them), and back when the twin leaves
-(:func:`carry_choices`). A twin plugged in while the original is away cannot
-be told from it: that is what a serial number is, and the same as without
-this module.
+its port, and :attr:`Device.serial_doubt` says why: a placeholder device by
+its port alone (as a device with no serial), twins each by the serial at its
+port (``usb:0a12:0001:5B8F2F6E3C@1-3``), so the key still says whose choice
+it is. When a twin appears next to a device whose choices are kept under its
+serial, those choices move to that device's serial-at-port (the twin never
+gets them), and back when the twin leaves (:func:`carry_choices`), also when
+it left while phyllod was stopped. A twin plugged in while the original is
+away cannot be told from it: that is what a serial number is, and the same
+as without this module.
 
 Pure: functions over the present devices, tested as tables.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
+from itertools import pairwise
 from typing import TypeVar
 
 from phyllod.model import Device, Subsystem
@@ -40,10 +44,33 @@ _PLACEHOLDERS = frozenset({
     "default", "defaultstring", "empty", "notapplicable", "notavailable", "tobefilledbyoem",
     "0123456789", "0123456789abcdef", "123456789", "1234567890", "12345678", "123456",
     "1234", "abcdef", "abcdef0123456789", "fedcba9876543210", "deadbeef",
+    # Marvell/ASR's reference serial, on Telit LE910R1 and Neoway N723 modems alike
+    # (tests/data/devices/SOURCES.md).
+    "200806006809080000",
 })
 _SEPARATORS = re.compile(r"[\s\-_.:]")
 #: Zeros (or Fs) ending in one small number: ``000000000001``, ``00000010``.
 _COUNTER = re.compile(r"^(?:0+|f+)[0-9]{1,2}$")
+#: A MAC or Bluetooth address (12 hex digits) whose device half is 1-15: a
+#: vendor's prefix with the chip's unprogrammed default, as ``00e04c000001``
+#: (Realtek's prefix) on every Realtek Bluetooth chip.
+_DEFAULT_ADDRESS = re.compile(r"^[0-9a-f]{6}00000[0-9a-f]$")
+_HEX = "0123456789abcdef"
+#: Shortest run of consecutive hex digits (``3456789abc``) taken for a pattern.
+_MIN_RUN = 6
+
+
+def _typed_pattern(bare: str) -> bool:
+    """Keys typed in order rather than a number given to one unit: consecutive
+    hex digits up or down (``123456789abc``, ``fedcba98``), or each doubled
+    (``001122334455``, ``aabbccddeeff``)."""
+    if len(bare) >= 2 * _MIN_RUN and len(bare) % 2 == 0 \
+            and all(bare[i] == bare[i + 1] for i in range(0, len(bare), 2)):
+        bare = bare[::2]
+    if len(bare) < _MIN_RUN or any(c not in _HEX for c in bare):
+        return False
+    steps = {(_HEX.index(b) - _HEX.index(a)) % 16 for a, b in pairwise(bare)}
+    return steps in ({1}, {15})
 
 
 def placeholder(serial: str) -> str:
@@ -51,7 +78,8 @@ def placeholder(serial: str) -> str:
     bare = _SEPARATORS.sub("", serial).lower()
     if len(bare) < MIN_SERIAL:
         return f"serial {serial!r} is too short to tell devices apart"
-    if bare in _PLACEHOLDERS or len(set(bare)) == 1 or _COUNTER.match(bare):
+    if bare in _PLACEHOLDERS or len(set(bare)) == 1 or _COUNTER.match(bare) \
+            or _DEFAULT_ADDRESS.match(bare) or _typed_pattern(bare):
         return f"serial {serial} is a placeholder"
     return ""
 
@@ -75,12 +103,17 @@ def with_identities(devices: Mapping[str, Device]) -> dict[str, Device]:
         doubt = ""
         if d.subsystem is Subsystem.USB and d.serial:
             doubt = placeholder(d.serial)
-            twins = sorted(t for t in holders.get(_kind(d), ()) if t != d.id)
-            if not doubt and twins:
+            twins = tuple(sorted(t for t in holders.get(_kind(d), ()) if t != d.id))
+            if doubt:
+                twins = ()
+            elif twins:
                 shown = ", ".join(twins[:3]) + (f" and {len(twins) - 3} more"
                                                 if len(twins) > 3 else "")
                 doubt = f"serial {d.serial} is shared with {shown}"
-        result[key] = d if d.serial_doubt == doubt else replace(d, serial_doubt=doubt)
+        else:
+            twins = ()
+        same = (d.serial_doubt, d.serial_twins) == (doubt, twins)
+        result[key] = d if same else replace(d, serial_doubt=doubt, serial_twins=twins)
     return result
 
 
@@ -97,6 +130,12 @@ def carry_choices(choices: Mapping[str, T], before: Mapping[str, Device],
     identity, so a twin plugged in beside a chosen device gets nothing, and
     neither twin of a pair present together from the start gets a choice kept
     under their shared serial: nothing says which of them it was made for.
+
+    And a device known by its serial again has the choice held for it at its
+    port (``usb:V:P:S@1-3``) back under its serial, when it has none there:
+    so a twin that left while phyllod was stopped strands nothing (``before``
+    is empty at start). Only a device at that very port takes it back; a twin
+    alone in another port does not.
     """
     result = dict(choices)
     still = {d.identity for d in after.values()}
@@ -109,4 +148,8 @@ def carry_choices(choices: Mapping[str, T], before: Mapping[str, Device],
         result[new.identity] = choices[old.identity]
         if old.identity not in still:
             result.pop(old.identity, None)
+    for d in after.values():
+        if d.subsystem is Subsystem.USB and d.serial and not d.serial_doubt \
+                and d.serial_at_port in result and d.identity not in result:
+            result[d.identity] = result.pop(d.serial_at_port)
     return result

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 KBD = f"{ROOT}/devices/usb_1_2"
 KEY_PATH = f"{ROOT}/devices/usb_1_3"
-KEY = "usb:1050:0407:K1602738"
+KEY = "usb:1050:0407:9741235"
 ASK_KEYS = """\
 [settings]
 ask_timeout = {timeout}
@@ -58,7 +58,7 @@ def wait(what: Callable[[], Any], timeout: float = 15.0, message: str = "") -> A
 
 
 def plug_key(phyllod: Phyllod, devnum: int = 7) -> None:
-    phyllod.tb.plug("1-3", devnum=devnum, vendor="1050", product="0407", serial="K1602738",
+    phyllod.tb.plug("1-3", devnum=devnum, vendor="1050", product="0407", serial="9741235",
                     manufacturer="Yubico", product_name="YubiKey OTP+FIDO+CCID",
                     interfaces=("030101", "0b0000"))
 
@@ -74,7 +74,7 @@ def desktop(request: pytest.FixtureRequest) -> Iterator[Desktop]:
     if why:
         pytest.skip(why)
     with Desktop() as d:
-        d.start_dunst(getattr(request, "param", "no"))  # markup: "no" unless parametrized
+        d.start_dunst()
         d.start_monitor()
         yield d
         failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else True
@@ -221,46 +221,6 @@ def test_unsafe_pci_device_is_reported_with_the_finding(desktop: Desktop, phyllo
                                   "the safety notification")
     assert n["body"].startswith("pci:0000:00:14.0: not safe to pass")
     assert "0000:00:17.0" in n["body"]  # the group mate the host keeps
-
-
-HOSTILE = '<b>x</b><a href="file:///">y</a>&amp;'
-
-
-@pytest.mark.parametrize("desktop", ["full", "no"], indirect=True, ids=["markup", "plain"])
-def test_device_text_shows_literally_whether_or_not_the_server_renders_markup(
-        desktop: Desktop, phyllod: Phyllod, applet: Callable[..., Applet],
-        request: pytest.FixtureRequest):
-    """A hub named with markup, carrying the host's only keyboard (named so too), is
-    refused: its name is the summary (plain text, the spec), the keyboard's name is in
-    the body, escaped exactly when dunst announces body-markup."""
-    caps = subprocess.run(
-        ["busctl", f"--address={desktop.address}", "--json=short", "call",
-         "org.freedesktop.Notifications", "/org/freedesktop/Notifications",
-         "org.freedesktop.Notifications", "GetCapabilities"],
-        capture_output=True, text=True, timeout=10, env=desktop.env()).stdout
-    renders = "body-markup" in caps
-    assert renders == (request.node.callspec.params["desktop"] == "full"), caps
-    phyllod.tb.unplug("1-2")
-    phyllod.tb.plug("1-4", devnum=10, vendor="05e3", product="0610", device_class="09",
-                    product_name=HOSTILE, interfaces=("090000",))
-    phyllod.tb.plug("1-4.1", devnum=11)
-    phyllod.tb.add_keyboard_input("1-4.1", 5, name=HOSTILE)
-    phyllod.start()
-    app = applet()
-    (phyllod.policy_dir / "10.toml").write_text(
-        '[[rule]]\nname = "hub"\nmatch = { port = "1-4" }\nguest = "test"\n')
-    assert phyllod.call("Reload").returncode == 0
-    n = desktop.wait_notification(lambda n: "not safe to pass" in n["summary"],
-                                  "the safety notification")
-    assert n["summary"] == f"{HOSTILE} stays on the host: not safe to pass"
-    shown = (f"usb:1-4: not safe to pass: usb:1-4 (a hub) carries the host's only keyboard, "
-             f"{HOSTILE} (usb:1-4.1)")
-    escaped = "&lt;b&gt;x&lt;/b&gt;&lt;a href=&quot;file:///&quot;&gt;y&lt;/a&gt;&amp;amp;"
-    if renders:
-        shown = shown.replace(HOSTILE, escaped).replace("'", "&#39;")
-        assert "<" not in n["body"] and ">" not in n["body"]
-    assert n["body"].startswith(shown), n["body"]
-    assert app.alive and "Traceback" not in app.log()
 
 
 # 4. The tray as a StatusNotifierItem host reads it, and clicks in it.

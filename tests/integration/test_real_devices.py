@@ -16,6 +16,7 @@ from gi.repository import UMockdev
 
 from phyllod.pci_safety import Risk
 from phyllod.policy import parse_policy_text
+from phyllod.serial_trust import with_identities
 from phyllod.sysfs import read_host_facts
 from phyllod.udev_source import present_devices
 from phyllod.usb_safety import usb_verdict
@@ -102,6 +103,64 @@ def test_a_webcam_with_a_microphone_is_no_headset(tb):
     assert audio.matches(webcam), "the reason a bare 01 is too wide"
     assert video.matches(webcam)
     assert webcam.identity == "usb:04da:231d:0000b16313d5"
+
+
+def _judged(tb: UMockdev.Testbed, *names: str) -> dict:
+    for name in names:
+        assert tb.add_from_file(str(DATA / name))
+    return with_identities({d.id: d for d in present_devices()})
+
+
+BLUETOOTH_AND_TETHERING = (
+    '[[rule]]\nname="bt"\nmatch={interface_class="e00101"}\nguest="g"\n'
+    '[[rule]]\nname="tethering"\nmatch={interface_class=["e00103", "ef0401"]}\nguest="g"\n'
+    '[[rule]]\nname="wireless"\nmatch={interface_class="e0"}\nguest="g"\n'
+    '[[rule]]\nname="vendor bt"\nmatch={interface_class="ff0101"}\nguest="g"\n')
+
+
+def test_bluetooth_adapters_and_a_tethering_phone_are_told_apart(tb):
+    devices = _judged(tb, "realtek-8852be-bluetooth.umockdev",
+                      "dell-dw380-bluetooth-vendor-class.umockdev",
+                      "unisoc-uis7720-rndis-phone.umockdev")
+    realtek, dell, phone = devices["usb:3-13"], devices["usb:1-1.4"], devices["usb:5-1"]
+    assert realtek.interface_classes == ("e00101",)
+    assert dell.interface_classes == ("ff0101", "ffffff", "fe0101")
+    assert phone.interface_classes == ("e00103", "0a0000", "ff0000", "ff4201")
+    bt, tethering, wireless, vendor_bt = _rules(BLUETOOTH_AND_TETHERING)
+    assert [r.matches(realtek) for r in (bt, tethering, wireless)] == [True, False, True]
+    assert [r.matches(phone) for r in (bt, tethering, wireless)] == [False, True, True], \
+        "RNDIS is e0 too: only e00101 keeps the phone out of the Bluetooth guest"
+    # Broadcom's modules say "vendor-specific" (ff/01/01) and still run btusb:
+    # no class rule for Bluetooth takes them, a rule by ids or this triplet does.
+    assert [r.matches(dell) for r in (bt, tethering, wireless, vendor_bt)] == [
+        False, False, False, True]
+    for d in devices.values():
+        assert usb_verdict(d, read_host_facts(SYS, cmdline="", mounts="", swaps="")).ok, d.id
+
+
+def test_factory_serials_are_no_identity(tb):
+    """Every Realtek Bluetooth chip says 00e04c000001; the UNISOC phone and the
+    Sony phone say 0123456789ABCDEF: each is known by its port, and a twin
+    never shares its choices."""
+    devices = _judged(tb, "realtek-8852be-bluetooth.umockdev",
+                      "unisoc-uis7720-rndis-phone.umockdev",
+                      "dell-dw380-bluetooth-vendor-class.umockdev")
+    sony = _judged(UMockdev.Testbed.new(), "sony-xperia-placeholder-serial.umockdev")
+    devices.update(sony)
+    assert {k: (d.identity, d.serial_doubt) for k, d in devices.items()
+            if k.startswith("usb:") and d.serial} == {
+        "usb:3-13": ("usb:3-13", "serial 00e04c000001 is a placeholder"),
+        "usb:5-1": ("usb:5-1", "serial 0123456789ABCDEF is a placeholder"),
+        "usb:1-1.5.2.4": ("usb:1-1.5.2.4", "serial 0123456789ABCDEF is a placeholder"),
+        # A Broadcom module's own Bluetooth address: a real serial.
+        "usb:1-1.4": ("usb:413c:8197:74E54354F609", ""),
+    }
+    phone = devices["usb:1-1.5.2.4"]
+    assert phone.describe() == "usb:1-1.5.2.4 (0fce:0166 Sony MiniPro)"
+    assert phone.interface_classes == ("ffff00",)
+    mtp, bt = _rules('[[rule]]\nname="mtp"\nmatch={interface_class="ff:ff:00"}\nguest="g"\n'
+                     '[[rule]]\nname="bt"\nmatch={interface_class="e00101"}\nguest="g"\n')
+    assert mtp.matches(phone) and not bt.matches(phone)
 
 
 # ---------------------------------------------------------------- a USB 3 hub

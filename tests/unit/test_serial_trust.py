@@ -28,7 +28,24 @@ from phyllod.serial_trust import carry_choices, placeholder, with_identities
     ("1", "serial '1' is too short to tell devices apart"),
     ("A1", "serial 'A1' is too short to tell devices apart"),
     ("\ufffd\ufffd\ufffd\ufffd", "serial \ufffd\ufffd\ufffd\ufffd is a placeholder"),
+    # Seen on real devices (tests/data/devices/SOURCES.md): Realtek's Bluetooth
+    # chips all say 00e04c000001, Marvell/ASR modems 200806006809080000.
+    ("00e04c000001", "serial 00e04c000001 is a placeholder"),
+    ("00E04C00000A", "serial 00E04C00000A is a placeholder"),
+    ("200806006809080000", "serial 200806006809080000 is a placeholder"),
+    # Keys typed in order, plain or doubled, up or down.
+    ("001122334455", "serial 001122334455 is a placeholder"),
+    ("AABBCCDDEEFF", "serial AABBCCDDEEFF is a placeholder"),
+    ("123456789ABC", "serial 123456789ABC is a placeholder"),
+    ("fedcba98", "serial fedcba98 is a placeholder"),
+    ("89abcdef0123", "serial 89abcdef0123 is a placeholder"),
     # Real, unique-looking serials.
+    ("00E04C239987", ""),  # the same prefix with a programmed address
+    ("74E54354F609", ""),  # a Broadcom module's Bluetooth address
+    ("b950269c", ""),
+    ("12345", ""),  # too short a run to be a pattern (and no known one)
+    ("001122", ""),
+    ("0011223344556", ""),
     ("0002A4C7", ""),
     ("5B8F2F6E3C", ""),
     ("00000000001A", ""),  # zeros, then more than a small counter
@@ -52,7 +69,8 @@ NO_SERIAL = usb(port="1-6")
 
 @pytest.mark.parametrize(("present", "identity", "doubt"), [
     ((A,), {"usb:1-2": "usb:0a12:0001:5B8F2F6E3C"}, {"usb:1-2": ""}),
-    ((A, TWIN), {"usb:1-2": "usb:1-2", "usb:1-3": "usb:1-3"},
+    ((A, TWIN), {"usb:1-2": "usb:0a12:0001:5B8F2F6E3C@1-2",
+                 "usb:1-3": "usb:0a12:0001:5B8F2F6E3C@1-3"},
      {"usb:1-2": "serial 5B8F2F6E3C is shared with usb:1-3",
       "usb:1-3": "serial 5B8F2F6E3C is shared with usb:1-2"}),
     # The same serial on another vendor:product is no twin.
@@ -60,6 +78,11 @@ NO_SERIAL = usb(port="1-6")
                        "usb:1-4": "usb:0bda:8771:5B8F2F6E3C"}, {"usb:1-2": "", "usb:1-4": ""}),
     ((PLACEHOLDER,), {"usb:1-5": "usb:1-5"},
      {"usb:1-5": "serial 0123456789ABCDEF is a placeholder"}),
+    # Twins with a placeholder are known by the port alone, as without a serial.
+    ((PLACEHOLDER, replace(PLACEHOLDER, port="1-7", sys_path="/x/1-7")),
+     {"usb:1-5": "usb:1-5", "usb:1-7": "usb:1-7"},
+     {"usb:1-5": "serial 0123456789ABCDEF is a placeholder",
+      "usb:1-7": "serial 0123456789ABCDEF is a placeholder"}),
     ((NO_SERIAL,), {"usb:1-6": "usb:1-6"}, {"usb:1-6": ""}),
     ((pci(),), {"pci:0000:03:00.0": "pci:0000:03:00.0"}, {"pci:0000:03:00.0": ""}),
 ])
@@ -84,15 +107,29 @@ def test_judging_twice_changes_nothing():
 
 WORK = Override(OverrideKind.ATTACH, "work")
 SERIAL = "usb:0a12:0001:5B8F2F6E3C"
+AT_A = f"{SERIAL}@1-2"
 
 
 @pytest.mark.parametrize(("choices", "before", "after", "expected"), [
     # A twin plugged in beside the chosen device: the choice stays with the
     # device (now known by its port); the twin gets nothing.
-    ({SERIAL: WORK}, (A,), (A, TWIN), {"usb:1-2": WORK}),
+    ({SERIAL: WORK}, (A,), (A, TWIN), {AT_A: WORK}),
     # The twin leaves: the choice goes back under the serial, and follows the
     # device to any port again.
-    ({"usb:1-2": WORK}, (A, TWIN), (A,), {SERIAL: WORK}),
+    ({AT_A: WORK}, (A, TWIN), (A,), {SERIAL: WORK}),
+    # ... also when it left while phyllod was stopped (nothing before).
+    ({AT_A: WORK}, (), (A,), {SERIAL: WORK}),
+    ({AT_A: "work"}, (), (A,), {SERIAL: "work"}),
+    # The twin, alone in its own port, takes nothing held at the original's.
+    ({AT_A: WORK}, (A, TWIN), (TWIN,), {AT_A: WORK}),
+    ({AT_A: WORK}, (), (TWIN,), {AT_A: WORK}),
+    # Both back at start: the held choice applies where it is, nothing moves.
+    ({AT_A: WORK}, (), (A, TWIN), {AT_A: WORK}),
+    # The original, alone again, has a choice of its own: the held one waits.
+    ({AT_A: WORK, SERIAL: Override(OverrideKind.HOST)}, (), (A,),
+     {AT_A: WORK, SERIAL: Override(OverrideKind.HOST)}),
+    # A serial-less device later in the original's port is another device.
+    ({AT_A: WORK}, (), (usb(port="1-2"),), {AT_A: WORK}),
     # Both present from the start: nobody knows which one it was made for.
     ({SERIAL: WORK}, (), (A, TWIN), {SERIAL: WORK}),
     # The chosen device leaves first, then a twin comes: indistinguishable, as
@@ -100,8 +137,8 @@ SERIAL = "usb:0a12:0001:5B8F2F6E3C"
     ({SERIAL: WORK}, (A,), (), {SERIAL: WORK}),
     ({SERIAL: WORK}, (), (TWIN,), {SERIAL: WORK}),
     # The new identity already has its own choice: it is kept.
-    ({SERIAL: WORK, "usb:1-2": Override(OverrideKind.HOST)}, (A,), (A, TWIN),
-     {SERIAL: WORK, "usb:1-2": Override(OverrideKind.HOST)}),
+    ({SERIAL: WORK, AT_A: Override(OverrideKind.HOST)}, (A,), (A, TWIN),
+     {SERIAL: WORK, AT_A: Override(OverrideKind.HOST)}),
     # Another device took the port while the chosen one was away: no carrying.
     ({SERIAL: WORK}, (A,), (usb(port="1-2", vendor="0a12", product="0001",
                                  serial="77AA11BB"), TWIN), {SERIAL: WORK}),
@@ -117,14 +154,18 @@ def test_a_third_twin_keeps_the_choice_with_the_first():
     third = usb(port="1-7", vendor="0a12", product="0001", serial="5B8F2F6E3C")
     step1 = carry_choices({SERIAL: WORK}, _present(A), _present(A, TWIN))
     step2 = carry_choices(step1, _present(A, TWIN), _present(A, TWIN, third))
-    assert step2 == {"usb:1-2": WORK}
+    assert step2 == {AT_A: WORK}
+    # The twins leave one by one: back under the serial only once A is alone.
+    step3 = carry_choices(step2, _present(A, TWIN, third), _present(A, third))
+    assert step3 == {AT_A: WORK}
+    assert carry_choices(step3, _present(A, third), _present(A)) == {SERIAL: WORK}
 
 
 @pytest.mark.parametrize(("present", "line"), [
     ((A,), "identity: usb:0a12:0001:5B8F2F6E3C (its serial number: choices follow it to "
            "any port)"),
-    ((A, TWIN), "identity: usb:1-2 (serial 5B8F2F6E3C is shared with usb:1-3; identified by "
-                "its port)"),
+    ((A, TWIN), "identity: usb:0a12:0001:5B8F2F6E3C@1-2 (serial 5B8F2F6E3C is shared with "
+                "usb:1-3; identified by its port)"),
     ((replace(PLACEHOLDER, port="1-2", sys_path="/x/1-2"),),
      "identity: usb:1-2 (serial 0123456789ABCDEF is a placeholder; identified by its port)"),
     ((usb(port="1-2"),), "identity: usb:1-2 (it reports no serial number; identified by its "
