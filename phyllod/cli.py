@@ -12,6 +12,7 @@ from phyllod import __version__
 from phyllod.daemon import Config, run_daemon
 from phyllod.model import Device
 from phyllod.policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy, policy_files
+from phyllod.serial_trust import with_identities
 from phyllod.systemd_glue import setup_logging
 
 
@@ -68,23 +69,28 @@ def _present_devices() -> list[Device]:
         return []
 
 
+def _doubt(d: Device) -> str:
+    """A second line for a device whose serial is no identity (serial_trust)."""
+    return f"\n        ({d.serial_doubt}; identified by its port)" if d.serial_doubt else ""
+
+
 def check_policy(files: list[Path], policy_dir: Path) -> int:
-    paths = files or policy_files(policy_dir)
-    if not paths:
-        print(f"no policy files in {policy_dir}: every device stays on the host")
-        return 0
     try:
+        paths = files or policy_files(policy_dir)
+        if not paths:
+            print(f"no policy files in {policy_dir}: every device stays on the host")
+            return 0
         policy: Policy = load_policy(paths)
     except PolicyError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
-        print(f"policy has {len(e.problems)} error(s)", file=sys.stderr)
+        print(f"policy has {e.total} error(s)", file=sys.stderr)
         return 1
     print(f"policy OK: {len(policy.rules)} rules in {len(paths)} files")
     settings = policy.settings
     print(f"unmatched devices plugged in: {settings.unmatched}; "
           f"ask_timeout: {settings.ask_timeout}s")
-    devices = _present_devices()
+    devices = list(with_identities({d.id: d for d in _present_devices()}).values())
     claimed: set[str] = set()
     for rule in policy.rules:
         target = f"{rule.action} to {rule.guest}" if rule.guest else str(rule.action)
@@ -94,14 +100,14 @@ def check_policy(files: list[Path], policy_dir: Path) -> int:
         for d in devices:
             if d.id not in claimed and rule.match.matches(d):
                 claimed.add(d.id)
-                print(f"    matches {d.describe()}")
+                print(f"    matches {d.describe()}{_doubt(d)}")
     rest = [d for d in devices if d.id not in claimed]
     if rest:
         fate = "asked about when plugged in" if settings.unmatched == "ask" \
             else "they stay on the host"
         print(f"no rule matches ({fate}):")
         for d in rest:
-            print(f"    {d.describe()}")
+            print(f"    {d.describe()}{_doubt(d)}")
     return 0
 
 

@@ -23,7 +23,8 @@ DEVICE_PROPERTIES = (
     "Id", "Subsystem", "Vendor", "Product", "Serial", "Manufacturer", "Name", "Port",
     "Address", "Bus", "DeviceNumber", "DeviceClass", "InterfaceClasses", "Driver",
     "IommuGroup", "State", "Guest", "Rule", "Reason", "Override", "OverrideGuest",
-    "Identity", "Remembered", "RememberedGuest",
+    "Identity", "Remembered", "RememberedGuest", "VendorFromDatabase", "ModelFromDatabase",
+    "SerialDoubt",
 )
 MANAGER_PROPERTIES = (
     "Version", "IommuEnabled", "PolicyStatus", "PolicyError", "PolicyFiles", "LibvirtUri",
@@ -187,11 +188,18 @@ def guests(objects: ManagedObjects) -> list[Mapping[str, Any]]:
     return sorted(with_interface(objects, GUEST_IFACE), key=lambda g: str(g.get("Name", "")))
 
 
+def device_name(d: Mapping[str, Any]) -> str:
+    """The device's own product string; failing that, the hardware database's names."""
+    own = str(d.get("Name", ""))
+    return own or " ".join(str(d[k]) for k in ("VendorFromDatabase", "ModelFromDatabase")
+                           if d.get(k))
+
+
 def device_table(objects: ManagedObjects, legend: bool = True) -> list[str]:
     """``phyllodctl list``."""
     rows = [
         [cell(d.get("Id", "")), cell(f"{d.get('Vendor', '')}:{d.get('Product', '')}"),
-         cell(d.get("Name", "")), cell(d.get("State", "")), cell(d.get("Guest", "")),
+         cell(device_name(d)), cell(d.get("State", "")), cell(d.get("Guest", "")),
          cell(d.get("Rule", ""))]
         for d in devices(objects)
     ]

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from phyllod import ctl_names as names
-from phyllod.ctl_format import ManagedObjects, escape
+from phyllod.ctl_format import ManagedObjects, device_name, escape
 from phyllod.ctl_names import (
     BUS_NAME,
     DBUS_NAME,
@@ -155,7 +155,7 @@ def _added_words(event: Event, labels: Labels) -> list[str]:
     if event.interface == DEVICE_IFACE:
         ids = escape(f"{props.get('Vendor', '')}:{props.get('Product', '')}")
         brief = {k: props[k] for k in ("State", "Guest", "Reason") if props.get(k)}
-        return ["plugged", ids, _value(props.get("Name", ""), labels), *_details(brief, labels)]
+        return ["plugged", ids, _value(device_name(props), labels), *_details(brief, labels)]
     if event.interface == REQUEST_IFACE:
         offers = [*props.get("Candidates", []), "host"]
         return ["asks", "where", escape(str(props.get("DeviceId", ""))), "goes:",

@@ -27,8 +27,10 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from phyllod import __version__, fault_points
 from phyllod.dbus_service import BusError, BusService, Snapshot
@@ -58,7 +60,7 @@ from phyllod.model import (
     State,
     Subsystem,
 )
-from phyllod.pci_safety import TableRow, iommu_table
+from phyllod.pci_safety import TableRow, iommu_table, safety
 from phyllod.policy import (
     DEFAULT_ASK_TIMEOUT,
     DEFAULT_DEBOUNCE,
@@ -81,12 +83,13 @@ from phyllod.reconcile import (
     reconcile,
     record_failure,
 )
+from phyllod.serial_trust import carry_choices, with_identities
 from phyllod.state_store import (
     StateError,
+    StateWriter,
     load_answers,
     load_overrides,
-    save_answers,
-    save_overrides,
+    remove_leftovers,
 )
 from phyllod.sysfs import read_host_facts
 from phyllod.systemd_glue import MessageId, notify, watchdog_interval
@@ -94,6 +97,7 @@ from phyllod.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEv
 from phyllod.usb_reset import UsbResetError, reset_usb_device
 
 log = logging.getLogger("phyllod")
+T = TypeVar("T")
 
 RECONNECT_MAX_DELAY = 30.0
 #: How long a start-up step may wait for the bus or logind before it gives up.
@@ -137,9 +141,17 @@ def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "",
     return {"extra": extra}
 
 
+
+def _log_failed_save(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("%s", future.exception())
 def _same_device(a: Device, b: Device) -> bool:
-    """Whether ``b`` is ``a`` enumerated again (reset, re-plug, resume), not another device."""
-    return a.identity == b.identity and (a.vendor, a.product) == (b.vendor, b.product)
+    """Whether ``b`` is ``a`` enumerated again (reset, re-plug, resume), not another device.
+
+    Both are in the same port; ``b`` comes straight from udev, its identity
+    not yet judged against the present set, so the serial itself is compared.
+    """
+    return (a.vendor, a.product, a.serial) == (b.vendor, b.product, b.serial)
 
 
 class Daemon:
@@ -149,6 +161,8 @@ class Daemon:
         self.policy_errors: tuple[str, ...] = ()
         self.overrides: dict[str, Override] = {}
         self.devices: dict[str, Device] = {}
+        #: The devices as last judged by serial_trust (whose choices went where).
+        self._judged: dict[str, Device] = {}
         self.guests: dict[str, Guest] | None = None
         self.inflight: dict[str, Operation] = {}
         self.failures: dict[str, Failure] = {}
@@ -156,6 +170,10 @@ class Daemon:
         #: Ask mode: per plug (by device id), remembered (by identity), open requests.
         self.asks: dict[str, Ask] = {}
         self.remembered: dict[str, str] = {}
+        #: Saves run off the loop; the lock keeps each read-change-save-keep of the
+        #: choices whole (two bus calls at once must not save from the same copy).
+        self.state = StateWriter(config.state_dir)
+        self._state_lock = asyncio.Lock()
         self.inserted: set[str] = set()
         #: Debounce: vanished devices (by id) → when phyllod stops waiting for them.
         self.vanished: dict[str, float] = {}
@@ -229,6 +247,7 @@ class Daemon:
         """
         loop = asyncio.get_running_loop()
         self._load_policy(initial=True)
+        remove_leftovers(self.config.state_dir)
         self.overrides = load_overrides(self.config.state_dir)
         if self.overrides:
             log.info("%d manual overrides from %s", len(self.overrides), self.config.state_dir)
@@ -239,6 +258,7 @@ class Daemon:
         for d in self.udev.start(loop):
             self.devices[d.id] = d
             log.info("%s present at start", d.describe(), **_fields(device=d.id))
+        self._judge_identities()
         pci = sum(d.subsystem is Subsystem.PCI for d in self.devices.values())
         log.info("%d USB and %d PCI devices present at start", len(self.devices) - pci, pci)
         self._start_reconnect(at_once=True)
@@ -383,7 +403,12 @@ class Daemon:
         a = self.assignments.get(device_id)
         if d is None or a is None:
             raise NoSuchDevice(f"no present device is named {device_id!r}")
-        return explain(d, a, self.overrides.get(d.identity), self.remembered.get(d.identity))
+        verdict = ""
+        if d.subsystem is Subsystem.PCI:
+            level, reason = safety(d.address, self.host)
+            verdict = f"{level}: {reason}" if reason else str(level)
+        return explain(d, a, self.overrides.get(d.identity), self.remembered.get(d.identity),
+                       verdict)
 
     async def set_override(self, device_id: str, override: Override | None) -> None:
         """A person's choice for a device: check, persist, then wait until it settled.
@@ -404,22 +429,24 @@ class Daemon:
             rule = self.policy.match(d)
             if rule is not None and rule.action is Action.DENY:
                 raise Denied(f"{d.id} is denied by rule '{rule.name}' ({rule.file}:{rule.line})")
-        overrides = dict(self.overrides)
-        if override is None:
-            overrides.pop(d.identity, None)
-        else:
-            overrides[d.identity] = override
-        if overrides != self.overrides:
-            try:
-                save_overrides(self.config.state_dir, overrides, self._notes(overrides))
-            except StateError as e:
-                log.error("%s", e, **_fields(device=d.id))
-                raise Failed(str(e)) from None
-            self.overrides = overrides
-            what = f"{override.kind} {override.guest}".strip() if override else "cleared"
-            log.info("manual override for %s: %s", d.describe(), what,
-                     **_fields(device=d.id, guest=override.guest if override else "",
-                               event=MessageId.OVERRIDE))
+        async with self._state_lock:
+            judged = self._judged
+            overrides = dict(self.overrides)
+            if override is None:
+                overrides.pop(d.identity, None)
+            else:
+                overrides[d.identity] = override
+            if overrides != self.overrides:
+                try:
+                    await self.state.save_overrides(overrides, self._notes(overrides))
+                except StateError as e:
+                    log.error("%s", e, **_fields(device=d.id))
+                    raise Failed(str(e)) from None
+                self.overrides = self._since(judged, overrides, self.state.save_overrides)
+                what = f"{override.kind} {override.guest}".strip() if override else "cleared"
+                log.info("manual override for %s: %s", d.describe(), what,
+                         **_fields(device=d.id, guest=override.guest if override else "",
+                                   event=MessageId.OVERRIDE))
         self._manual.add(device_id)
         try:
             a = await self._settle(device_id)
@@ -457,13 +484,19 @@ class Daemon:
                                   f"{d.id} ({offers}); answer one of them or the host")
             guest = g.name
         if remember:
-            remembered = {**self.remembered, d.identity: guest}
-            try:
-                save_answers(self.config.state_dir, remembered, self._notes(remembered))
-            except StateError as e:
-                log.error("%s", e, **_fields(device=d.id))
-                raise Failed(str(e)) from None
-            self.remembered = remembered
+            async with self._state_lock:
+                judged = self._judged
+                remembered = {**self.remembered, d.identity: guest}
+                try:
+                    await self.state.save_answers(remembered, self._notes(remembered))
+                except StateError as e:
+                    log.error("%s", e, **_fields(device=d.id))
+                    raise Failed(str(e)) from None
+                self.remembered = self._since(judged, remembered, self.state.save_answers)
+            if self.requests.get(number) is not r:  # expired or withdrawn during the save
+                self._kick()
+                raise NoSuchRequest(f"request {number} was closed while its answer was "
+                                    "saved; the answer is remembered for the device")
         self._close_request(number)
         self.asks[d.id] = Ask(AskOutcome.ANSWERED, guest)
         log.info("request %d answered for %s: %s%s", number, d.describe(),
@@ -480,15 +513,17 @@ class Daemon:
 
     async def forget(self, identity: str) -> None:
         """Drop a remembered answer: the device is asked about again at its next plug."""
-        if identity not in self.remembered:
-            raise NoSuchDevice(f"no answer is remembered for {identity!r}")
-        remembered = {k: v for k, v in self.remembered.items() if k != identity}
-        try:
-            save_answers(self.config.state_dir, remembered, self._notes(remembered))
-        except StateError as e:
-            log.error("%s", e)
-            raise Failed(str(e)) from None
-        self.remembered = remembered
+        async with self._state_lock:
+            judged = self._judged
+            if identity not in self.remembered:
+                raise NoSuchDevice(f"no answer is remembered for {identity!r}")
+            remembered = {k: v for k, v in self.remembered.items() if k != identity}
+            try:
+                await self.state.save_answers(remembered, self._notes(remembered))
+            except StateError as e:
+                log.error("%s", e)
+                raise Failed(str(e)) from None
+            self.remembered = self._since(judged, remembered, self.state.save_answers)
         log.info("forgot the remembered answer for %s", identity, **_fields(device=identity))
         self._kick()
 
@@ -606,6 +641,7 @@ class Daemon:
             for device_id in self.devices.keys() - fresh.keys():
                 self._plug_ended(device_id, "unplugged")
             self.devices = fresh
+        self._judge_identities()
         self._kick()
 
     def _vanish(self, device_id: str) -> None:
@@ -641,7 +677,48 @@ class Daemon:
             self._drop_bind(d.slot)
             log.info("%s unplugged", d.describe(),
                      **_fields(device=d.id, event=MessageId.DEVICE_REMOVED))
+        self._judge_identities()
         self._kick()
+
+    def _judge_identities(self) -> None:
+        """After every change to the present set: which serials are identity
+        (serial_trust); a device whose identity changed takes its choices along."""
+        self.devices = with_identities(self.devices)
+        before, self._judged = self._judged, dict(self.devices)
+        for d in self.devices.values():
+            if d.serial_doubt and before.get(d.id) != d:
+                log.info("%s: %s; identified by its port", d.describe(), d.serial_doubt,
+                         **_fields(device=d.id))
+        overrides = carry_choices(self.overrides, before, self.devices)
+        if overrides != self.overrides:
+            self.overrides = overrides
+            self._save_later(self.state.save_overrides, overrides)
+        remembered = carry_choices(self.remembered, before, self.devices)
+        if remembered != self.remembered:
+            self.remembered = remembered
+            self._save_later(self.state.save_answers, remembered)
+
+    def _save_later(self, save: Callable[[dict[str, T], dict[str, str]], asyncio.Future[None]],
+                    choices: dict[str, T]) -> None:
+        """Queue a save that no caller waits for (choices a device took along).
+
+        It takes its place in the writer's line at once, so it is never
+        overtaken; if it fails the choice still holds in memory for this run.
+        """
+        save(choices, self._notes(choices)).add_done_callback(_log_failed_save)
+
+    def _since(self, judged: dict[str, Device], choices: dict[str, T],
+               save: Callable[[dict[str, T], dict[str, str]], asyncio.Future[None]],
+               ) -> dict[str, T]:
+        """``choices`` as just saved, with what identities were judged since ``judged``
+        (a twin came or went while the save ran) carried along, as
+        _judge_identities carried the choices that were current then."""
+        if self._judged is judged:
+            return choices
+        carried = carry_choices(choices, judged, self._judged)
+        if carried != choices:
+            self._save_later(save, carried)
+        return carried
 
     def _seen(self, event: DeviceSeen) -> None:
         d = event.device

@@ -158,6 +158,7 @@ _DEVICE_PROPS = {
     "IommuGroup": "i", "State": "s",
     "Guest": "s", "Rule": "s", "Reason": "s", "Override": "s", "OverrideGuest": "s",
     "Identity": "s", "Remembered": "b", "RememberedGuest": "s",
+    "VendorFromDatabase": "s", "ModelFromDatabase": "s", "SerialDoubt": "s",
 }
 _REQUEST_PROPS = {
     "Device": "o", "DeviceId": "s", "Description": "s", "Candidates": "as", "Deadline": "t",
@@ -257,6 +258,8 @@ def _device_values(d: Device, a: Assignment | None, o: Override | None,
         "OverrideGuest": o.guest if o and o.kind is OverrideKind.ATTACH else "",
         "Identity": d.identity, "Remembered": remembered is not None,
         "RememberedGuest": remembered or "",
+        "VendorFromDatabase": d.vendor_db, "ModelFromDatabase": d.model_db,
+        "SerialDoubt": d.serial_doubt,
     }
 
 

@@ -30,6 +30,17 @@ class Device:
     ``port`` (USB) and ``address`` (PCI) are physical and survive a replug;
     ``busnum``/``devnum`` change on every enumeration and only serve to name
     the device to libvirt and to recognise it in a guest's live XML.
+    ``peer_ports`` are the other names of the same physical port: a USB 3
+    port is two ports (its USB 2 half on one bus, its SuperSpeed half on
+    another), which the kernel links as peers; a rule on either half covers
+    both. ``manufacturer``/``product_name`` are what the device says of
+    itself; ``vendor_db``/``model_db`` are udev's hardware database names for
+    its ids (what lspci and lsusb show), for devices that say nothing (every
+    PCI function, many USB ones). ``serial_doubt`` says why the serial cannot
+    tell this device from others (a placeholder, a twin present); the
+    identity then falls back to the port (see :mod:`phyllod.serial_trust`).
+    ``serial_twins`` are the ids of the other present devices with the same
+    vendor:product and (real, not placeholder) serial.
     """
 
     subsystem: Subsystem
@@ -47,6 +58,11 @@ class Device:
     address: str = ""
     iommu_group: int | None = None
     driver: str = ""
+    peer_ports: tuple[str, ...] = ()
+    vendor_db: str = ""
+    model_db: str = ""
+    serial_doubt: str = ""
+    serial_twins: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -83,17 +99,41 @@ class Device:
         """What a person means by "this device", for choices that outlive a replug.
 
         A serial number follows the device to any port (``usb:1050:0407:123``);
-        without one, the physical place is all that tells identical devices apart.
+        without one, or with a placeholder (``serial_doubt``), the physical
+        place is all that tells identical devices apart (``usb:1-2``). While
+        twins share a real serial, each is that serial at its port
+        (``usb:1050:0407:123@1-2``): the key says whose choice it is, so the
+        choice goes back under the serial when the twin leaves, after a
+        restart too, and never to another device later plugged into the port.
         """
         if self.subsystem is Subsystem.USB and self.serial:
-            return f"usb:{self.vendor}:{self.product}:{self.serial}"
+            if not self.serial_doubt:
+                return self.serial_identity
+            if self.serial_twins:
+                return self.serial_at_port
         return self.id
+
+    @property
+    def serial_identity(self) -> str:
+        """The identity by serial alone (what it is when no twin is present)."""
+        return f"usb:{self.vendor}:{self.product}:{self.serial}"
+
+    @property
+    def serial_at_port(self) -> str:
+        """The identity while a twin shares the serial: the serial at this port."""
+        return f"{self.serial_identity}@{self.port}"
 
     def describe(self) -> str:
         """One line a person recognises the device by."""
         ids = f"{self.vendor}:{self.product}"
-        name = " ".join(s for s in (self.manufacturer, self.product_name) if s)
+        name = self.name
         return f"{self.id} ({ids}{' ' + name if name else ''})"
+
+    @property
+    def name(self) -> str:
+        """The device's own strings; failing those, the hardware database's names."""
+        own = " ".join(s for s in (self.manufacturer, self.product_name) if s)
+        return own or " ".join(s for s in (self.vendor_db, self.model_db) if s)
 
 
 class GuestState(StrEnum):
@@ -241,6 +281,14 @@ class PciFunction:
     #: The kernel's reset_method ("flr bus", …); "" when it has none (or a person
     #: disabled them all); None when the kernel is too old to say (before 5.15).
     reset_method: str | None = None
+    #: Whether the kernel shows ``reset_method`` or ``reset`` at all: it does for a
+    #: function it found a reset for, so with "" above False means "none found",
+    #: True "all disabled by a person".
+    reset_shown: bool = True
+    #: The upstream bridge's address: the function sits on that bridge's
+    #: secondary bus, with every other function whose ``parent`` is the same.
+    #: "" on a root bus, which no bridge can reset.
+    parent: str = ""
 
     @property
     def is_bridge(self) -> bool:
@@ -253,7 +301,9 @@ class HostFacts:
     """What the host's kernel says about IOMMU isolation, read from sysfs and /proc."""
 
     iommu_enabled: bool = False
-    acs_override: bool = False  # pcie_acs_override= on the kernel command line
+    #: pcie_acs_override= is on the kernel command line and the kernel applies it
+    #: (or cannot be shown to ignore it).
+    acs_override: bool = False
     functions: Mapping[str, PciFunction] = field(default_factory=dict)
     groups: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     #: PCI address → what the host has mounted from it ("/ (nvme0n1p2)").
@@ -265,3 +315,6 @@ class HostFacts:
     #: sysfs path of each of the host's keyboards (input devices, not virtual)
     #: → its name: a hub or controller above all of them takes the only keyboard.
     keyboards: Mapping[str, str] = field(default_factory=dict)
+    #: pcie_acs_override= is on the command line but this kernel lacks the
+    #: out-of-tree patch that reads it: groups are the hardware's own.
+    acs_override_ignored: bool = False

@@ -10,6 +10,8 @@ refused as a whole and the previous policy kept.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 import tomllib
@@ -21,6 +23,7 @@ from typing import Any
 
 from phyllod.model import Device, Subsystem
 from phyllod.pci_safety import OPT_IN
+from phyllod.safe_read import FileRefused, read_regular_file
 
 DEFAULT_POLICY_DIR = Path("/etc/phyllod/policy.d")
 
@@ -54,36 +57,89 @@ DEFAULT_ASK_TIMEOUT = 30
 #: return is one move, not an unplug and a plug.
 DEFAULT_DEBOUNCE = 1.0
 MAX_DEBOUNCE = 60.0
+#: Characters a rule name or a guest name may have: names go into every device's
+#: bus properties, the journal and explain; no real name comes close.
+MAX_NAME = 200
+
+
+#: What a problem shows of a message, a rule name and a file name, in characters:
+#: the input they quote (a key, a value, a name) may be megabytes long, and every
+#: problem goes to the journal, to check-policy's output and onto the bus.
+MAX_MESSAGE = 400
+MAX_SHOWN_NAME = 80
+MAX_SHOWN_FILE = 240
+#: Problems a PolicyError keeps; the rest are counted in one last problem.
+MAX_PROBLEMS = 50
+
+
+def bounded(text: str, most: int) -> str:
+    """``text`` made safe to print on one line and cut to about ``most`` characters.
+
+    Every character ``str.isprintable`` refuses (controls, newlines, bidi
+    overrides, lone surrogates from a file name that is not UTF-8) is shown as
+    its escape; a long text keeps its start and its end (where a message names
+    what is allowed) and says how much was left out.
+    """
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) <= most:
+        return text
+    tail = most // 3
+    head = most - tail
+    return f"{text[:head]}…[{len(text) - head - tail} characters left out]…{text[-tail:]}"
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One mistake in a policy file, located as precisely as we can."""
+    """One mistake in a policy file, located as precisely as we can.
+
+    The message and the rule name are bounded when the problem is made, so no
+    input can make one problem large; the file name is bounded where it is shown.
+    """
 
     file: str
     line: int
     message: str
     rule: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", bounded(self.message, MAX_MESSAGE))
+        object.__setattr__(self, "rule", bounded(self.rule, MAX_SHOWN_NAME))
+
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
+        file = bounded(self.file, MAX_SHOWN_FILE)
+        where = f"{file}:{self.line}" if self.line else file
         who = f" rule '{self.rule}':" if self.rule else ""
         return f"{where}:{who} {self.message}"
 
 
 class PolicyError(Exception):
-    """A policy that cannot be used; carries every problem found."""
+    """A policy that cannot be used; carries the problems found.
+
+    At most MAX_PROBLEMS are kept, and one more that counts the rest: a
+    directory of broken files must not make a message too large for the bus.
+    ``total`` is how many were found.
+    """
 
     def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = tuple(problems)
+        found = tuple(problems)
+        self.total = len(found)
+        kept = found[:MAX_PROBLEMS]
+        if self.total > MAX_PROBLEMS:
+            rest = found[MAX_PROBLEMS:]
+            kept += (Problem(rest[0].file, rest[0].line, f"and {len(rest)} more problems "
+                             "(not shown: fix these and check again)"),)
+        self.problems = kept
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
-_HEX2 = re.compile(r"^[0-9a-f]{2}$")
+#: An interface class as USBGuard writes it: ``e0:01:01``, ``e0:01:*``, ``e0:*:*``.
+_USBGUARD_CLASS = re.compile(r"^([0-9a-f]{2}):([0-9a-f]{2}|\*):([0-9a-f]{2}|\*)$")
+_INTERFACE_KEYS = ("interface_class", "not_interface_class")
 _CLASS = re.compile(r"^(?:[0-9a-f]{2}){1,3}$")
 _PORT = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
-_PCI_ADDR = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+_PCI_ADDR = re.compile(r"^(?:([0-9a-f]{4,8}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +148,14 @@ class Match:
 
     ``class`` is a prefix of the device class (USB ``bDeviceClass``, two hex
     digits; PCI class code, six), so ``0280`` means any PCI network controller.
-    ``interface_class`` holds if any USB interface has that class, which is how
-    "any Bluetooth adapter" (``e0``) or "any audio device" (``01``) is said.
+    ``interface_class`` holds if any USB interface's class, subclass and
+    protocol (``e00101``) begins with one of its prefixes (2, 4 or 6 hex
+    digits), and ``not_interface_class`` if none does: USBGuard's
+    ``with-interface one-of {…}`` and ``none-of {…}``. So "any Bluetooth
+    adapter" is ``e00101`` (``e0`` alone also takes a phone tethering over
+    RNDIS, ``e00103``), and "headsets, not webcams" is ``01`` but not ``0e``.
+    ``port`` and ``port_below`` hold for the device's own port path or any the
+    kernel pairs with it (the two halves of a USB 3 port, ``peer_ports``);
     ``port_below`` holds for the device in that port and everything behind it,
     at any depth (a hub, a KVM switch, a dock); hubs themselves only route, so
     it never matches a hub.
@@ -108,7 +170,8 @@ class Match:
     port: str = ""
     port_below: str = ""
     device_class: str = ""
-    interface_class: str = ""
+    interface_class: tuple[str, ...] = ()
+    not_interface_class: tuple[str, ...] = ()
     address: str = ""
 
     def matches(self, device: Device) -> bool:
@@ -118,10 +181,12 @@ class Match:
             wanted = getattr(self, name)
             if wanted and wanted != getattr(device, name):
                 return False
-        if self.port and (device.subsystem is not Subsystem.USB or self.port != device.port):
+        usb = device.subsystem is Subsystem.USB
+        ports = (device.port, *device.peer_ports) if usb else ()
+        if self.port and self.port not in ports:
             return False
-        if self.port_below and not (device.subsystem is Subsystem.USB and not device.is_hub
-                                    and is_below(device.port, self.port_below)):
+        if self.port_below and (device.is_hub or not any(
+                is_below(port, self.port_below) for port in ports)):
             return False
         if self.address and (
             device.subsystem is not Subsystem.PCI or self.address != device.address
@@ -129,9 +194,15 @@ class Match:
             return False
         if self.device_class and not device.device_class.startswith(self.device_class):
             return False
-        return not self.interface_class or any(
-            c.startswith(self.interface_class) for c in device.interface_classes
-        )
+        if self.interface_class and not _any_interface(self.interface_class, device):
+            return False
+        return not (self.not_interface_class
+                    and _any_interface(self.not_interface_class, device))
+
+
+def _any_interface(prefixes: tuple[str, ...], device: Device) -> bool:
+    """Whether one of ``device``'s interface triplets begins with one of ``prefixes``."""
+    return any(c.startswith(prefixes) for c in device.interface_classes)
 
 
 def is_below(port: str, top: str) -> bool:
@@ -251,6 +322,8 @@ class _Locator:
 
 def _shown(value: Any) -> str:
     """``value`` for a message, cut short; a huge TOML integer has no decimal repr at all."""
+    if isinstance(value, str) and len(value) > 100:
+        return f"{value[:60]!r}… ({len(value)} characters)"
     try:
         text = repr(value)
     except ValueError:  # int()'s limit on a number's digits
@@ -277,11 +350,18 @@ def _parse_match(
     if not isinstance(raw, dict) or not raw:
         bad("match", "'match' must be a non-empty table, e.g. match = { vendor = \"1050\" }")
         return None, problems
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _MATCH_KEYS:
             known = ", ".join(sorted(_MATCH_KEYS))
             bad(key, f"unknown match key '{key}' (known: {known})")
+            continue
+        if key in _INTERFACE_KEYS:
+            prefixes, message = _interface_prefixes(key, value)
+            if message:
+                bad(key, message)
+            else:
+                values[key] = prefixes
             continue
         if not isinstance(value, str):
             bad(key, f"match key '{key}' must be a string, not {type(value).__name__}")
@@ -296,11 +376,6 @@ def _parse_match(
         elif key in ("vendor", "product"):
             if not _HEX4.match(low):
                 bad(key, f"{key} must be 4 hex digits (e.g. \"1050\"), not {value!r}")
-                continue
-            text = low
-        elif key == "interface_class":
-            if not _HEX2.match(low):
-                bad(key, f"interface_class must be 2 hex digits (e.g. \"e0\"), not {value!r}")
                 continue
             text = low
         elif key == "class":
@@ -326,14 +401,43 @@ def _parse_match(
     if problems:
         return None, problems
     match = Match(**values)
-    usb_only = match.port or match.port_below or match.interface_class
+    usb_only = (match.port or match.port_below or match.interface_class
+                or match.not_interface_class)
     if match.subsystem == Subsystem.PCI and usb_only:
-        bad("subsystem", "'port', 'port_below' and 'interface_class' only apply to USB devices")
+        bad("subsystem", "'port', 'port_below', 'interface_class' and 'not_interface_class' "
+                         "only apply to USB devices")
     if match.subsystem == Subsystem.USB and match.address:
         bad("subsystem", "'address' only applies to PCI devices (USB uses 'port')")
     if match.address and usb_only:
         bad("address", "a rule cannot match both a PCI address and USB-only keys")
     return (None if problems else match), problems
+
+
+def _interface_prefixes(key: str, value: Any) -> tuple[tuple[str, ...], str]:
+    """An interface class key's prefixes, or the message saying what is wrong.
+
+    One class or a list of them (any one may match); each is 2, 4 or 6 hex
+    digits (class, subclass, protocol: ``e00101``), or USBGuard's
+    ``e0:01:01`` with ``*`` for the parts that may be anything.
+    """
+    example = f'{key} must be 2, 4 or 6 hex digits (class, subclass, protocol: "e00101") ' \
+              'or a list of them'
+    items = value if isinstance(value, list) else [value]
+    if not items or len(items) > 64 or not all(isinstance(v, str) for v in items):
+        return (), f"{example}, not {_shown(value)}"
+    prefixes: list[str] = []
+    for item in items:
+        low = item.strip().lower().removeprefix("0x")
+        usbguard = _USBGUARD_CLASS.match(low)
+        if usbguard:
+            parts = list(usbguard.groups())
+            while parts[-1] == "*":
+                parts.pop()
+            low = "".join(parts)
+        if not _CLASS.match(low):
+            return (), f"{example}, not {_shown(item)}"
+        prefixes.append(low)
+    return tuple(dict.fromkeys(prefixes)), ""
 
 
 def _parse_rule(
@@ -346,6 +450,10 @@ def _parse_rule(
     if not isinstance(name, str) or not name.strip():
         return None, [Problem(file, line, f"rule #{index + 1} needs a 'name' (a non-empty string)")]
     name = name.strip()
+    if len(name) > MAX_NAME or not name.isprintable():
+        return None, [Problem(file, line, f"rule #{index + 1}: a name must be one line of "
+                              f"printable text of at most {MAX_NAME} characters, not "
+                              f"{_shown(name)}")]
     problems: list[Problem] = []
 
     def bad(key: str, message: str) -> None:
@@ -353,7 +461,7 @@ def _parse_rule(
 
     for key in raw:
         if key not in _RULE_KEYS:
-            bad(key, f"unknown key '{key}' (known: {', '.join(sorted(_RULE_KEYS))})")
+            bad(key, f"unknown key {_shown(key)} (known: {', '.join(sorted(_RULE_KEYS))})")
     match, match_problems = _parse_match(raw.get("match"), file, loc, index, name)
     problems += match_problems
     action_raw = raw.get("action", Action.ATTACH.value)
@@ -378,6 +486,10 @@ def _parse_rule(
     guest = guest.strip()
     if action is Action.ASK and guest:
         candidates, guest = (guest,), ""
+    for named in (guest, *candidates):
+        if len(named) > MAX_NAME or not named.isprintable():
+            bad("guest", f"a guest name must be one line of printable text of at most "
+                         f"{MAX_NAME} characters, not {_shown(named)}")
     if action is Action.ATTACH and not guest:
         bad("action", "an 'attach' rule needs a target: guest = \"NAME\" or a UUID")
     if action in (Action.IGNORE, Action.DENY) and guest:
@@ -388,7 +500,7 @@ def _parse_rule(
         risks = []
     for risk in risks:
         if risk not in OPT_IN_RISKS:
-            bad("allow_risks", f"'{risk}' cannot be allowed (a rule may accept only: "
+            bad("allow_risks", f"{_shown(risk)} cannot be allowed (a rule may accept only: "
                                f"{', '.join(OPT_IN_RISKS)}; other risks always block)")
     if risks and action is not Action.ATTACH:
         bad("allow_risks", "'allow_risks' only applies to 'attach' rules")
@@ -440,7 +552,8 @@ def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any],
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _SETTINGS_KEYS:
-            bad(key, f"unknown setting '{key}' (known: {', '.join(sorted(_SETTINGS_KEYS))})")
+            bad(key, f"unknown setting {_shown(key)} "
+                     f"(known: {', '.join(sorted(_SETTINGS_KEYS))})")
         elif key == "unmatched":
             try:
                 values[key] = Unmatched(value)
@@ -489,7 +602,7 @@ def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]
     for key in data:
         if key not in ("rule", "settings"):
             problems.append(
-                Problem(file, loc.top_key_line(key), f"unknown top-level key '{key}' "
+                Problem(file, loc.top_key_line(key), f"unknown top-level key {_shown(key)} "
                         "(a policy file holds [[rule]] tables and one [settings] table)")
             )
     settings: dict[str, Any] = {}
@@ -512,28 +625,93 @@ def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]
     return FileContent(tuple(rules), settings, settings_line), problems
 
 
+#: Bytes one policy file may have, and all of them together: a hand-written or
+#: generated policy of thousands of rules is a few hundred KiB; a log or an image
+#: named ``*.toml`` by mistake must not be read whole into memory.
+MAX_FILE_BYTES = 1 << 20
+MAX_TOTAL_BYTES = 8 << 20
+#: Drop-in files a policy may have (their names go onto the bus, PolicyFiles).
+MAX_FILES = 1000
+
+
 def policy_files(directory: Path) -> list[Path]:
-    """The drop-in files of ``directory`` in the order they apply."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.suffix == ".toml" and p.is_file())
+    """The drop-in entries of ``directory`` in the order they apply.
+
+    Every entry whose name ends in ``.toml`` is one, whatever it is: load_policy
+    refuses those that are not readable regular files, so a deny rule cannot
+    vanish with a broken symlink. Hidden entries (``.name.toml``, ``.#name.toml``:
+    editors' lock and swap files) are not read, as in systemd's drop-in
+    directories; backups (``name.toml~``, ``.dpkg-old``) do not end in ``.toml``.
+    A directory that does not exist is an empty policy; one that exists but
+    cannot be listed, or is not a directory, raises PolicyError.
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        if not os.path.islink(directory):
+            return []
+        problem = "is a dangling symlink"
+    except NotADirectoryError:
+        problem = "is not a directory"
+    except OSError as e:
+        problem = ("is a symlink loop" if e.errno == errno.ELOOP
+                   else f"cannot be listed ({e.strerror or e})")
+    else:
+        return [directory / n for n in sorted(names)
+                if n.endswith(".toml") and not n.startswith(".")]
+    raise PolicyError([Problem(str(directory), 0, f"the policy directory {problem}")])
+
+
+def _read_policy_file(path: Path, limit: int) -> tuple[str, int, Problem | None]:
+    """The text of one policy file and its size in bytes, or the problem that keeps it
+    from being read (the size then counts nothing)."""
+    file = str(path)
+    if not path.name.isprintable():
+        return "", 0, Problem(file, 0, "the file name is not printable UTF-8 text; rename it")
+    try:
+        raw = read_regular_file(path, limit)
+    except FileNotFoundError:
+        return "", 0, Problem(file, 0, "does not exist")
+    except FileRefused as e:
+        why = str(e)
+        if not why.startswith(("too large", "unreadable")):
+            why += ", not a regular file"
+        elif limit < MAX_FILE_BYTES and why.startswith("too large"):
+            why = f"too large: the policy files together exceed {MAX_TOTAL_BYTES >> 20} MiB"
+        return "", 0, Problem(file, 0, f"is {why}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        return "", len(raw), Problem(file, line, f"is not UTF-8 text (byte 0x{raw[e.start]:02x})")
+    # Universal newlines, as Path.read_text gave them before.
+    return text.replace("\r\n", "\n").replace("\r", "\n"), len(raw), None
 
 
 def load_policy(paths: Iterable[Path]) -> Policy:
-    """Read and check ``paths`` in order; raises PolicyError listing every problem."""
+    """Read and check ``paths`` in order; raises PolicyError listing every problem.
+
+    A path that is not a readable regular file (see safe_read) is a problem like
+    a syntax error: the policy is refused whole, never read without that file.
+    """
     rules: list[Rule] = []
     problems: list[Problem] = []
     files: list[str] = []
     seen: dict[str, Rule] = {}
     settings: dict[str, Any] = {}
     settings_at: str = ""
+    paths = list(paths)
+    if len(paths) > MAX_FILES:
+        raise PolicyError([Problem(str(paths[MAX_FILES]), 0, f"more than {MAX_FILES} policy "
+                                   f"files ({len(paths)}); merge some")])
+    budget = MAX_TOTAL_BYTES
     for path in paths:
         file = str(path)
         files.append(file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append(Problem(file, 0, f"cannot read: {e}"))
+        text, size, problem = _read_policy_file(path, min(MAX_FILE_BYTES, budget))
+        budget -= size
+        if problem is not None:
+            problems.append(problem)
             continue
         content, file_problems = parse_policy_text(text, file)
         problems += file_problems

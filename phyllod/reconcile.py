@@ -609,10 +609,12 @@ class _Planner:
 
     def _pci_verdict(self, d: Device, target: Guest | None,
                      why: _Why) -> tuple[Verdict, frozenset[str]]:
-        """The safety verdict, counting group mates that go to the same guest as safe."""
-        together = frozenset(m for m in group_members(d.address, self.world.host)
-                             if target is not None and self.pci_targets.get(m) == target.uuid)
-        return pci_verdict(d.address, self.world.host, why.allowed, together), together
+        """The safety verdict, counting group mates that go to the same guest as safe
+        (and bus mates that go there as reset along with it)."""
+        along = frozenset(a for a, uuid in self.pci_targets.items()
+                          if target is not None and uuid == target.uuid and a != d.address)
+        together = along & frozenset(group_members(d.address, self.world.host))
+        return pci_verdict(d.address, self.world.host, why.allowed, together, along), together
 
     def _warning(self, d: Device, why: _Why) -> str:
         """For a device already in a guest: the risks accepted that still apply."""

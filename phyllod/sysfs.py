@@ -10,23 +10,41 @@ Paths handed out (``block_mounts``, ``host_keyboards``) are written as the
 running system names them, ``/sys/devices/…``, whatever root they were read
 under: that is what pyudev's ``Device.sys_path`` says for the same device, so
 a caller compares them with a device's path without knowing about the root.
+
+Every value read is checked against the shape the kernel writes
+(kernel_values) and device text is cleaned (device_text): a value of another
+shape is absent (an id ""), said once in the log, never an exception that
+would stop every loop turn while the device is there.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from phyllod import kernel_values as kv
+from phyllod.device_text import clean
 from phyllod.model import HostFacts, PciFunction
+from phyllod.sysfs_acs import kernel_ignores_acs_override
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _SYS = Path("/sys")
-_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+_PROC = Path("/proc")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _INPUT = re.compile(r"input[0-9]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_FIELD_SEPARATOR = re.compile(r"[ \t]+")
+_HEX_WORD = re.compile(r"[0-9a-f]{1,16}")
+#: A sysfs attribute is at most a page (sysfs_emit); a longer file is no kernel's.
+_MAX_ATTRIBUTE = 4096
+#: Host facts are read on every loop turn: each bad value is told once.
+_reported = kv.ReportedOnce()
 _EV_KEY = 1  # linux/input-event-codes.h
 #: ESC, the digits and Q to D: KEY_ESC (1) … KEY_D (32) minus KEY_RESERVED (0).
 _KEYBOARD_KEYS = 0xFFFFFFFE
@@ -44,24 +62,30 @@ def iommu_enabled(sys_root: Path = _SYS) -> bool:
 
 
 def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
-                    mounts: str | None = None, swaps: str | None = None) -> HostFacts:
+                    mounts: str | None = None, swaps: str | None = None,
+                    proc_root: Path = _PROC) -> HostFacts:
     """Everything the PCI safety check weighs, read in one pass.
 
     ``cmdline``, ``mounts`` (/proc/self/mountinfo or /proc/mounts format) and
     ``swaps`` (/proc/swaps) default to the running kernel's; tests pass text.
     Active swap counts as mounted: passing its disk's controller is as fatal.
+    ``proc_root`` is where /proc/kallsyms is looked for (see
+    :func:`kernel_ignores_acs_override`).
     """
     if cmdline is None:
-        cmdline = _read(Path("/proc/cmdline"))
+        cmdline = _read(proc_root / "cmdline")
     if mounts is None:
         mounts = _read(Path("/proc/self/mountinfo")) or _read(Path("/proc/mounts"))
     if swaps is None:
         swaps = _read(Path("/proc/swaps"))
     functions = {f.address: f for f in _pci_functions(sys_root)}
     held = list(_held_blocks(sys_root, mounts, swaps))
+    acs_asked = any(w.startswith("pcie_acs_override=") for w in cmdline.split())
+    acs_ignored = acs_asked and kernel_ignores_acs_override(sys_root, proc_root)
     return HostFacts(
         iommu_enabled=iommu_enabled(sys_root),
-        acs_override=any(w.startswith("pcie_acs_override=") for w in cmdline.split()),
+        acs_override=acs_asked and not acs_ignored,
+        acs_override_ignored=acs_ignored,
         functions=functions,
         groups=iommu_groups(sys_root),
         mounted=_by_pci_address(held),
@@ -75,7 +99,8 @@ def pci_function(sys_root: Path, address: str) -> PciFunction | None:
     path = sys_root / "bus" / "pci" / "devices" / address
     if not path.is_dir():
         return None
-    group = _link_name(path / "iommu_group")
+    reset_method, reset_shown = _reset_method(path)
+    real = _resolve(path)
     return PciFunction(
         address=address,
         vendor=_hex(path / "vendor", 4),
@@ -83,12 +108,19 @@ def pci_function(sys_root: Path, address: str) -> PciFunction | None:
         subsystem_vendor=_hex(path / "subsystem_vendor", 4),
         subsystem_device=_hex(path / "subsystem_device", 4),
         class_code=_hex(path / "class", 6),
-        driver=_link_name(path / "driver"),
-        iommu_group=int(group) if group.isdigit() else None,
-        boot_vga=_read(path / "boot_vga").strip() == "1",
-        physfn=_link_name(path / "physfn"),
-        sriov_totalvfs=_int(path / "sriov_totalvfs"),
-        reset_method=_reset_method(path),
+        driver=kv.driver_name(_link_name(path / "driver") or _link_target(path / "driver")),
+        iommu_group=_checked(path / "iommu_group", _link_target(path / "iommu_group"),
+                             kv.iommu_group, "an IOMMU group link"),
+        boot_vga=_read_attribute(path / "boot_vga").strip() == "1",
+        physfn=_checked(path / "physfn", _link_name(path / "physfn"), kv.pci_address,
+                        "a PCI address") or "",
+        sriov_totalvfs=_checked(path / "sriov_totalvfs", _read_attribute(
+            path / "sriov_totalvfs").strip(), lambda v: kv.decimal(v, kv.SRIOV_VFS),
+            "a number of virtual functions") or 0,
+        reset_method=reset_method,
+        reset_shown=reset_shown,
+        parent=(real.parent.name if real is not None
+                and kv.pci_address(real.parent.name) is not None else ""),
     )
 
 
@@ -96,8 +128,10 @@ def iommu_groups(sys_root: Path = _SYS) -> dict[int, tuple[str, ...]]:
     """IOMMU group number → the sorted addresses of its member functions."""
     groups = {}
     for group in _entries(sys_root / "kernel" / "iommu_groups"):
-        if group.name.isdigit():
-            groups[int(group.name)] = tuple(sorted(d.name for d in _entries(group / "devices")))
+        number = _checked(group, group.name, kv.iommu_group_name, "an IOMMU group number")
+        if number is not None:
+            # A member of any name counts (and, unknown, blocks): only its text is cleaned.
+            groups[number] = tuple(sorted(clean(d.name) for d in _entries(group / "devices")))
     return groups
 
 
@@ -145,7 +179,7 @@ def host_keyboards(sys_root: Path = _SYS) -> dict[str, str]:
                 devices / "virtual"):
             continue
         if _is_keyboard(real / "capabilities"):
-            found[_sys_path(sys_root, real)] = _safe_text(_read(real / "name"))
+            found[_sys_path(sys_root, real)] = clean(_read_attribute(real / "name"))
     return found
 
 
@@ -158,8 +192,7 @@ class _Mount:
 
 def _parse_mounts(text: str) -> Iterator[_Mount]:
     """Lines of /proc/self/mountinfo or /proc/mounts, whichever the text is."""
-    for line in text.splitlines():
-        fields = line.split()
+    for fields in _lines_of_fields(text):
         if len(fields) >= 10 and "-" in fields[6:]:
             dash = fields.index("-", 6)
             if len(fields) > dash + 2:
@@ -170,10 +203,18 @@ def _parse_mounts(text: str) -> Iterator[_Mount]:
 
 def _parse_swaps(text: str) -> Iterator[_Mount]:
     """Swap partitions from /proc/swaps (swap files live on a mount already seen)."""
-    for line in text.splitlines()[1:]:
-        fields = line.split()
+    for fields in _lines_of_fields(text)[1:]:
         if len(fields) >= 2 and fields[1] == "partition":
             yield _Mount("[SWAP]", _unescape(fields[0]))
+
+
+def _lines_of_fields(text: str) -> list[list[str]]:
+    """The kernel's lines and fields: only a newline ends a line, only spaces and tabs
+    part fields (it escapes those in a field), never the U+2028, U+0085 or \\x1c
+    that str.splitlines and str.split also break at, which a label's mount point
+    (/media/user/LABEL) may hold."""
+    return [_FIELD_SEPARATOR.split(line.strip(" \t")) for line in text.split("\n")
+            if line.strip(" \t")]
 
 
 def _unescape(field: str) -> str:
@@ -193,7 +234,8 @@ def _held_blocks(sys_root: Path, mounts: str, swaps: str) -> Iterator[tuple[Path
         name = _block_name(sys_root, entry)
         if not name:
             continue
-        label = f"{entry.point} ({_display_name(sys_root, name)})"
+        # A mount point often holds a filesystem label (/media/user/LABEL): device text.
+        label = f"{clean(entry.point)} ({clean(_display_name(sys_root, name))})"
         for backing in _backing_devices(sys_root, name, set()):
             real = _resolve(sys_root / "class" / "block" / backing)
             if real is not None:
@@ -204,7 +246,7 @@ def _by_pci_address(held: Iterable[tuple[Path, str]]) -> dict[str, str]:
     """Every PCI function on a held device's path (controller, ports above) → first label."""
     by_address: dict[str, str] = {}
     for real, label in held:
-        for address in (p for p in real.parts if _PCI_ADDRESS.fullmatch(p)):
+        for address in (p for p in real.parts if kv.pci_address(p)):
             by_address.setdefault(address, label)
     return by_address
 
@@ -239,14 +281,15 @@ def _block_name(sys_root: Path, mount: _Mount) -> str:
 
 def _dm_by_name(sys_root: Path, mapper_name: str) -> str:
     for dev in _entries(sys_root / "class" / "block"):
-        if dev.name.startswith("dm-") and _read(dev / "dm" / "name").strip() == mapper_name:
+        if (dev.name.startswith("dm-")
+                and _read_attribute(dev / "dm" / "name").strip() == mapper_name):
             return dev.name
     return ""
 
 
 def _display_name(sys_root: Path, name: str) -> str:
     """What a person knows the device as: the mapper name of a dm device, else its name."""
-    return _read(sys_root / "class" / "block" / name / "dm" / "name").strip() or name
+    return _read_attribute(sys_root / "class" / "block" / name / "dm" / "name").strip() or name
 
 
 def _backing_devices(sys_root: Path, name: str, seen: set[str]) -> Iterator[str]:
@@ -271,19 +314,8 @@ def _is_keyboard(capabilities: Path) -> bool:
 
 
 def _lowest_word(path: Path) -> int:
-    words = _read(path).split()
-    try:
-        return int(words[-1], 16) if words else 0
-    except ValueError:
-        return 0
-
-
-def _safe_text(raw: str) -> str:
-    """A device-reported string made safe to keep: no control characters, at most 256.
-
-    The udev adapter does the same to USB strings, so both name a device alike.
-    """
-    return _CONTROL.sub("\ufffd", raw.strip())[:256]
+    words = _read_attribute(path).split()
+    return int(words[-1], 16) if words and _HEX_WORD.fullmatch(words[-1]) else 0
 
 
 def _resolve(link: Path) -> Path | None:
@@ -305,6 +337,8 @@ def _sys_path(sys_root: Path, real: Path) -> str:
 
 def _pci_functions(sys_root: Path) -> Iterator[PciFunction]:
     for entry in sorted(_entries(sys_root / "bus" / "pci" / "devices")):
+        if _checked(entry, entry.name, kv.pci_address, "a PCI address") is None:
+            continue  # no function of ours; a group listing it still counts it (and blocks)
         function = pci_function(sys_root, entry.name)
         if function is not None:
             yield function
@@ -321,21 +355,26 @@ def _has_entries(directory: Path) -> bool:
     return bool(_entries(directory))
 
 
-def _reset_method(function: Path) -> str | None:
-    """The kernel's reset methods ("flr bus"); "" if it has none; None if it cannot say.
+def _reset_method(function: Path) -> tuple[str | None, bool]:
+    """The kernel's reset methods ("flr bus"; "" none; None cannot say) and whether
+    it shows a reset file at all.
 
     The kernel shows ``reset_method`` (5.15 and later) and ``reset`` (all
     kernels) only for a function that can be reset, deciding when the
     function appears; a person may also write ``reset_method`` empty to
     disable every method. So: ``reset_method`` readable → its text; no
     ``reset_method`` but a ``reset`` → a kernel before 5.15, None (it can be
-    reset, by a method we cannot name); neither → "" (no reset method at all).
+    reset, by a method we cannot name); neither → ("", False): the kernel
+    found no reset method at all.
     """
     try:
-        return (function / "reset_method").read_text(errors="replace").strip()
+        with (function / "reset_method").open("rb") as f:
+            text = f.read(_MAX_ATTRIBUTE + 1).decode("utf-8", errors="replace")
     except OSError:
-        pass
-    return None if (function / "reset").exists() else ""
+        return (None, True) if (function / "reset").exists() else ("", False)
+    methods = _checked(function / "reset_method", text.strip(), kv.reset_methods,
+                       "a list of reset methods")
+    return ("" if methods is None else methods), True
 
 
 def _read(path: Path) -> str:
@@ -345,24 +384,40 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _hex(path: Path, width: int) -> str:
-    """A sysfs id ("0x8086\\n") as ``width`` lower-case hex digits, "" if absent or garbled."""
+def _read_attribute(path: Path) -> str:
+    """A sysfs attribute's text, "" if absent; never more than a page is read."""
     try:
-        return f"{int(_read(path).strip(), 16):0{width}x}"
-    except ValueError:
+        with path.open("rb") as f:
+            return f.read(_MAX_ATTRIBUTE).decode("utf-8", errors="replace")
+    except OSError:
         return ""
 
 
-def _int(path: Path) -> int:
+def _checked(path: Path, value: str, parse: Callable[[str], _T | None],
+             expected: str) -> _T | None:
+    """``parse(value)``; None, said once in the log, if a value is there but of no kernel's
+    shape."""
+    parsed = parse(value)
+    if parsed is None and value and _reported.first(str(path), value[:256]):
+        log.warning("%s: %s is not %s; taken as absent", clean(str(path), 200),
+                    kv.shown(value), expected)
+    return parsed
+
+
+def _hex(path: Path, width: int) -> str:
+    """A sysfs id ("0x8086\\n") as ``width`` lower-case hex digits, "" if absent or garbled."""
+    text = _read_attribute(path).strip()
+    return _checked(path, text, lambda v: kv.hex_id(v, width), f"{width} hex digits") or ""
+
+
+def _link_target(path: Path) -> str:
+    """Where a symlink points (as written), "" if no link."""
     try:
-        return int(_read(path).strip())
-    except ValueError:
-        return 0
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 def _link_name(path: Path) -> str:
     """The basename of a symlink's target (``driver`` → "iwlwifi"), "" if no link."""
-    try:
-        return os.path.basename(os.readlink(path))
-    except OSError:
-        return ""
+    return os.path.basename(_link_target(path).rstrip("/"))

@@ -1,9 +1,12 @@
 """The verdict before a USB device leaves the host: what the host would lose.
 
 A USB device is its own isolation unit, so unlike PCI there is no group to
-weigh; what can go wrong is the host losing something it needs: the
-filesystem mounted from a stick or disk (its data goes with it), or, when
-the device is a hub, every keyboard plugged in behind it.
+weigh; what can go wrong is the host losing something it needs: a filesystem
+mounted from a stick or disk (its data goes with it), or every keyboard it
+has. Both are weighed over everything below the device's place in sysfs, so
+one check covers a device and a hub alike: a hub takes what is plugged in
+behind it, a keyboard (or a stick) takes itself, and the host loses the same
+either way.
 
 Pure, over :class:`~phyllod.model.HostFacts` as the sysfs adapter read them.
 """
@@ -26,10 +29,10 @@ def usb_verdict(device: Device, facts: HostFacts,
         # Not a risk a rule can accept: the host would lose data in flight.
         blocking.append(Finding(Risk.HOST_STORAGE, f"{device.id} holds {', '.join(mounts)} "
                                                    "on the host; unmount it first"))
-    if device.is_hub:
-        for finding in keyboard_findings([(f"{device.id} (a hub)", below)], facts):
-            if finding.risk in allowed:
-                warnings.append(finding)
-            else:
-                blocking.append(with_hint(finding))
+    name = f"{device.id} (a hub)" if device.is_hub else device.id
+    for finding in keyboard_findings([(name, below)], facts):
+        if finding.risk in allowed:
+            warnings.append(finding)
+        else:
+            blocking.append(with_hint(finding))
     return Verdict(tuple(blocking), tuple(warnings))

@@ -6,17 +6,31 @@ about every intermediate state, not about devices already present when the
 applet starts, and not twice about the same failure while phyllod retries
 with backoff. :class:`NoticeTracker` remembers, per device id, what was last
 seen and told; :func:`request_notice` and :func:`error_notice` build the rest.
+
+Much of a notice is device-controlled text (a device's name, a keyboard's
+name, a filesystem label in a reason), and notification servers that
+announce ``body-markup`` render the body as markup (``<b> <i> <u> <a> <img>``
+and entities): :func:`as_sent` escapes the body for those, so a device named
+``<a href="file:///">`` is shown as it says, never as a link. The summary and
+the action labels are plain text by the Desktop Notifications spec and sent
+as they are: dunst escapes the summary itself (since 1.4), and text escaped
+here would show its entities (``&amp;``) on every server that keeps to the spec.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from phyllod.applet.actions import answer_key
 from phyllod.applet.views import DeviceView, RequestView
 
 SAFETY_PREFIX = "not safe to pass"
+#: The capability by which a server says it renders markup in bodies.
+BODY_MARKUP = "body-markup"
+_MARKUP_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                                 "'": "&#39;"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,18 @@ class Notice:
     actions: tuple[tuple[str, str], ...] = ()
     timeout_ms: int = -1  # -1: the server's default
     critical: bool = False
+
+
+def markup_escaped(text: str) -> str:
+    """``text`` as body markup that shows it literally (what GLib.markup_escape_text does)."""
+    return text.translate(_MARKUP_ESCAPES)
+
+
+def as_sent(notice: Notice, capabilities: Collection[str]) -> tuple[str, str]:
+    """(summary, body) as they go to a server with ``capabilities``: the body escaped
+    where the server renders markup, the summary plain (see the module's note)."""
+    body = markup_escaped(notice.body) if BODY_MARKUP in capabilities else notice.body
+    return notice.summary, body
 
 
 @dataclass

@@ -4,6 +4,8 @@ A thin layer over Notify.Notification: show a :class:`~.notices.Notice`, keep
 a reference while it is open (libnotify forgets action callbacks of a
 notification object that is garbage-collected), replace or close it by a tag.
 A missing notification server is logged, never fatal: the tray still works.
+The server's capabilities are asked before each notice (a server may be
+replaced by one that renders markup), so bodies are escaped where needed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import gi
 gi.require_version("Notify", "0.7")
 from gi.repository import GLib, Notify  # noqa: E402
 
-from phyllod.applet.notices import Notice  # noqa: E402
+from phyllod.applet.notices import Notice, as_sent  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,14 @@ class Notifier:
     def show(self, notice: Notice, tag: str | None = None,
              on_action: Callable[[str], None] | None = None) -> None:
         """Show ``notice``; ``on_action(key)`` runs when the person picks one of its actions."""
+        summary, body = as_sent(notice, Notify.get_server_caps() or ())
         n = self._open.get(tag) if tag else None
         if n is None:
-            n = Notify.Notification.new(notice.summary, notice.body, ICON)
+            n = Notify.Notification.new(summary, body, ICON)
             n.connect("closed", self._closed, tag)
             n.set_hint("desktop-entry", GLib.Variant("s", DESKTOP_ENTRY))
         else:
-            n.update(notice.summary, notice.body, ICON)
+            n.update(summary, body, ICON)
             n.clear_actions()
         n.set_timeout(notice.timeout_ms)
         n.set_urgency(Notify.Urgency.CRITICAL if notice.critical else Notify.Urgency.NORMAL)

@@ -47,6 +47,8 @@ class DeviceView:
     identity: str = ""
     remembered: bool = False
     remembered_guest: str = ""
+    vendor_db: str = ""
+    model_db: str = ""
 
     @classmethod
     def from_properties(cls, path: str, props: Properties) -> DeviceView:
@@ -58,13 +60,19 @@ class DeviceView:
             override=_s(props, "Override"), override_guest=_s(props, "OverrideGuest"),
             identity=_s(props, "Identity") or _s(props, "Id"),
             remembered=bool(props.get("Remembered", False)),
-            remembered_guest=_s(props, "RememberedGuest"))
+            remembered_guest=_s(props, "RememberedGuest"),
+            vendor_db=_s(props, "VendorFromDatabase"), model_db=_s(props, "ModelFromDatabase"))
 
     @property
     def title(self) -> str:
-        """What a person recognises the device by: its name, else vendor:product, else its id."""
+        """What a person recognises the device by: its own name, else the hardware
+        database's names for its ids (every PCI function, USB devices that report no
+        strings; as ``phyllodctl list``), else vendor:product, else its id."""
         if self.name:
             return self.name
+        database = " ".join(s for s in (self.vendor_db, self.model_db) if s)
+        if database:
+            return database
         if self.vendor and self.product:
             return f"{self.vendor}:{self.product}"
         return self.id or self.path.rsplit("/", 1)[-1]

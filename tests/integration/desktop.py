@@ -58,7 +58,7 @@ DUNSTRC = """\
     separator_height = 2
     padding = 10
     horizontal_padding = 12
-    markup = no
+    markup = {markup}
     format = "<b>%s</b>\\n%b"
     word_wrap = yes
     show_indicators = yes
@@ -175,12 +175,13 @@ class Desktop:
                            env=self.env())
         return r.stdout.strip() == "b true"
 
-    def start_dunst(self) -> LineProcess:
+    def start_dunst(self, markup: str = "no") -> LineProcess:
+        """dunst, rendering body markup if ``markup`` is "full" (it then announces body-markup)."""
         dmenu = self.dir / "dmenu"
         dmenu.write_text(DMENU.format(dir=self.dir))
         dmenu.chmod(0o755)
         rc = self.dir / "dunstrc"
-        rc.write_text(DUNSTRC.format(dmenu=dmenu))
+        rc.write_text(DUNSTRC.format(dmenu=dmenu, markup=markup))
         self.dunst = self._peer(["dunst", "-config", str(rc)])
         self._wait_name("org.freedesktop.Notifications", self.dunst)
         return self.dunst

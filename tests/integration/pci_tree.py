@@ -15,8 +15,9 @@ Under ``umockdev-wrapper`` code reading /sys sees all of it.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gi
@@ -49,6 +50,50 @@ class Fn:
     old_kernel: bool = False
 
 
+@dataclass(frozen=True)
+class Expect:
+    """The verdict one function of a published layout must get (tests/data/pci/README.md)."""
+
+    address: str
+    verdict: str
+    together: frozenset[str] = frozenset()
+    risks: tuple[str, ...] | None = None
+    names: tuple[str, ...] = ()
+    unnamed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A real machine's IOMMU groups as published, with the source they came from."""
+
+    source: str
+    functions: tuple[Fn, ...]
+    expect: tuple[Expect, ...] = field(default=())
+
+
+def load_layout(path: Path) -> Layout:
+    """A tests/data/pci file: its functions ordered bridges first (parents before
+    what is behind them). No listing shows reset files: each function reads as
+    resettable by a method the kernel does not name (a kernel before 5.15)."""
+    data = tomllib.loads(path.read_text())
+    pending = [Fn(f["address"], f["class"].ljust(6, "0"), vendor=f["id"][:4],
+                  device=f["id"][5:], parent=f.get("parent", ""), driver=f.get("driver", ""),
+                  group=f["group"], boot_vga=f.get("boot_vga", False), old_kernel=True)
+               for f in data["function"]]
+    ordered: list[Fn] = []
+    while pending:
+        ready = [f for f in pending if not f.parent or f.parent in {o.address for o in ordered}]
+        if not ready:
+            raise ValueError(f"{path.name}: a parent is missing for {pending[0].address}")
+        ordered += ready
+        pending = [f for f in pending if f not in ready]
+    expect = tuple(Expect(e["address"], e["verdict"], frozenset(e.get("together", ())),
+                          tuple(e["risks"]) if "risks" in e else None,
+                          tuple(e.get("names", ())), tuple(e.get("unnamed", ())))
+                   for e in data.get("expect", ()))
+    return Layout(data["source"], tuple(ordered), expect)
+
+
 def build(tb: UMockdev.Testbed, functions: Sequence[Fn], iommu: bool = True) -> PciTree:
     """A host with ``functions`` in ``tb``, with an active IOMMU unless ``iommu`` is False.
 
@@ -78,6 +123,15 @@ class PciTree:
         """Register an IOMMU unit (/sys/class/iommu/NAME), as VT-d/AMD-Vi does at boot."""
         self.tb.add_device("iommu", f"virtual/iommu/{name}", None, [], [])
         (self.root / "sys" / "kernel" / "iommu_groups").mkdir(parents=True, exist_ok=True)
+
+    def add_kernel_btf(self, names: Sequence[str]) -> Path:
+        """/sys/kernel/btf/vmlinux naming ``names``: BTF's string section keeps each
+        function's name NUL-terminated among binary type records."""
+        btf = self.root / "sys" / "kernel" / "btf" / "vmlinux"
+        btf.parent.mkdir(parents=True, exist_ok=True)
+        btf.write_bytes(b"\x9f\xeb\x01\x00" + b"".join(
+            b"\x00" + n.encode() + b"\x00\x0c\x00\x00\x00" for n in names))
+        return btf
 
     def add(self, functions: Sequence[Fn]) -> None:
         """Create ``functions`` in order (bridges before what is behind them)."""

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 KBD = f"{ROOT}/devices/usb_1_2"
 KEY_PATH = f"{ROOT}/devices/usb_1_3"
-KEY = "usb:1050:0407:K1"
+KEY = "usb:1050:0407:9741235"
 ASK_KEYS = """\
 [settings]
 ask_timeout = {timeout}
@@ -58,7 +58,7 @@ def wait(what: Callable[[], Any], timeout: float = 15.0, message: str = "") -> A
 
 
 def plug_key(phyllod: Phyllod, devnum: int = 7) -> None:
-    phyllod.tb.plug("1-3", devnum=devnum, vendor="1050", product="0407", serial="K1",
+    phyllod.tb.plug("1-3", devnum=devnum, vendor="1050", product="0407", serial="9741235",
                     manufacturer="Yubico", product_name="YubiKey OTP+FIDO+CCID",
                     interfaces=("030101", "0b0000"))
 

@@ -42,7 +42,7 @@ name = "no storage"
 match = {{ vendor = "0781" }}
 action = "deny"
 """
-KEY = "usb:1050:0407:K1"
+KEY = "usb:1050:0407:9741235"
 
 
 def _requests(phyllod: Phyllod) -> list[dict]:
@@ -52,7 +52,7 @@ def _requests(phyllod: Phyllod) -> list[dict]:
 
 
 def _plug_key(phyllod: Phyllod, devnum: int = 7) -> None:
-    phyllod.tb.plug("1-3", devnum=devnum, vendor="1050", product="0407", serial="K1",
+    phyllod.tb.plug("1-3", devnum=devnum, vendor="1050", product="0407", serial="9741235",
                     manufacturer="Yubico", product_name="YubiKey OTP+FIDO+CCID",
                     interfaces=("030101", "0b0000"))
 

@@ -691,19 +691,19 @@ def test_hostile_calls_get_named_errors_and_nobody_changes_nothing(phyllod: Phyl
     # State for nobody to aim at: an override, a remembered answer, a pending request.
     _ok(phyllod, "ClearOverride", "s", "usb:1-2")
     _ok(phyllod, "Detach", "s", "usb:1-2")
-    _plug_key(phyllod, "1-3", 7, "K1")
+    _plug_key(phyllod, "1-3", 7, "K1602738")
     phyllod.proc.wait_log(r"usb:1-3 .*plugged in")
     request = _settled(phyllod)
     (first,) = _targets(request)["request_paths"]
     _ok(phyllod, "Answer", "sb", "", "true", path=first, interface=REQUEST)
-    _plug_key(phyllod, "1-4", 8, "K2")
+    _plug_key(phyllod, "1-4", 8, "K2519044")
     phyllod.proc.wait_log(r"usb:1-4 .*plugged in")
     deadline = time.monotonic() + 15
     while not _targets(before := _settled(phyllod))["request_paths"]:
         assert time.monotonic() < deadline, "the second key was never asked about"
     state = before["state"]
     assert '"identity": "usb:1-2"' in state.get("overrides.json", ""), state
-    assert "usb:1050:0407:K1" in state.get("answers.json", ""), state
+    assert "usb:1050:0407:K1602738" in state.get("answers.json", ""), state
     targets = _targets(before)
     assert len(targets["request_paths"]) == 1 and len(targets["device_ids"]) == 3
 

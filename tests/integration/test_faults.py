@@ -598,7 +598,7 @@ def test_state_directory_read_only_or_full_refuses_changes_clearly(rig: Rig, rel
     d = rig.start(policy(debounce=0) + ASK_FOR_KEYS)
     assert rig.ctl("detach", "usb:1-3").returncode == 0  # an override already in force
     kept = {"usb:1-3": ("host", "")}
-    rig.tb.plug("1-5", devnum=8, vendor="1050", product="0407", serial="K1",
+    rig.tb.plug("1-5", devnum=8, vendor="1050", product="0407", serial="K1602738",
                 manufacturer="Yubico", product_name="YubiKey", interfaces=("030101", "0b0000"))
     d.wait_log(r"request \d+: where does usb:1-5 ")
     (request,) = json.loads(rig.ctl("--json", "requests").stdout)

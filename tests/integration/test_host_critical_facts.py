@@ -236,8 +236,9 @@ def test_missing_sysfs_gives_nothing(tmp_path):
 
 @pytest.mark.parametrize("ps2", [True, False])
 def test_verdicts_over_read_facts(tb, ps2):
-    """usb_safety and pci_safety over what was read: the stick holds a mount; the hub
-    and the controller block only when they carry the host's only keyboard."""
+    """usb_safety and pci_safety over what was read: the stick holds a mount; the
+    keyboard itself, its hub and the controller block only when they carry the
+    host's only keyboard (the host loses the same whichever of them leaves)."""
     desk(tb, ps2=ps2)
     facts = read_host_facts(SYS, cmdline="intel_iommu=on", mounts=MOUNTINFO, swaps=SWAPS)
 
@@ -246,14 +247,19 @@ def test_verdicts_over_read_facts(tb, ps2):
     assert stick.reason() == ("usb:1-2 holds /media/my stick (sdb1), [SWAP] (sdb2) on the "
                               "host; unmount it first")
     keyboard = usb_verdict(Device(Subsystem.USB, f"{HUB}/1-1.2", port="1-1.2"), facts)
-    assert keyboard.ok and not keyboard.warnings
+    mouse = usb_verdict(Device(Subsystem.USB, f"{HUB}/1-1.3", port="1-1.3"), facts)
+    assert mouse.ok and not mouse.warnings
 
     hub = usb_verdict(Device(Subsystem.USB, HUB, port="1-1", device_class="09"), facts)
     controller = pci_verdict(XHCI.address, facts)
     if ps2:
         assert hub.ok
+        assert keyboard.ok and not keyboard.warnings
         assert Risk.HOST_KEYBOARD not in [f.risk for f in controller.blocking]
     else:
+        assert [f.risk for f in keyboard.blocking] == [Risk.HOST_KEYBOARD]
+        assert keyboard.reason().startswith("usb:1-1.2 carries the host's only keyboard, "
+                                            "QEMU QEMU USB Keyboard (usb:1-1.2)")
         assert [f.risk for f in hub.blocking] == [Risk.HOST_KEYBOARD]
         assert "QEMU QEMU USB Keyboard (usb:1-1.2)" in hub.reason()
         assert Risk.HOST_KEYBOARD in [f.risk for f in controller.blocking]

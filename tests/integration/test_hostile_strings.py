@@ -9,7 +9,7 @@ the claims are checked where the strings could do harm:
 - the hostdev XML phyllod sends to libvirt is one ``<hostdev>`` of the expected
   shape and carries none of them;
 - D-Bus properties are valid strings, without control characters, at most 256
-  characters (udev_source._text), and the daemon stays up;
+  characters (device_text.clean), and the daemon stays up;
 - ``phyllodctl`` text output (list, show, explain, status, requests, monitor)
   and ``phyllod check-policy`` drive no terminal: no control character but
   newline and tab, no bidi override, and no line a device could forge;
@@ -37,14 +37,14 @@ import testbed
 from daemon_process import LineProcess, child_env
 from phyllod_on_bus import MANAGER, NAME, ROOT, Phyllod
 
+from phyllod.device_text import MAX_TEXT
 from phyllod.hostdev_xml import hostdev_xml
+from phyllod.sysfs import host_keyboards
 from phyllod.udev_source import present_devices
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 VENDOR, PRODUCT = "f00d", "0001"
-#: What udev_source._text keeps of a device string.
-MAX_TEXT = 256
 #: The longest string phyllod may publish: a description joins two device strings
 #: (maker and name) with the device's id and ids (a request's Description).
 MAX_ON_BUS = 2 * MAX_TEXT + 64
@@ -251,6 +251,31 @@ def test_hostdev_xml_names_hostile_devices_by_numbers_only(
     reliability.record("hostile device strings: hostdev XML", hostile_devices=len(plugged),
                        strings_tried=len(strings), longest_string_kept=longest,
                        control_chars_found=len(found), xml_documents=len(plugged))
+
+
+def test_udev_and_sysfs_clean_a_device_string_alike(usb_testbed: testbed.UsbTestbed,
+                                                   reliability):
+    """One cleaner on every read path: each hostile string, said by a USB device (the udev
+    adapter) and by the keyboard behind it (its input name, read by sysfs), is kept
+    the same way. The sysfs reader used to let bidi controls and U+2028 through."""
+    strings = hostile_strings(reliability)
+    plugged = plug_hostile(usb_testbed, strings)
+    for n, p in enumerate(plugged):
+        usb_testbed.add_keyboard_input(p.port, 100 + n)
+        usb_testbed.tb.set_attribute_binary(usb_testbed.paths[f"input{100 + n}"], "name",
+                                            p.product + b"\n")
+    by_udev = {d.port: d.product_name for d in present_devices()}
+    by_sysfs = {path.split("/")[-2].split(":")[0]: name
+                for path, name in host_keyboards(Path("/sys")).items()}
+    differ = {p.port: (by_udev[p.port], by_sysfs[p.port]) for p in plugged
+              if by_udev[p.port] != by_sysfs[p.port]}
+    assert set(by_sysfs) == {p.port for p in plugged}
+    assert differ == {}
+    found = unsafe_chars(by_sysfs.values())
+    assert found == []
+    reliability.record("hostile device strings: udev and sysfs clean alike",
+                       strings_tried=len(strings), read_paths=2, differences=len(differ),
+                       control_chars_found=len(found))
 
 
 def test_check_policy_output_is_clean_and_matches_by_shown_serial(

@@ -73,7 +73,19 @@ def test_pci_verdicts_reach_the_bus_and_phyllodctl(phyllod: Phyllod):
     assert rows["0000:00:1c.0"]["verdict"] == "bridge"
     assert rows["0000:02:00.0"]["verdict"] == "ok"
     assert rows["0000:00:17.0"]["verdict"] == "unsafe"
-    assert rows["0000:00:02.0"]["verdict"] == "unsafe"
+    # The boot GPU's only risk is one a rule may accept by name: a warning, not unsafe.
+    assert rows["0000:00:02.0"]["verdict"] == "warning"
+    assert rows["0000:00:02.0"]["reason"] == (
+        "0000:00:02.0 is the boot VGA device, which shows the host's console "
+        '(a rule may accept it with allow_risks = ["boot-vga"])')
+    explained = phyllod.ctl("explain", "pci:0000:00:02.0").stdout.splitlines()
+    assert "safety: warning: 0000:00:02.0 is the boot VGA device, which shows the host's " \
+           'console (a rule may accept it with allow_risks = ["boot-vga"])' in explained
+    assert "safety: unsafe: IOMMU group 4 is shared with 0000:00:17.0 (class 010601, bound " \
+           "to ahci) which stays on the host" in phyllod.ctl(
+               "explain", "pci:0000:00:14.0").stdout.splitlines()
+    assert "safety: bridge" not in phyllod.ctl("explain", "pci:0000:02:00.0").stdout
+    assert "safety: ok" in phyllod.ctl("explain", "pci:0000:02:00.0").stdout.splitlines()
     table = phyllod.ctl("iommu").stdout.splitlines()
     assert table[0].split() == ["GROUP", "ADDRESS", "IDS", "CLASS", "DRIVER", "VERDICT", "REASON"]
     assert len(table) == 6

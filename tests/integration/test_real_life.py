@@ -92,7 +92,7 @@ def test_a_device_back_within_its_window_is_the_same_plug(phyllod: Phyllod):
         'action = "ask"\n')
     phyllod.start()
     assert phyllod.proc is not None
-    phyllod.tb.plug("1-3", devnum=7, vendor="1050", product="0407", serial="K1")
+    phyllod.tb.plug("1-3", devnum=7, vendor="1050", product="0407", serial="K1602738")
     requests = poll(lambda: json.loads(phyllod.ctl("--json", "requests").stdout))
     assert phyllod.ctl("answer", str(requests[0]["Id"]), "--host").returncode == 0
     start = phyllod.proc.mark()
@@ -101,7 +101,7 @@ def test_a_device_back_within_its_window_is_the_same_plug(phyllod: Phyllod):
     phyllod.proc.wait_line("vanished; waiting 3.0s for it to return", start)
     shown = phyllod.show("usb:1-3")
     assert shown["Reason"].startswith("vanished from the host; waiting")
-    phyllod.tb.plug("1-3", devnum=8, vendor="1050", product="0407", serial="K1")
+    phyllod.tb.plug("1-3", devnum=8, vendor="1050", product="0407", serial="K1602738")
     phyllod.proc.wait_line("returned (bus 1 device 8)", start)
     assert poll(lambda: phyllod.show("usb:1-3")["Reason"] == "kept on the host by your answer")
     assert json.loads(phyllod.ctl("--json", "requests").stdout) == [], "not asked again"
@@ -111,7 +111,7 @@ def test_a_device_back_within_its_window_is_the_same_plug(phyllod: Phyllod):
     phyllod.tb.unplug("1-3")
     phyllod.proc.wait_line("unplugged [device=usb:1-3]", start, timeout=10)
     assert phyllod.ctl("show", "usb:1-3").returncode == 3
-    phyllod.tb.plug("1-3", devnum=9, vendor="1050", product="0407", serial="K1")
+    phyllod.tb.plug("1-3", devnum=9, vendor="1050", product="0407", serial="K1602738")
     assert poll(lambda: json.loads(phyllod.ctl("--json", "requests").stdout))
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
 import pytest
 import testbed
 
-from phyllod.model import Subsystem
+from phyllod import kernel_values as kv
+from phyllod import udev_source
+from phyllod.model import Device, Subsystem
 from phyllod.udev_source import DeviceGone, DeviceSeen, UdevEvent, UdevWatcher, present_devices
 
 pytestmark = [pytest.mark.integration,
@@ -115,5 +119,161 @@ async def test_a_host_driver_binding_an_interface_is_reported_and_number_0_is_sk
         event = await next_event(queue)
         assert isinstance(event, DeviceSeen) and event.device.devnum == 4
         assert queue.empty(), "the change with device number 0 was skipped"
+    finally:
+        watcher.stop()
+
+
+# Every value the adapter reads, out of the shape the kernel writes. A bad identity
+# field (port path, bus/device number, ids) leaves the device out, said once; a bad
+# optional one is dropped to its empty default, said once; text is cleaned.
+
+def usb_devices() -> list[Device]:
+    """The USB devices present (a failed test's testbed may linger with its PCI ones)."""
+    return [d for d in present_devices() if d.subsystem is Subsystem.USB]
+
+
+@pytest.fixture
+def told(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """The adapter's lines, with a fresh memory of what it already said."""
+    monkeypatch.setattr(udev_source, "_reported", kv.ReportedOnce(), raising=False)
+    caplog.set_level(logging.WARNING, logger="phyllod.udev_source")
+
+    def lines(port: str = "") -> list[str]:
+        return [r.getMessage() for r in caplog.records if port in r.getMessage()]
+    return lines
+
+
+SKIPPED = [
+    # (what, attributes, properties)
+    ("devnum 2**32", {"devnum": "4294967296"}, {"DEVNUM": "4294967296"}),
+    ("devnum 128", {"devnum": "128"}, {"DEVNUM": "128"}),
+    ("devnum -1", {"devnum": "-1"}, {}),
+    ("devnum garbage", {"devnum": "x7"}, {"DEVNUM": "x7"}),
+    ("devnum 64 KiB", {"devnum": "7" * 65536}, {}),
+    ("devnum Arabic-Indic", {"devnum": "\u0667"}, {"DEVNUM": "\u0667"}),
+    ("busnum -1", {"busnum": "-1"}, {}),
+    ("busnum 20 digits", {"busnum": "9" * 20}, {"BUSNUM": "9" * 20}),
+    ("busnum 64", {"busnum": "64"}, {}),
+    ("busnum not its port's", {"busnum": "2"}, {"BUSNUM": "002"}),
+    ("vendor zzzz", {"idVendor": "zzzz"}, {"ID_VENDOR_ID": "zzzz"}),
+    ("vendor 5 digits", {"idVendor": "10501"}, {}),
+    ("product with a control", {"idProduct": "04\x1b7"}, {}),
+]
+
+
+@pytest.mark.parametrize(("attributes", "properties"), [(a, p) for _, a, p in SKIPPED],
+                         ids=[w for w, _, _ in SKIPPED])
+def test_a_device_with_a_bad_identity_is_skipped_and_said_once(told, attributes, properties):
+    tb = testbed.UsbTestbed()
+    tb.plug("1-2", devnum=2)
+    tb.plug("1-3", devnum=3, attributes=attributes, properties=properties)
+    assert [d.id for d in usb_devices()] == ["usb:1-2"]
+    usb_devices()
+    assert len(told("1-3")) == 1, told()
+    line = told("1-3")[0]
+    assert line.startswith("ignoring the device at /sys/devices/usb1/1-3: its ")
+    assert len(line) < 300 and line.isprintable(), line
+
+
+@pytest.mark.parametrize("name", ["1-02", "1-0", "1-256", "1-1.2.3.4.5.6.7", "1-2..3", "1-x",
+                                  "1-\u0662", "1-2\u202e"])
+def test_a_device_whose_name_is_no_port_path_is_skipped(told, name):
+    tb = testbed.UsbTestbed()
+    tb.plug("1-2", devnum=2)
+    tb.tb.add_device("usb", name, tb.paths["usb1"],
+                     ["idVendor", "0627", "idProduct", "0001", "busnum", "1", "devnum", "3"],
+                     ["DEVTYPE", "usb_device", "BUSNUM", "001", "DEVNUM", "003"])
+    assert [d.id for d in usb_devices()] == ["usb:1-2"]
+    assert len(told("port path")) == 1, told()
+    assert "\u202e" not in told()[0]
+
+
+def test_a_device_number_0_at_coldplug_is_a_reset_not_a_complaint(told):
+    tb = testbed.UsbTestbed()
+    tb.plug("1-3", devnum=3, attributes={"devnum": "0"}, properties={"DEVNUM": "000"})
+    assert usb_devices() == []
+    assert told() == []
+
+
+DROPPED = [
+    # (what, attributes, properties, field, kept)
+    ("class zz", {"bDeviceClass": "zz"}, {}, "device_class", ""),
+    ("class 3 digits", {"bDeviceClass": "009"}, {}, "device_class", ""),
+    ("serial from the property, cleaned", {}, {"ID_SERIAL_SHORT": "ab\u202ecd\u2066"},
+     "serial", "ab\ufffdcd\ufffd"),
+    ("a 64 KiB manufacturer", {"manufacturer": "M" * 65536}, {}, "manufacturer", "M" * 256),
+    ("a driver name with an escape", {}, {}, "driver", "usb\ufffd[2J\ufffd"),
+    ("a 200-character driver name", {}, {}, "driver", "d" * kv.MAX_DRIVER_NAME),
+]
+#: The driver links of those devices (libudev reads the name from the link).
+DRIVER_LINKS = {"usb\ufffd[2J\ufffd": "usb\x1b[2J\u202e", "d" * kv.MAX_DRIVER_NAME: "d" * 200}
+
+
+@pytest.mark.parametrize(("attributes", "properties", "field", "kept"),
+                         [(a, p, f, k) for _, a, p, f, k in DROPPED],
+                         ids=[w for w, *_ in DROPPED])
+def test_a_bad_optional_field_is_dropped_or_cleaned(told, attributes, properties, field, kept):
+    tb = testbed.UsbTestbed()
+    path = tb.plug("1-3", devnum=3, attributes=attributes, properties=properties)
+    if field == "driver":
+        drivers = Path(tb.tb.get_root_dir(), "sys/bus/usb/drivers", DRIVER_LINKS[kept])
+        drivers.mkdir(parents=True)
+        Path(tb.tb.get_root_dir(), path.lstrip("/"), "driver").symlink_to(drivers)
+    (d,) = usb_devices()
+    assert getattr(d, field) == kept
+    assert (d.busnum, d.devnum, d.vendor) == (1, 3, "0627")
+    if field == "device_class":
+        assert len(told("bDeviceClass")) == 1, told()
+
+
+def test_interface_classes_are_bounded():
+    tb = testbed.UsbTestbed()
+    many = tuple(f"ff{n:02x}00" for n in range(200))
+    tb.plug("1-3", devnum=3, interfaces=(), properties={
+        "ID_USB_INTERFACES": ":" + ":".join(many) + ":"})
+    (d,) = usb_devices()
+    assert d.interface_classes == many[:kv.USB_MAX_INTERFACES]
+
+
+async def test_hotplug_of_bad_devices_sends_no_event_and_good_ones_still_arrive(told):
+    tb = testbed.UsbTestbed()
+    queue: asyncio.Queue[UdevEvent] = asyncio.Queue()
+    watcher = UdevWatcher(queue.put_nowait)
+    watcher.start(asyncio.get_running_loop())
+    try:
+        tb.plug("1-3", devnum=3, interfaces=("030101",),
+                attributes={"devnum": "4294967296"}, properties={"DEVNUM": "4294967296"})
+        tb.plug("1-4", devnum=4, interfaces=(), attributes={"busnum": "-1"})
+        tb.plug("1-5", devnum=5, interfaces=())
+        event = await next_event(queue)
+        assert isinstance(event, DeviceSeen) and event.device.id == "usb:1-5", event
+        # The bad device's interface (its change, its bind) is skipped with it.
+        tb.tb.set_property(tb.paths["1-3:1.0"], "DRIVER", "usbhid")
+        tb.tb.uevent(tb.paths["1-3:1.0"], "bind")
+        tb.tb.uevent(tb.paths["1-5"], "change")
+        event = await next_event(queue)
+        assert isinstance(event, DeviceSeen) and event.device.id == "usb:1-5", event
+        tb.unplug("1-5")
+        assert await next_event(queue) == DeviceGone("usb:1-5")
+        assert queue.empty()
+    finally:
+        watcher.stop()
+    assert len(told("1-3")) == 1 and len(told("1-4")) == 1, told()
+
+
+async def test_a_remove_of_no_kernel_name_is_no_event():
+    tb = testbed.UsbTestbed()
+    tb.plug("1-2", devnum=2)
+    path = tb.tb.add_device("usb", "1-02", tb.paths["usb1"],
+                            ["idVendor", "0627", "idProduct", "0001", "busnum", "1",
+                             "devnum", "3"], ["DEVTYPE", "usb_device"])
+    queue: asyncio.Queue[UdevEvent] = asyncio.Queue()
+    watcher = UdevWatcher(queue.put_nowait)
+    watcher.start(asyncio.get_running_loop())
+    try:
+        tb.tb.uevent(path, "remove")
+        tb.unplug("1-2")
+        assert await next_event(queue) == DeviceGone("usb:1-2")
+        assert queue.empty()
     finally:
         watcher.stop()

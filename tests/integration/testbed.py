@@ -7,6 +7,7 @@ children that should see the testbed get ``UMOCKDEV_DIR`` and the preload.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import gi
 
@@ -46,12 +47,15 @@ class UsbTestbed:
     def plug(self, port: str, devnum: int, vendor: str = "0627", product: str = "0001",
              serial: str = "", manufacturer: str = "QEMU", product_name: str = "QEMU USB Keyboard",
              interfaces: tuple[str, ...] = ("030101",), with_property: bool = True,
-             device_class: str = "00") -> str:
+             device_class: str = "00", attributes: Mapping[str, str] | None = None,
+             properties: Mapping[str, str] | None = None) -> str:
         """Add a USB device at ``port`` (emits ``add``); returns its sysfs path.
 
         ``with_property=False`` leaves out ``ID_USB_INTERFACES`` so only the
         interface children tell the classes (they are added after the device,
-        as the kernel does).
+        as the kernel does). ``attributes`` and ``properties`` replace or add
+        sysfs attributes and udev properties as the ``add`` carries them (a
+        device reporting garbage).
         """
         bus = int(port.split("-", 1)[0])
         self._hub(bus)
@@ -67,6 +71,8 @@ class UsbTestbed:
                  "PRODUCT", f"{int(vendor, 16):x}/{int(product, 16):x}/0"]
         if with_property and interfaces:
             props += ["ID_USB_INTERFACES", ":" + ":".join(interfaces) + ":"]
+        attrs = _replaced(attrs, attributes or {})
+        props = _replaced(props, properties or {})
         path = self.tb.add_device("usb", port, parent, attrs, props)
         self.paths[port] = path
         for n, triple in enumerate(interfaces):
@@ -104,3 +110,9 @@ class UsbTestbed:
             self.tb.remove_device(child)
         self.tb.uevent(path, "remove")
         self.tb.remove_device(path)
+
+
+def _replaced(pairs: list[str], values: Mapping[str, str]) -> list[str]:
+    """A flat [name, value, …] list with ``values`` put in (replacing, then added)."""
+    merged = dict(zip(pairs[::2], pairs[1::2], strict=True)) | dict(values)
+    return [x for item in merged.items() for x in item]

@@ -108,6 +108,23 @@ def test_device_labels_name_the_guest_by_state():
     assert nameless.devices[0].title == "0627:0001"
 
 
+def test_devices_without_strings_are_named_from_the_hardware_database():
+    """As phyllodctl list: every PCI function, and USB devices that say nothing."""
+    nic = "/me/phyllo/Phyllod1/devices/pci_0000_03_00_0"
+    snap = Snapshot.from_objects({
+        KBD: device(Name="", VendorFromDatabase="PI Engineering, Inc.",
+                    ModelFromDatabase="Kinesis Advantage PRO MPC/USB Keyboard"),
+        nic: device(Id="pci:0000:03:00.0", Name="", Vendor="8086", Product="2723",
+                    VendorFromDatabase="Intel Corporation", ModelFromDatabase=""),
+    })
+    wifi, kinesis = snap.devices  # sorted by id
+    assert kinesis.title == "PI Engineering, Inc. Kinesis Advantage PRO MPC/USB Keyboard"
+    assert device_label(wifi) == "Intel Corporation (pci:0000:03:00.0): host"
+    # The device's own strings come first, as everywhere else.
+    own = Snapshot.from_objects({KBD: device(VendorFromDatabase="QEMU", ModelFromDatabase="x")})
+    assert own.devices[0].title == "QEMU USB Keyboard"
+
+
 def test_policy_error_and_no_devices():
     objects = {ROOT: {MANAGER: {"PolicyStatus": "error",
                                 "PolicyError": "10-x.toml:3: rule 'x': unknown key\nmore"}}}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from phyllod.applet.actions import (
     Answer,
     Attach,
@@ -16,7 +18,16 @@ from phyllod.applet.actions import (
     device_of,
     parse_answer_key,
 )
-from phyllod.applet.notices import NoticeTracker, error_notice, format_deadline, request_notice
+from phyllod.applet.notices import (
+    BODY_MARKUP,
+    Notice,
+    NoticeTracker,
+    as_sent,
+    error_notice,
+    format_deadline,
+    markup_escaped,
+    request_notice,
+)
 from phyllod.applet.views import DEVICE, MANAGER, REQUEST, DeviceView, RequestView
 
 KBD = "/me/phyllo/Phyllod1/devices/usb_1_2"
@@ -151,3 +162,59 @@ def test_a_refusal_goes_where_its_device_was_told_about():
     assert device_of(Answer(REQ, "work"), requests) == KBD
     assert device_of(Answer("/me/phyllo/Phyllod1/requests/9", ""), requests) is None
     assert device_of(Forget("usb:1-2"), requests) is None
+
+
+# Device-controlled text in notifications: bodies escaped for servers that render markup.
+
+HOSTILE = '<b>x</b><a href="file:///">y</a>&amp;'
+HOSTILE_ESCAPED = "&lt;b&gt;x&lt;/b&gt;&lt;a href=&quot;file:///&quot;&gt;y&lt;/a&gt;&amp;amp;"
+
+
+def _hostile_notices() -> list[Notice]:
+    """One notice of each kind, with the hostile text wherever a device can put it."""
+    def named(state: str, guest: str = "", reason: str = "") -> DeviceView:
+        return DeviceView(KBD, "usb:1-2", HOSTILE, state=state, guest=guest, reason=reason)
+    notices = []
+    for before, after in [
+            (named("host"), named("attached", "work", f"rule sends {HOSTILE}")),
+            (named("attached", "work"), named("host", reason=HOSTILE)),
+            (named("attaching", "work"), named("failed", "work", f"libvirt: {HOSTILE}")),
+            (named("host"), named("denied", reason=f"{SAFETY_REASON} {HOSTILE}")),
+            (named("host"), named("denied", reason=f"rule {HOSTILE!r}"))]:
+        t = NoticeTracker()
+        t.observe(before, quiet=True)
+        notice = t.observe(after)
+        assert notice is not None
+        notices.append(notice)
+    notices.append(request_notice(RequestView(REQ, KBD, "usb:1-2", f"usb:1-2 ({HOSTILE})",
+                                              ("work",), 0, HOSTILE)))
+    notices.append(error_notice("attach", "me.phyllo.Phyllod1.Error.Failed", HOSTILE))
+    return notices
+
+
+SAFETY_REASON = "not safe to pass: usb:1-2 (a hub) carries the host's only keyboard,"
+
+
+@pytest.mark.parametrize(("text", "escaped"), [
+    (HOSTILE, HOSTILE_ESCAPED), ("plain", "plain"), ("", ""), ("a & b", "a &amp; b"),
+    ("<img src='x'/>", "&lt;img src=&#39;x&#39;/&gt;"), ("&#x41;", "&amp;#x41;"),
+    ("<![CDATA[x]]>", "&lt;![CDATA[x]]&gt;"), ("\ufffd<u>", "\ufffd&lt;u&gt;"),
+])
+def test_markup_escaped(text: str, escaped: str):
+    assert markup_escaped(text) == escaped
+
+
+@pytest.mark.parametrize("notice", _hostile_notices(), ids=lambda n: n.kind)
+def test_bodies_are_escaped_for_markup_servers_and_summaries_stay_plain(notice: Notice):
+    plain = as_sent(notice, ["actions", "body"])
+    marked = as_sent(notice, ["actions", "body", BODY_MARKUP, "body-hyperlinks"])
+    assert plain == (notice.summary, notice.body), "a server without markup shows text as is"
+    assert marked == (notice.summary, markup_escaped(notice.body))
+    assert HOSTILE in notice.body or HOSTILE in notice.summary
+    # No tag, no entity of the device's survives in a marked-up body.
+    assert "<" not in marked[1] and ">" not in marked[1]
+    assert HOSTILE not in marked[1]
+    if HOSTILE in notice.body:
+        assert HOSTILE_ESCAPED in marked[1]
+    # Action labels are plain text (the spec) and hold no device text.
+    assert all(HOSTILE not in label for _, label in notice.actions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -46,7 +47,8 @@ def device(device_id: str = "usb:1-2", **props: object) -> dict[str, object]:
         "InterfaceClasses": ["03"], "Driver": "usbhid", "IommuGroup": -1, "State": "host",
         "Guest": "", "Rule": "", "Reason": "",
         "Override": "", "OverrideGuest": "", "Identity": device_id, "Remembered": False,
-        "RememberedGuest": "",
+        "RememberedGuest": "", "VendorFromDatabase": "", "ModelFromDatabase": "",
+        "SerialDoubt": "",
     }
     return values | props
 
@@ -207,6 +209,16 @@ def test_json_is_a_list_of_property_objects_and_safe():
     assert [d["Id"] for d in data] == ["usb:1-1", "usb:1-2"]
     assert set(data[0]) == set(DEVICE_PROPERTIES)
     assert data[1]["Name"] == EVIL
+
+
+def test_a_device_without_strings_is_named_from_the_hardware_database():
+    """PCI functions and many USB devices say nothing; udev's hwdb names them as lspci does."""
+    objs = objects(device("pci:0000:03:00.0", Name="", VendorFromDatabase="Intel Corporation",
+                          ModelFromDatabase="Wi-Fi 6 AX200"),
+                   device("usb:1-2", VendorFromDatabase="Yubico.com", ModelFromDatabase="x"),
+                   device("usb:1-3", Name=""))
+    names = [re.split(r"\s{2,}", line)[2] for line in device_table(objs, legend=False)]
+    assert names == ["Intel Corporation Wi-Fi 6 AX200", "YubiKey", "-"]
 
 
 def test_json_escapes_surrogates():

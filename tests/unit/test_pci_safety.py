@@ -9,7 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phyllod.model import HostFacts, PciFunction
-from phyllod.pci_safety import OPT_IN, Finding, Risk, Verdict, group_members, pci_verdict
+from phyllod.pci_safety import (
+    OPT_IN,
+    Finding,
+    Level,
+    Risk,
+    Verdict,
+    bus_mates,
+    group_members,
+    iommu_table,
+    pci_verdict,
+    safety,
+)
 
 NIC = "0000:03:00.0"
 PORT = "0000:00:1c.0"
@@ -24,7 +35,7 @@ def fn(address: str, class_code: str = "020000", driver: str = "e1000e", group: 
 
 
 def host(*functions: PciFunction, iommu: bool = True, acs_override: bool = False,
-         mounted: dict[str, str] | None = None) -> HostFacts:
+         mounted: dict[str, str] | None = None, acs_ignored: bool = False) -> HostFacts:
     """Facts whose groups follow the functions' own ``iommu_group``."""
     groups: dict[int, list[str]] = {}
     for f in functions:
@@ -33,7 +44,7 @@ def host(*functions: PciFunction, iommu: bool = True, acs_override: bool = False
     return HostFacts(iommu_enabled=iommu, acs_override=acs_override,
                      functions={f.address: f for f in functions},
                      groups={g: tuple(sorted(m)) for g, m in groups.items()},
-                     mounted=mounted or {})
+                     mounted=mounted or {}, acs_override_ignored=acs_ignored)
 
 
 def risks(verdict: Verdict) -> list[Risk]:
@@ -201,9 +212,176 @@ def test_ok_only_if_every_member_is_harmless_and_nothing_is_mounted(
     if self_mounted:
         mounted[NIC] = "/ (sda1)"
     facts = host(*functions, iommu=iommu, acs_override=acs, mounted=mounted)
-    harmless = all(f.class_code.startswith("06") or f.driver in ("", "vfio-pci", "pci-stub")
-                   or f.address in together for f in functions[1:])
+    harmless = all(f.driver in ("", "vfio-pci", "pci-stub", "pcieport")
+                   or (f.address in together and not f.class_code.startswith("06"))
+                   for f in functions[1:])
     accepted = ((not boot_vga or "boot-vga" in allowed)
                 and (not acs or "acs-override" in allowed))
     expected = iommu and harmless and not mounted and accepted
     assert pci_verdict(NIC, facts, allowed, together).ok == expected
+
+
+# ------------------------------------------------------------------ the three-way verdict
+
+BOOT_GPU = fn(NIC, "030000", "i915", boot_vga=True)
+
+
+@pytest.mark.parametrize(("facts", "address", "level"), [
+    (ALONE, NIC, Level.OK),
+    (host(BOOT_GPU), NIC, Level.WARNING),
+    (host(fn(NIC), acs_override=True), NIC, Level.WARNING),
+    (host(fn(NIC, reset_method="", reset_shown=False)), NIC, Level.WARNING),
+    (host(BOOT_GPU, acs_override=True), NIC, Level.WARNING),
+    (host(BOOT_GPU, fn(SATA, "010601", "ahci")), NIC, Level.UNSAFE),
+    (host(fn(NIC), mounted={NIC: "/ (sda2)"}), NIC, Level.UNSAFE),
+    (host(fn(NIC, group=None), iommu=False), NIC, Level.UNSAFE),
+    (ALONE, "0000:09:00.0", Level.UNSAFE),
+    (host(fn(PORT, "060400", "pcieport")), PORT, Level.BRIDGE),
+    (host(fn(PORT, "060100", "lpc_ich")), PORT, Level.BRIDGE),
+], ids=["nothing", "boot-vga", "acs-override", "no-reset", "two-opt-ins", "opt-in-and-group",
+        "mounted", "no-iommu", "not-found", "pci-bridge", "isa-bridge"])
+def test_the_policy_free_verdict_is_three_way(facts, address, level):
+    """Only risks a rule may accept by name read ``warning``; anything else ``unsafe``."""
+    assert safety(address, facts)[0] is level
+    rows = {row[0]: row for _, rows in iommu_table(facts) for row in rows}
+    if address in rows:
+        assert rows[address][4] == level
+
+
+def test_warning_reasons_say_how_to_accept_and_accepted_ones_stay_warnings():
+    level, reason = safety(NIC, host(BOOT_GPU))
+    assert (level, reason) == (Level.WARNING, (
+        "0000:03:00.0 is the boot VGA device, which shows the host's console "
+        '(a rule may accept it with allow_risks = ["boot-vga"])'))
+    accepted = pci_verdict(NIC, host(BOOT_GPU), allowed=frozenset({"boot-vga"}))
+    assert accepted.ok and accepted.level is Level.WARNING
+    assert Verdict().level is Level.OK
+    assert safety(PORT, host(fn(PORT, "060400", "pcieport"))) == (Level.BRIDGE, "")
+
+
+# ------------------------------------------------------------------ bridges in a group
+
+@pytest.mark.parametrize(("class_code", "driver", "viable"), [
+    ("060400", "pcieport", True),  # a root or switch port
+    ("060400", "", True),
+    ("060900", "pcieport", True),  # semi-transparent PCI-to-PCI
+    ("060400", "shpchp", False),  # a bridge driver without driver_managed_dma
+    ("060000", "", True),  # AMD's dummy host bridges: no driver
+    ("060000", "k10temp", False),  # AMD data fabric function 3
+    ("060000", "skl_uncore", False),  # Intel host bridge/DRAM registers
+    ("060100", "", True),  # AMD FCH LPC: no driver
+    ("060100", "lpc_ich", False),  # Intel LPC
+    ("068000", "amd_pmc", False),  # "other bridge" with a driver
+    ("0c0500", "i801_smbus", False),
+    ("020000", "vfio-pci", True),
+    ("020000", "mlx5_vfio_pci", True),  # vfio-pci's variant drivers
+    ("020000", "pci-stub", True),
+], ids=lambda v: str(v))
+def test_a_member_keeps_the_group_viable_by_its_driver_not_its_class(class_code, driver, viable):
+    """The kernel's rule: every other member is unbound or on a driver that leaves DMA
+    to VFIO (vfio-pci and variants, pci-stub, pcieport); a bridge gets no pass by class."""
+    facts = host(fn(NIC), fn(SATA, class_code, driver))
+    assert pci_verdict(NIC, facts).ok is viable
+    if not viable:
+        assert SATA in pci_verdict(NIC, facts).reason()
+
+
+def test_a_chipset_bridge_is_named_and_cannot_be_moved_along():
+    """An LPC bridge on lpc_ich blocks the SMBus and SATA of its group, even when the
+    policy sends it to the same guest (a bridge itself is never passed)."""
+    smbus = "0000:00:1f.4"
+    facts = host(fn(SATA, "010601", "ahci"), fn(PORT, "060100", "lpc_ich"),
+                 fn(smbus, "0c0500", "i801_smbus"))
+    verdict = pci_verdict(SATA, facts, together=frozenset({PORT, smbus}))
+    assert [f.risk for f in verdict.blocking] == [Risk.GROUP]
+    assert verdict.reason() == ("IOMMU group 7 is shared with 0000:00:1c.0 (ISA bridge, class "
+                                "060100, bound to lpc_ich) which stays on the host")
+    assert pci_verdict(PORT, facts).reason() == (
+        "0000:00:1c.0 is an ISA bridge (class 060100), never passed to a guest")
+
+
+# ------------------------------------------------------------------ reset, alone or by bus
+
+ROOT_PORT = fn(PORT, "060400", "pcieport", group=1)
+GPU = "0000:01:00.0"
+HDMI = "0000:01:00.1"
+
+
+def no_reset(address: str, class_code: str, driver: str, parent: str = PORT,
+             group: int = 1) -> PciFunction:
+    """A function the kernel found no reset for (neither reset_method nor reset)."""
+    return fn(address, class_code, driver, group=group, reset_method="", reset_shown=False,
+              parent=parent)
+
+
+def test_bus_mates_are_the_functions_behind_the_same_bridge():
+    facts = host(ROOT_PORT, no_reset(GPU, "030000", "nouveau"),
+                 no_reset(HDMI, "040300", "snd_hda_intel"), fn(NIC, parent=""))
+    assert bus_mates(GPU, facts) == (HDMI,)
+    assert bus_mates(NIC, facts) == ()
+    assert bus_mates("0000:09:00.0", facts) == ()
+
+
+@pytest.mark.parametrize(("functions", "address", "along", "blocked"), [
+    # A GPU and its audio, no reset of their own, both going: one bus reset for both.
+    ([no_reset(GPU, "030000", "nouveau"), no_reset(HDMI, "040300", "snd_hda_intel")],
+     GPU, {HDMI}, False),
+    ([no_reset(GPU, "030000", "nouveau"), no_reset(HDMI, "040300", "snd_hda_intel")],
+     HDMI, {GPU}, False),
+    # The audio alone: a bus reset would reset the GPU the host keeps.
+    ([no_reset(GPU, "030000", "nouveau"), no_reset(HDMI, "040300", "snd_hda_intel")],
+     HDMI, set(), True),
+    # Alone on its bus and still no reset: the kernel refused even the bus reset.
+    ([no_reset(GPU, "030000", "nouveau")], GPU, set(), True),
+    # On the root bus: no bridge to reset it.
+    ([no_reset(GPU, "030000", "nouveau", parent=""),
+      no_reset(HDMI, "040300", "snd_hda_intel", parent="")], GPU, {HDMI}, True),
+    # A bridge among the bus mates: its reset would reach everything below it.
+    ([no_reset(GPU, "030000", "nouveau"), fn(HDMI, "060400", "pcieport", group=1,
+                                             parent=PORT)], GPU, {HDMI}, True),
+    # A person disabled every method: obeyed, whatever the bus.
+    ([fn(GPU, "030000", "nouveau", group=1, reset_method="", parent=PORT),
+      no_reset(HDMI, "040300", "snd_hda_intel")], GPU, {HDMI}, True),
+], ids=["gpu-with-audio", "audio-with-gpu", "audio-alone", "alone-on-its-bus", "root-bus",
+        "bridge-mate", "disabled-by-hand"])
+def test_no_reset_is_lifted_only_by_a_bus_reset_of_mates_going_along(functions, address,
+                                                                     along, blocked):
+    facts = host(ROOT_PORT, *functions)
+    group_mates = frozenset(along) & frozenset(group_members(address, facts))
+    verdict = pci_verdict(address, facts, together=group_mates, along=frozenset(along))
+    assert (Risk.NO_RESET in [f.risk for f in verdict.blocking]) is blocked
+
+
+def test_no_reset_texts_say_which_file_is_missing_and_what_would_help():
+    facts = host(ROOT_PORT, no_reset(GPU, "030000", "nouveau"),
+                 no_reset(HDMI, "040300", "snd_hda_intel"))
+    assert pci_verdict(HDMI, facts, together=frozenset({GPU})).ok
+    alone = pci_verdict(HDMI, facts)
+    assert [f.risk for f in alone.blocking] == [Risk.GROUP, Risk.NO_RESET]
+    assert alone.blocking[1].text == (
+        "0000:01:00.1 has no reset method (the kernel shows neither reset_method nor reset "
+        "for it): what one guest leaves in it reaches the next, and its way back to the host "
+        "driver may hang; a bus reset through 0000:00:1c.0 resets it only together with "
+        '0000:01:00.0, so they must go to the same guest (a rule may accept it with '
+        'allow_risks = ["no-reset"])')
+    disabled = pci_verdict(NIC, host(fn(NIC, reset_method="")))
+    assert disabled.reason().startswith(
+        "0000:03:00.0 has no reset method left (a person disabled them all: its sysfs "
+        "reset_method is empty; 'echo default > reset_method' restores them)")
+
+
+# ------------------------------------------------------------------ an ACS override ignored
+
+def test_an_ignored_acs_override_is_a_note_not_a_risk():
+    """On a stock kernel the word changes nothing: no acs-override risk, but the
+    reason says why the groups did not split."""
+    note = ("pcie_acs_override= is on the command line but this kernel ignores it (it "
+            "lacks the out-of-tree ACS override patch): the IOMMU groups are the hardware's "
+            "own")
+    alone = host(fn(NIC), acs_ignored=True)
+    assert pci_verdict(NIC, alone).ok
+    assert safety(NIC, alone) == (Level.OK, note)
+    shared = host(fn(NIC), fn(SATA, "010601", "ahci"), acs_ignored=True)
+    assert pci_verdict(NIC, shared).reason().endswith("stays on the host; " + note)
+    boot = pci_verdict(NIC, host(BOOT_GPU, acs_ignored=True), allowed=frozenset({"boot-vga"}))
+    assert boot.ok and boot.reason().endswith("console; " + note)

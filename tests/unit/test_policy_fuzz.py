@@ -117,7 +117,8 @@ def _table(header: str, body: dict[str, Any]) -> list[str]:
 _RULE_KEYS = ["name", "match", "guest", "action", "allow_risks", "on_sleep", "debounce",
               "reset_before_attach"]
 _MATCH_KEYS = ["subsystem", "vendor", "product", "serial", "manufacturer", "product_name",
-               "port", "port_below", "class", "interface_class", "address"]
+               "port", "port_below", "class", "interface_class", "not_interface_class",
+               "address"]
 _SETTINGS_KEYS = ["unmatched", "ask_timeout", "debounce"]
 
 #: Values a person would plausibly write, right and wrong, per key.
@@ -131,7 +132,8 @@ _PLAUSIBLE: dict[str, list[Any]] = {
     "port": ["1-2", "1-2.3", "1", "1-2.", "0-0"],
     "port_below": ["1-2", "2-1.4.1", "x"],
     "class": ["e0", "0280", "030000", "0", "zz"],
-    "interface_class": ["e0", "08", "E0", "0x08", "123"],
+    "interface_class": ["e0", "08", "E0", "0x08", "123", "e00101", "e0:01:*", ["01", "e0"]],
+    "not_interface_class": ["0e", "e00103", [], "0e:*:01"],
     "address": ["0000:03:00.0", "03:00.0", "03:00.8", "3:0.0"],
     "action": ["attach", "attach", "ask", "deny", "ignore", "ATTACH", "", "detach"],
     "guest": ["work", "desktop", ["a", "b"], [], ["", "x"],
@@ -594,7 +596,8 @@ def test_found_settings_under_a_quoted_name_are_applied(spelling, tmp_path):
 def test_found_a_line_starting_with_settings_is_not_a_settings_table(tmp_path):
     """A rule's multi-line string with a line "settings…" made the file claim a
     [settings] table, so another file's real one was refused."""
-    (tmp_path / "a.toml").write_text(RULE.replace('"k"', '"""k\nsettings"""'))
+    (tmp_path / "a.toml").write_text('[[rule]]\nname = "k"\nguest = "work"\n[rule.match]\n'
+                                     'vendor = "1050"\nproduct_name = """k\nsettings"""\n')
     (tmp_path / "b.toml").write_text("[settings]\nask_timeout = 9\n")
     policy = load_policy([tmp_path / "a.toml", tmp_path / "b.toml"])
     assert policy.settings.ask_timeout == 9

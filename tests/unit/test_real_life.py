@@ -178,7 +178,10 @@ def test_a_hub_carrying_the_only_keyboard_is_refused_unless_the_rule_accepts_it(
                                "/sys/devices/platform/i8042/serio0/input/input1": "AT kbd"})
     assert usb_verdict(hub, two).ok, "the host keeps another keyboard"
     keyboard_itself = replace(usb("1-4.1"), sys_path=hub.sys_path + "/1-4.1")
-    assert usb_verdict(keyboard_itself, facts).ok, "only hubs and controllers are weighed"
+    itself = usb_verdict(keyboard_itself, facts)
+    assert [f.risk for f in itself.blocking] == [Risk.HOST_KEYBOARD], \
+        "the keyboard itself takes what its hub would"
+    assert usb_verdict(keyboard_itself, two).ok
 
 
 def test_a_usb_controller_carrying_the_only_keyboard_is_an_opt_in_pci_risk():
