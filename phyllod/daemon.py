@@ -36,6 +36,15 @@ from phyllod import __version__, fault_points
 from phyllod.dbus_service import BusError, BusService, Snapshot
 from phyllod.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest, NoSuchRequest
 from phyllod.explain import explain
+from phyllod.guest_runs import (
+    BindVerdict,
+    HostBind,
+    Run,
+    holds_on,
+    host_bind,
+    judge_bind,
+    run_of,
+)
 from phyllod.hostdev_xml import hostdev_xml
 from phyllod.libvirt_client import LibvirtClient, LibvirtError
 from phyllod.logind import SleepWatcher
@@ -91,6 +100,10 @@ log = logging.getLogger("phyllod")
 T = TypeVar("T")
 
 RECONNECT_MAX_DELAY = 30.0
+#: How long a start-up step may wait for the bus or logind before it gives up.
+START_TIMEOUT = 30.0
+#: After this long without an answer from libvirt, say so (and keep waiting).
+CONNECT_PATIENCE = 10.0
 _TRANSITIONS = (State.ATTACHING, State.DETACHING)
 
 
@@ -112,6 +125,10 @@ class Config:
     resume_settle: float = 2.0
     #: How long giving a PCI function back to its host driver may take.
     to_host_timeout: float = 30.0
+    #: How long a host driver's bind on a device in a guest is watched before it
+    #: counts as the host taking it back: a stopping guest lets go of its devices
+    #: first, and libvirt says that it stopped only just after.
+    release_grace: float = 2.0
 
 
 def _fields(device: str = "", guest: str = "", rule: str = "", state: str = "",
@@ -161,8 +178,11 @@ class Daemon:
         #: Debounce: vanished devices (by id) → when phyllod stops waiting for them.
         self.vanished: dict[str, float] = {}
         self._vanish_timers: dict[str, asyncio.TimerHandle] = {}
-        #: Slots whose guest lost the device (a reset on the host took it back).
-        self.broken: set[str] = set()
+        #: Host drivers' binds on devices in guests (by slot): watched, then judged.
+        self.binds: dict[str, HostBind] = {}
+        self._bind_timers: dict[str, asyncio.TimerHandle] = {}
+        #: Guest runs libvirt said stopped or are shutting down (before a re-read shows it).
+        self.ending: set[Run] = set()
         #: The host's sleep; devices that left their guests for it.
         self.sleep: Sleep | None = None
         self.slept: set[str] = set()
@@ -178,6 +198,8 @@ class Daemon:
         self._kicked = False
         self._wake: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task | None = None
+        self._logind: asyncio.Task | None = None
+        self._first_attempt = asyncio.Event()
         self._stopping = False
         self._stop = asyncio.Event()
         self._status = ""
@@ -195,11 +217,35 @@ class Daemon:
     # ------------------------------------------------------------ life cycle
 
     async def run(self) -> None:
+        """Start, serve until SIGTERM, stop. A SIGTERM during the start is heard at once."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self._log_memory)
+        self._watchdog(watchdog_interval())
+        starting = loop.create_task(self._start())
+        stopped = loop.create_task(self._stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("stopped while starting")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        elif starting.result():
+            await stopped
+        stopped.cancel()
+        await self._shutdown()
+
+    async def _start(self) -> bool:
+        """The start, in order; False if phyllod cannot serve (then it exits with 1).
+
+        libvirt is connected in the background (a hung libvirtd never answers
+        ``open``) while the bus is served; READY=1 waits for that first attempt
+        (so that "started" means "connected" when libvirt answers) at most
+        ``CONNECT_PATIENCE``. Every wait on another party is bounded.
+        """
+        loop = asyncio.get_running_loop()
         self._load_policy(initial=True)
         remove_leftovers(self.config.state_dir)
         self.overrides = load_overrides(self.config.state_dir)
@@ -215,24 +261,36 @@ class Daemon:
         self._judge_identities()
         pci = sum(d.subsystem is Subsystem.PCI for d in self.devices.values())
         log.info("%d USB and %d PCI devices present at start", len(self.devices) - pci, pci)
-        await self._connect()
+        self._start_reconnect(at_once=True)
         self._reconcile()
         if self.bus is not None:
             try:
-                await self.bus.connect(self._snapshot())
-            except BusError as e:
-                log.error("%s", e)
+                await asyncio.wait_for(self.bus.connect(self._snapshot()), START_TIMEOUT)
+            except (BusError, TimeoutError) as e:
+                log.error("%s", str(e) or f"the {self.config.bus} bus did not answer within "
+                          f"{START_TIMEOUT:.0f}s")
                 self.exit_code = 1
-                await self._shutdown()
-                return
-        if self.sleep_watcher is not None:
-            await self.sleep_watcher.start()
+                return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), CONNECT_PATIENCE)
+        self._reconcile()  # what READY=1 announces is on the bus, guests included
         notify("READY=1")
         log.info("phyllod %s ready", __version__, **_fields(event=MessageId.STARTED))
         self._notify_status()
-        self._watchdog(watchdog_interval())
-        await self._stop.wait()
-        await self._shutdown()
+        if self.sleep_watcher is not None:
+            self._logind = loop.create_task(self._watch_sleep(self.sleep_watcher))
+        return True
+
+    @staticmethod
+    async def _watch_sleep(watcher: SleepWatcher) -> None:
+        """logind's inhibitor, after READY=1: a logind that never answers costs
+        only the sleep handling (bounded; the watcher warns and phyllod runs on)."""
+        try:
+            await asyncio.wait_for(watcher.start(), START_TIMEOUT)
+        except TimeoutError:
+            log.warning("sleep: logind did not answer within %.0fs; devices stay attached "
+                        "across suspend", START_TIMEOUT)
+            watcher.close()
 
     async def _shutdown(self) -> None:
         """Stop taking decisions; let issued calls finish and be logged; touch nothing."""
@@ -242,11 +300,13 @@ class Daemon:
         self.udev.stop()
         if self._wake is not None:
             self._wake.cancel()
-        if self._connecting is not None:
-            self._connecting.cancel()
+        for starting in (self._connecting, self._logind):
+            if starting is not None:
+                starting.cancel()
         for released in self._released.values():
             released.set()  # the detach calls have returned; do not wait for QEMU
-        for timer in [*self._request_timers.values(), *self._vanish_timers.values()]:
+        for timer in [*self._request_timers.values(), *self._vanish_timers.values(),
+                      *self._bind_timers.values()]:
             timer.cancel()
         if self._sleep_timer is not None:
             self._sleep_timer.cancel()
@@ -361,6 +421,7 @@ class Daemon:
             raise NoSuchDevice(f"no present device is named {device_id!r}")
         if self.policy is None:
             raise Failed("the policy has errors; nothing moves until it is fixed and reloaded")
+        self._need_libvirt()
         if device_id in self._manual:
             raise Busy(f"another request for {device_id} is still being carried out")
         if override is not None and override.kind is OverrideKind.ATTACH:
@@ -395,10 +456,15 @@ class Daemon:
                 and override.kind is OverrideKind.ATTACH:
             raise Denied(a.reason)
 
-    def _guest_name(self, ref: str) -> str:
+    def _need_libvirt(self) -> None:
+        """A change libvirt must carry out is refused while it is away, as virsh would
+        refuse it: accepted now, it would be reported settled when nothing moved."""
         if self.guests is None:
-            raise Failed(f"libvirt ({self.config.uri}) is not connected; cannot find '{ref}'")
-        g = find_guest(ref, self.guests)
+            raise Failed(f"libvirt at {self.config.uri} is not connected (phyllod is waiting "
+                         "for it); nothing was changed: try again once it is")
+
+    def _guest_name(self, ref: str) -> str:
+        g = find_guest(ref, self.guests or {})
         if g is None:
             raise NoSuchGuest(f"no guest named {ref!r} is defined")
         return g.name
@@ -410,6 +476,7 @@ class Daemon:
             raise NoSuchRequest(f"request {number} was answered, expired or withdrawn")
         d = self.devices[r.device_id]
         if guest:
+            self._need_libvirt()
             g = find_guest(guest, self.guests or {})
             if g is None or g.name not in r.candidates:
                 offers = ", ".join(r.candidates)
@@ -491,15 +558,14 @@ class Daemon:
 
     # ------------------------------------------------------------ libvirt connection
 
-    async def _connect(self) -> None:
-        """Connect once now; on failure keep retrying in the background."""
-        if not await self._try_connect(log_failure=True):
-            self._start_reconnect()
-
     async def _try_connect(self, log_failure: bool) -> bool:
+        attempt = asyncio.ensure_future(self._open_libvirt())
+        if not (await asyncio.wait({attempt}, timeout=CONNECT_PATIENCE))[0]:
+            log.warning("%s does not answer after %.0fs; waiting for it (the bus is served "
+                        "meanwhile, and changes that need libvirt are refused)",
+                        self.config.uri, CONNECT_PATIENCE)
         try:
-            await self.client.connect()
-            guests = await self.client.guests()
+            guests = await attempt
         except LibvirtError as e:
             self.client.mark_lost()
             if log_failure:
@@ -513,13 +579,24 @@ class Daemon:
         self._kick()
         return True
 
-    def _start_reconnect(self) -> None:
+    async def _open_libvirt(self) -> dict[str, Guest]:
+        await self.client.connect()
+        return await self.client.guests()
+
+    def _start_reconnect(self, at_once: bool = False) -> None:
         if self._stopping or (self._connecting is not None and not self._connecting.done()):
             return
-        self._connecting = asyncio.get_running_loop().create_task(self._reconnect())
+        self._connecting = asyncio.get_running_loop().create_task(self._reconnect(at_once))
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, at_once: bool = False) -> None:
+        """Connect in the background, with backoff (0.5 s doubling to 30 s); at start
+        the first attempt is made at once and its failure logged."""
         delay = 0.5
+        if at_once:
+            connected = await self._try_connect(log_failure=True)
+            self._first_attempt.set()
+            if connected:
+                return
         while not self._stopping:
             await asyncio.sleep(delay)
             if await self._try_connect(log_failure=delay >= RECONNECT_MAX_DELAY):
@@ -597,7 +674,7 @@ class Daemon:
         self._plug_ended(device_id, "unplugged")
         if d is not None:
             self.failures.pop(d.slot, None)
-            self.broken.discard(d.slot)
+            self._drop_bind(d.slot)
             log.info("%s unplugged", d.describe(),
                      **_fields(device=d.id, event=MessageId.DEVICE_REMOVED))
         self._judge_identities()
@@ -647,7 +724,7 @@ class Daemon:
         d = event.device
         previous = self.devices.get(d.id)
         if event.host_driver:
-            self._taken_back(d, event.host_driver)
+            self._host_bound(d, event.host_driver)
         returned = d.id in self.vanished
         self._stop_waiting(d.id)
         self.devices[d.id] = d
@@ -664,16 +741,79 @@ class Daemon:
             log.info("%s plugged in (udev %s)", d.describe(), event.action,
                      **_fields(device=d.id, event=MessageId.DEVICE_ADDED))
 
-    def _taken_back(self, d: Device, driver: str) -> None:
-        """A host driver bound to a device a guest holds: the guest lost it (a reset or
-        re-authorization on the host). Detach its hostdev and attach it again."""
-        a = self.assignments.get(d.id)
-        if a is None or a.state is not State.ATTACHED or d.slot in self.inflight:
-            return  # bound during our own attach or detach: expected
-        self.broken.add(d.slot)
-        log.warning("%s: the host's %s took it back while in '%s' (a reset on the host?); "
-                    "attaching it again", d.describe(), driver, a.guest,
-                    **_fields(device=d.id, guest=a.guest))
+    def _host_bound(self, d: Device, driver: str) -> None:
+        """A host driver bound to a device phyllod placed in a guest: a reset on the
+        host took it back (repair: detach, attach again), or the guest let go of it
+        as it stopped (nothing to do). Watched for ``release_grace``, then judged on
+        the guest read again (``guest_runs``)."""
+        guests = self.guests or {}
+        bind = host_bind(d.slot, driver, self.assignments.get(d.id), guests,
+                         self.inflight.keys(), self.ending)
+        if bind is None:
+            return  # not in a guest by phyllod's doing, or bound during our own call
+        fields = _fields(device=d.id, guest=bind.guest)
+        if judge_bind(bind, guests.get(bind.guest), self.ending) is BindVerdict.LET_GO:
+            log.info("%s: the host's %s bound it as '%s' let go of it as it stopped; "
+                     "not a reset", d.describe(), driver, bind.guest, **fields)
+            return
+        self._drop_bind(d.slot)
+        self.binds[d.slot] = bind
+        self._bind_timers[d.slot] = asyncio.get_running_loop().call_later(
+            self.config.release_grace, self._spawn_judge, d.slot, bind)
+        log.info("%s: the host's %s bound it while in '%s'; watching %.1fs whether '%s' "
+                 "is letting go of it", d.describe(), driver, bind.guest,
+                 self.config.release_grace, bind.guest, **fields)
+
+    def _spawn_judge(self, slot: str, bind: HostBind) -> None:
+        self._bind_timers.pop(slot, None)
+        self._spawn(self._judge_bind(slot, bind))
+
+    async def _judge_bind(self, slot: str, bind: HostBind) -> None:
+        """After the grace window: read the guest again, then judge the bind."""
+        await self._refresh_guest(bind.guest)
+        if self.binds.get(slot) != bind:
+            return  # judged meanwhile (the run ended), or the device left
+        if self.guests is None:
+            self._drop_bind(slot)  # libvirt is away: its return resyncs every guest
+            return
+        checked = HostBind(bind.run, bind.guest, bind.alias, bind.driver, checked=True)
+        d = self._on_slot(slot)
+        if d is not None and judge_bind(checked, self._guest_of(bind),
+                                        self.ending) is BindVerdict.TAKEN_BACK:
+            self.binds[slot] = checked
+            log.warning("%s: the host's %s took it back while in '%s' (a reset on the "
+                        "host?); attaching it again", d.describe(), bind.driver, bind.guest,
+                        **_fields(device=d.id, guest=bind.guest))
+        else:
+            self._let_go(slot)
+        self._kick()
+
+    def _let_go(self, slot: str) -> None:
+        """A watched bind was the guest letting go of the device: drop the mark."""
+        bind = self.binds.get(slot)
+        if bind is None:
+            return
+        self._drop_bind(slot)
+        d = self._on_slot(slot)
+        if d is None:
+            return
+        how = ("released it" if holds_on(self._guest_of(bind), bind.run, self.ending)
+               else "as it stopped")
+        log.info("%s: '%s' let go of it %s; not a reset", d.describe(), bind.guest, how,
+                 **_fields(device=d.id, guest=bind.guest))
+
+    def _on_slot(self, slot: str) -> Device | None:
+        return next((d for d in self.devices.values() if d.slot == slot), None)
+
+    def _guest_of(self, bind: HostBind) -> Guest | None:
+        """The guest whose run left ``bind``, as last read (by UUID: names may change)."""
+        return next((g for g in (self.guests or {}).values() if g.uuid == bind.run.uuid), None)
+
+    def _drop_bind(self, slot: str) -> None:
+        self.binds.pop(slot, None)
+        timer = self._bind_timers.pop(slot, None)
+        if timer is not None:
+            timer.cancel()
 
     # ------------------------------------------------------------ sleep
 
@@ -739,11 +879,23 @@ class Daemon:
         if not leaving:
             self._let_sleep()
 
-    def _on_guest_event(self, name: str) -> None:
+    def _on_guest_event(self, name: str, run: int, ending: bool) -> None:
+        """A lifecycle event: read the guest again. STOPPED or SHUTDOWN ends its run at
+        once (a re-read may lag behind the host drivers binding what QEMU let go);
+        a later event of the same run (a fake reboot resuming) takes that back."""
         for slot, failure in list(self.failures.items()):
             if failure.guest == name:
                 del self.failures[slot]
+        known = (self.guests or {}).get(name)
+        if known is not None:
+            current = Run(known.uuid, run) if run > 0 else run_of(known)
+            if ending and current is not None:
+                self.ending.add(current)
+                self._release_waiters(name)
+            elif not ending:
+                self.ending.discard(Run(known.uuid, run))
         self._spawn(self._refresh_guest(name))
+        self._kick()
 
     def _on_device_removed(self, name: str, alias: str) -> None:
         released = self._released.get((name, alias))
@@ -773,11 +925,20 @@ class Daemon:
             state = guest.state if guest is not None else "undefined"
             log.info("guest %s is %s", name, state,
                      **_fields(guest=name, event=MessageId.GUEST_STATE))
-        if guest is None or not guest.state.active:
-            # A guest that stopped has released everything: end pending detaches.
-            for (holder, _alias), released in self._released.items():
-                if holder == name:
-                    released.set()
+        ended = run_of(before)
+        if ended is not None and ended != run_of(guest):
+            # That run is over (stopped, or started again between two reads): it has
+            # released everything, and what was noted about it is void.
+            self._release_waiters(name)
+            for slot, failure in list(self.failures.items()):
+                if failure.run == ended:
+                    del self.failures[slot]
+
+    def _release_waiters(self, name: str) -> None:
+        """End the detaches waiting for QEMU in a guest whose run is over."""
+        for (holder, _alias), released in self._released.items():
+            if holder == name:
+                released.set()
 
     # ------------------------------------------------------------ reconcile
 
@@ -790,11 +951,19 @@ class Daemon:
     def _reconcile(self) -> None:
         self._kicked = False
         loop = asyncio.get_running_loop()
+        if self.guests is not None:
+            current = {run_of(g) for g in self.guests.values()}
+            self.ending = {r for r in self.ending if r in current}
         world = World(self.devices, self.guests, self.inflight, self.failures, loop.time(),
                       self.overrides, self.host, self.asks, self.remembered,
                       frozenset(self.inserted), self.sleep, dict(self.vanished),
-                      frozenset(self.broken))
+                      dict(self.binds), frozenset(self.ending))
         plan = reconcile(self.policy, world)
+        for slot in plan.let_go:
+            self._let_go(slot)
+        if self.binds:  # marks of devices that left with a rescan
+            for slot in self.binds.keys() - {d.slot for d in self.devices.values()}:
+                self._drop_bind(slot)
         self._questions(plan)
         self._report(plan.assignments)
         self._sleep_progress(plan)
@@ -807,19 +976,18 @@ class Daemon:
         if self._stopping:
             return
         for action in plan.actions:
+            # The guest run the call goes to: a failure is counted against it alone.
+            run = run_of((self.guests or {}).get(action.guest))
             if isinstance(action, Attach):
                 op = Operation(OpKind.ATTACH, action.guest, action.device.alias)
                 self.inflight[action.slot] = op
-                self._spawn(self._attach(action))
+                self._spawn(self._attach(action, run))
             else:
                 op = Operation(OpKind.DETACH, action.guest, action.hostdev.alias)
                 self.inflight[action.slot] = op
-                self._spawn(self._detach(action))
+                self._spawn(self._detach(action, run))
         if plan.wake_at is not None:
             self._wake = loop.call_at(plan.wake_at, self._kick)
-        # A lost device stays marked while its detach runs or backs off; one
-        # held outside phyllod is not ours to move.
-        self.broken = {s for s in self.broken if s in self.inflight or s in self.failures}
 
     # ------------------------------------------------------------ ask mode
 
@@ -932,7 +1100,7 @@ class Daemon:
         parts = [f"{n} {state}" for state, n in sorted(counts.items()) if n]
         status = f"{len(self.assignments)} devices" + (f": {', '.join(parts)}" if parts else "")
         if self.guests is None:
-            status += "; libvirt not connected"
+            status += f"; waiting for libvirt at {self.config.uri}"
         if self.policy is None:
             status += "; policy has errors"
         if status != self._status:
@@ -941,8 +1109,10 @@ class Daemon:
 
     # ------------------------------------------------------------ actions
 
-    def _failed(self, slot: str, kind: OpKind, guest: str, error: LibvirtError) -> None:
-        """Record a failed call for backoff and re-read the guest (it may have stopped).
+    def _failed(self, slot: str, kind: OpKind, guest: str, run: Run | None,
+                error: LibvirtError) -> None:
+        """Record a failed call against the guest run it went to, for backoff, and
+        re-read the guest (it may have stopped: the failure is then void).
 
         A lost connection is no failure of the device: the reconnect resyncs.
         """
@@ -951,10 +1121,10 @@ class Daemon:
             return
         now = asyncio.get_running_loop().time()
         self.failures[slot] = record_failure(self.failures.get(slot), kind, guest,
-                                             error.message, now)
+                                             error.message, now, run)
         self._spawn(self._refresh_guest(guest))
 
-    async def _attach(self, a: Attach) -> None:
+    async def _attach(self, a: Attach, run: Run | None) -> None:
         d = a.device
         fields = _fields(d.id, a.guest, a.rule, State.ATTACHING)
         source = (f"managed, host {d.address}" if d.subsystem is Subsystem.PCI
@@ -979,7 +1149,7 @@ class Daemon:
             log.warning("attach %s to %s failed: %s", d.id, a.guest, e.message,
                         **_fields(d.id, a.guest, a.rule, State.FAILED, MessageId.ATTACH_FAILED))
             await self._give_back(prepared)
-            self._failed(a.slot, OpKind.ATTACH, a.guest, e)
+            self._failed(a.slot, OpKind.ATTACH, a.guest, run, e)
         else:
             log.info("attached %s to %s in %.0f ms", d.id, a.guest,
                      (time.monotonic() - started) * 1000,
@@ -1022,7 +1192,7 @@ class Daemon:
                             "unbound until a reset or reboot", address,
                             self.config.to_host_timeout, **_fields(device=f"pci:{address}"))
 
-    async def _detach(self, a: Detach) -> None:
+    async def _detach(self, a: Detach, run: Run | None) -> None:
         alias = a.hostdev.alias
         fields = _fields(a.device_id, a.guest, state=State.DETACHING)
         key = (a.guest, alias)
@@ -1042,18 +1212,18 @@ class Daemon:
                     log.warning("detach %s: %s", alias, error,
                                 **_fields(a.device_id, a.guest, "", State.FAILED,
                                           MessageId.DETACH_FAILED))
-                    self._failed(a.slot, OpKind.DETACH, a.guest, LibvirtError(error))
+                    self._failed(a.slot, OpKind.DETACH, a.guest, run, LibvirtError(error))
                     return
                 self._store_guest(a.guest, await self.client.guest(a.guest))
             log.info("detached %s from %s", alias, a.guest,
                      **_fields(a.device_id, a.guest, "", State.HOST, MessageId.DETACHED))
             self.failures.pop(a.slot, None)
-            self.broken.discard(a.slot)
+            self._drop_bind(a.slot)
         except LibvirtError as e:
             log.warning("detach %s from %s failed: %s", alias, a.guest, e.message,
                         **_fields(a.device_id, a.guest, "", State.FAILED,
                                   MessageId.DETACH_FAILED))
-            self._failed(a.slot, OpKind.DETACH, a.guest, e)
+            self._failed(a.slot, OpKind.DETACH, a.guest, run, e)
         finally:
             self._released.pop(key, None)
             self.inflight.pop(a.slot, None)

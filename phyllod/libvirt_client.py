@@ -1,12 +1,17 @@
 """libvirt adapter: guests and their hostdevs as model values; attach, detach, events.
 
 Threading, chosen deliberately: libvirt's own default event loop runs in one
-dedicated thread, and every blocking call runs on a single-worker executor
+dedicated thread, and every blocking call runs on a single worker thread
 (which also serializes them). Events cross to asyncio only through
 ``call_soon_threadsafe``. ``libvirtaio`` was measured here to touch the
 asyncio loop from executor threads whenever a call was made off the loop
 thread, a latent race; the default impl is thread-safe by design and lets a
 slow attach never block the daemon's loop.
+
+Both threads are daemon threads: a hung libvirtd never answers
+``libvirt.open`` (it has no timeout), and a worker the interpreter joins at
+exit, as ``ThreadPoolExecutor``'s are, would then keep phyllod from ever
+exiting after SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import libvirt
@@ -30,7 +36,7 @@ T = TypeVar("T")
 _STATES = {
     libvirt.VIR_DOMAIN_RUNNING: GuestState.RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED: GuestState.RUNNING,
-    libvirt.VIR_DOMAIN_SHUTDOWN: GuestState.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTDOWN: GuestState.STOPPING,
     libvirt.VIR_DOMAIN_PAUSED: GuestState.PAUSED,
     libvirt.VIR_DOMAIN_SHUTOFF: GuestState.SHUTOFF,
     libvirt.VIR_DOMAIN_CRASHED: GuestState.CRASHED,
@@ -58,6 +64,34 @@ def _ensure_event_thread() -> None:
         _event_thread.start()
 
 
+class _Worker:
+    """One daemon thread running blocking calls in the order they were submitted."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple] | None] = (
+            queue.SimpleQueue())
+        threading.Thread(target=self._run, name="libvirt-calls", daemon=True).start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        """End the thread after the calls already submitted (at once if none hangs)."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # handed to the awaiting coroutine
+                future.set_exception(e)
+
+
 class LibvirtError(Exception):
     """A libvirt call failed; ``message`` is libvirt's own text."""
 
@@ -71,15 +105,20 @@ class LibvirtError(Exception):
 class LibvirtClient:
     """One long-lived connection (reopened by ``connect`` after a loss).
 
-    Callbacks run on the asyncio loop: ``on_guest(name)`` when a domain's
-    lifecycle changed, ``on_device_removed(name, alias)`` when QEMU released a
-    device, ``on_lost(reason)`` when the connection closed.
+    Callbacks run on the asyncio loop: ``on_guest(name, run, ending)`` when a
+    domain's lifecycle changed (``run``: the domain id the event names, -1 once
+    stopped; ``ending``: libvirt said it stopped or is shutting down),
+    ``on_device_removed(name, alias)`` when QEMU released a device,
+    ``on_lost(reason)`` when the connection closed.
     """
+
+    #: How long closing waits for the worker (a call a hung libvirtd holds).
+    CLOSE_TIMEOUT = 5.0
 
     def __init__(
         self,
         uri: str,
-        on_guest: Callable[[str], None],
+        on_guest: Callable[[str, int, bool], None],
         on_device_removed: Callable[[str, str], None],
         on_lost: Callable[[str], None],
     ) -> None:
@@ -87,7 +126,7 @@ class LibvirtClient:
         self._on_guest = on_guest
         self._on_device_removed = on_device_removed
         self._on_lost = on_lost
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
+        self._worker = _Worker()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: dict[int, list[int]] = {}  # id(conn) -> event callback ids
@@ -97,9 +136,8 @@ class LibvirtClient:
         return self._conn is not None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await asyncio.wrap_future(self._worker.submit(fn, *args))
         except libvirt.libvirtError as e:
             raise self._error(e) from None
 
@@ -139,10 +177,12 @@ class LibvirtClient:
         return conn
 
     async def close(self) -> None:
+        """Close the connection; bounded, since a hung libvirtd may hold the worker."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            await self._call(self._close, conn)
-        self._executor.shutdown(wait=False)
+            with contextlib.suppress(TimeoutError, LibvirtError):
+                await asyncio.wait_for(self._call(self._close, conn), self.CLOSE_TIMEOUT)
+        self._worker.shutdown()
 
     def _close(self, conn: libvirt.virConnect) -> None:
         # A dead connection has nothing left to deregister, and may fail to close.
@@ -157,7 +197,7 @@ class LibvirtClient:
         """Drop a connection found dead by a failed call (the close callback may lag)."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._executor.submit(self._close, conn)
+            self._worker.submit(self._close, conn)
 
     # ------------------------------------------------------------ events (libvirt thread)
 
@@ -165,15 +205,16 @@ class LibvirtClient:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
 
-    def _lifecycle_cb(self, _conn: Any, dom: Any, _event: int, _detail: int, _opaque: Any) -> None:
-        self._post(self._on_guest, dom.name())
+    def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+        ending = event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN)
+        self._post(self._on_guest, dom.name(), dom.ID(), ending)
 
     def _removed_cb(self, _conn: Any, dom: Any, alias: str, _opaque: Any) -> None:
         self._post(self._on_device_removed, dom.name(), alias)
 
     def _removal_failed_cb(self, _conn: Any, dom: Any, alias: str, _opaque: Any) -> None:
         log.warning("guest %s refused to release %s", dom.name(), alias)
-        self._post(self._on_guest, dom.name())
+        self._post(self._on_guest, dom.name(), dom.ID(), False)
 
     def _closed_cb(self, conn: Any, reason: int, _opaque: Any) -> None:
         reasons = {
@@ -200,7 +241,7 @@ class LibvirtClient:
     def _guest(dom: libvirt.virDomain) -> Guest:
         state = _STATES.get(dom.state()[0], GuestState.OTHER)
         hostdevs = parse_hostdevs(dom.XMLDesc(0)) if state.active else ()
-        return Guest(dom.name(), dom.UUIDString(), state, hostdevs)
+        return Guest(dom.name(), dom.UUIDString(), state, hostdevs, dom.ID())
 
     def _all_guests(self) -> dict[str, Guest]:
         guests = {}

@@ -139,6 +139,8 @@ class Device:
 class GuestState(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
+    #: Shut down, its QEMU not yet gone: it is letting go of its devices.
+    STOPPING = "stopping"
     SHUTOFF = "shutoff"
     CRASHED = "crashed"
     SUSPENDED = "pmsuspended"
@@ -146,7 +148,7 @@ class GuestState(StrEnum):
 
     @property
     def active(self) -> bool:
-        """Whether a QEMU process exists that can hold devices."""
+        """Whether its QEMU runs and keeps the devices it holds (a stopping one lets go)."""
         return self in (GuestState.RUNNING, GuestState.PAUSED, GuestState.SUSPENDED)
 
 
@@ -184,6 +186,9 @@ class Guest:
     uuid: str
     state: GuestState
     hostdevs: tuple[Hostdev, ...] = ()
+    #: libvirt's domain id: a new one at every start (-1 while not running), so
+    #: it tells one run of the guest from the next.
+    run: int = 0
 
 
 class State(StrEnum):

@@ -26,8 +26,12 @@ the host's sleep (``World.sleep``: devices whose rule says ``on_sleep =
 "detach"`` leave their guests before it and come back after resume, each on
 its own), a device that vanished and may return within its debounce window
 (``World.vanished``: nothing moves until it returns or the window ends), a
-device its guest lost to a reset on the host (``World.broken``: detached and
-attached again), and what the host would lose (``usb_safety``, ``pci_safety``).
+device its guest lost to a reset on the host (``World.binds``, judged by
+``guest_runs``: detached and attached again; a guest that let go of it as it
+stopped is no reset), and what the host would lose (``usb_safety``,
+``pci_safety``). What is noted about a guest holds for one run of it: a
+failure against a run that ended is void, and a run libvirt said is ending
+holds nothing and takes nothing (``World.ending``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from phyllod.guest_runs import BindVerdict, HostBind, Run, judge_bind, run_of, without_ending
 from phyllod.model import (
     Ask,
     AskOutcome,
@@ -83,6 +88,8 @@ class Failure:
     error: str
     attempts: int
     retry_at: float | None  # None: gave up
+    #: The guest run the call went to: once it ended, the failure is void.
+    run: Run | None = None
 
     def describe(self) -> str:
         if self.retry_at is None:
@@ -104,13 +111,16 @@ class Sleep:
 
 
 def record_failure(
-    previous: Failure | None, kind: OpKind, guest: str, error: str, now: float
+    previous: Failure | None, kind: OpKind, guest: str, error: str, now: float,
+    run: Run | None = None,
 ) -> Failure:
-    """The failure record after one more failed attempt, with its backoff."""
-    same = previous is not None and previous.kind == kind and previous.guest == guest
+    """The failure record after one more failed attempt, with its backoff (counted
+    afresh for another guest or another run of it)."""
+    same = previous is not None and (previous.kind, previous.guest, previous.run) == (
+        kind, guest, run)
     attempts = previous.attempts + 1 if same and previous else 1
     retry_at = now + BACKOFF[attempts - 1] if attempts <= len(BACKOFF) else None
-    return Failure(kind, guest, error, attempts, retry_at)
+    return Failure(kind, guest, error, attempts, retry_at, run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +148,10 @@ class World:
     sleep: Sleep | None = None
     #: Devices that vanished (by id), still in ``devices``: their debounce ends then.
     vanished: Mapping[str, float] = field(default_factory=dict)
-    #: Slots whose guest lost the device (a reset on the host took it back).
-    broken: frozenset[str] = frozenset()
+    #: Host drivers' binds on devices in guests (by slot), judged each time.
+    binds: Mapping[str, HostBind] = field(default_factory=dict)
+    #: Runs libvirt's lifecycle events said stopped or are shutting down.
+    ending: frozenset[Run] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +193,8 @@ class Plan:
     actions: tuple[Attach | Detach, ...]
     wake_at: float | None = None
     questions: tuple[Question, ...] = ()
+    #: Slots whose host driver bind was the guest letting go: marks to drop.
+    let_go: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +301,8 @@ class _Planner:
         self.actions: list[Attach | Detach] = []
         self.wakeups: list[float] = []
         self.questions: list[Question] = []
+        self.let_go: list[str] = []
+        self.by_uuid = {g.uuid: g for g in guests.values()}
         pci = [d for d in world.devices.values() if d.subsystem is Subsystem.PCI]
         #: Where each PCI device is sent (guest UUID), to see which group mates go together.
         self.pci_targets = {d.address: t.uuid for d in pci
@@ -330,6 +346,8 @@ class _Planner:
         f = self.world.failures.get(slot)
         if f is None or f.kind != kind or f.guest != guest:
             return True, ""
+        if f.run is not None and f.run != run_of(self.guests.get(guest)):
+            return True, ""  # it concerned a run that ended
         if f.retry_at is not None and f.retry_at <= self.world.now:
             return True, ""
         if f.retry_at is not None:
@@ -355,7 +373,7 @@ class _Planner:
             return self._vanished(d, rule_name, held)
         if self.world.sleep is not None and self._sleeps(d, rule, held):
             return self._sleeping(d, rule_name, held, self.world.sleep)
-        if d.slot in self.world.broken:
+        if self._taken_back(d.slot):
             for h in held:
                 if h.hostdev.owned:
                     why = "its guest lost it to a reset on the host; attaching it again"
@@ -383,6 +401,17 @@ class _Planner:
         return self._attach(d, rule.guest, _Why(rule.name, allowed=rule.allow_risks,
                                                 reset=rule.reset_before_attach, place=place),
                             held)
+
+    def _taken_back(self, slot: str) -> bool:
+        """Whether a host driver's bind took the device from a guest that runs on;
+        a bind that was the guest letting go is noted for the daemon to drop."""
+        bind = self.world.binds.get(slot)
+        if bind is None:
+            return False
+        verdict = judge_bind(bind, self.by_uuid.get(bind.run.uuid), self.world.ending)
+        if verdict is BindVerdict.LET_GO:
+            self.let_go.append(slot)
+        return verdict is BindVerdict.TAKEN_BACK
 
     def _vanished(self, d: Device, rule: str, held: list[_Holding]) -> Assignment:
         """Gone from the host, maybe for a moment: wait for it before touching any guest."""
@@ -552,7 +581,8 @@ class _Planner:
         if target is None:
             return assignment(State.PENDING, name, f"no guest '{name}' is defined")
         if not target.state.active:
-            return assignment(State.PENDING, name, f"guest '{name}' is not running")
+            now = "stopping" if target.state is GuestState.STOPPING else "not running"
+            return assignment(State.PENDING, name, f"guest '{name}' is {now}")
         if d.slot in self.stale_slots:
             # Its previous enumeration still holds a port in some guest:
             # free that first (stale() queues it) so ports never run out.
@@ -670,7 +700,7 @@ def reconcile(policy: Policy | None, world: World) -> Plan:
         return _disconnected(policy or Policy(), world)
     if policy is None:
         return _frozen(world, world.guests)
-    planner = _Planner(policy, world, world.guests)
+    planner = _Planner(policy, world, without_ending(world.guests, world.ending))
     assignments = {d.id: planner.device(d) for d in sorted(world.devices.values(),
                                                           key=lambda d: d.id)}
     planner.stale()
@@ -682,4 +712,4 @@ def reconcile(policy: Policy | None, world: World) -> Plan:
             seen.add(a.slot)
             actions.append(a)
     return Plan(assignments, tuple(actions), min(planner.wakeups, default=None),
-                tuple(planner.questions))
+                tuple(planner.questions), tuple(planner.let_go))

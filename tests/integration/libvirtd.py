@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -159,6 +160,19 @@ class PrivateLibvirtd:
         for pidfile in (self.base / "run" / "qemu").glob("*.pid"):
             with contextlib.suppress(ValueError, ProcessLookupError):
                 os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def frozen(lv: PrivateLibvirtd) -> Iterator[int]:
+    """libvirtd stopped (SIGSTOP): calls made now wait in its socket. Thawed on exit
+    unless the test killed it meanwhile."""
+    pid = int((lv.base / "libvirtd.pid").read_text().strip())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def start_guest(uri: str, name: str) -> None:

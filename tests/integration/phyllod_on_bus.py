@@ -38,11 +38,13 @@ class Phyllod:
         self.proc: DaemonProcess | None = None
         self.logs: list[str] = []
 
-    def start(self, extra_env: dict[str, str] | None = None) -> None:
+    def start(self, extra_env: dict[str, str] | None = None,
+              uri: str = "test:///default") -> None:
+        """Start on ``uri`` (default: libvirt's test driver, in phyllod's own process)."""
         notify = NotifySocket(self.tmp / f"notify-{len(self.logs)}")
         env = child_env(**{**self.tb.env, "NOTIFY_SOCKET": str(notify.path), **(extra_env or {})})
         self.proc = DaemonProcess(
-            ["--bus", self.bus.address, "--connect", "test:///default",
+            ["--bus", self.bus.address, "--connect", uri,
              "--policy-dir", str(self.policy_dir), "--state-dir", str(self.state_dir)], env)
         try:
             notify.wait_for("READY=1")

@@ -188,7 +188,7 @@ def test_libvirtd_restart_is_survived_and_resynced(
     mark = daemon.mark()
     private_libvirtd.stop()
     daemon.wait_log(r"lost the connection to .* \(libvirtd closed the connection\)", start=mark)
-    notify.wait_for("STATUS=0 devices; libvirt not connected")
+    notify.wait_for(f"STATUS=0 devices; waiting for libvirt at {private_libvirtd.uri}")
     usb_testbed.plug("1-2", devnum=5)
     daemon.wait_log(r"usb:1-2 .*: pending guest=work: libvirt is not connected", start=mark)
     private_libvirtd.start()

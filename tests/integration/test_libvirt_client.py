@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 
 import libvirt
 import libvirtd
 import pytest
+from daemon_process import child_env
 from factories import usb
 
 from phyllod.hostdev_xml import usb_hostdev_xml
@@ -29,15 +33,17 @@ class Recorder:
         self.events.put_nowait(item)
 
     def client(self, uri: str) -> LibvirtClient:
-        return LibvirtClient(uri, lambda n: self._put("guest", n),
+        return LibvirtClient(uri, lambda n, run, ending: self._put("guest", n, run, ending),
                              lambda n, a: self._put("removed", n, a),
                              lambda r: self._put("lost", r))
 
-    async def wait(self, *item: str, timeout: float = 10.0) -> None:
-        async def until() -> None:
-            while await self.events.get() != item:
+    async def wait(self, *item: object, timeout: float = 10.0) -> tuple:
+        """The first event starting with ``item`` (a guest event: name, run, ending)."""
+        async def until() -> tuple:
+            while (event := await self.events.get())[:len(item)] != item:
                 pass
-        await asyncio.wait_for(until(), timeout)
+            return event
+        return await asyncio.wait_for(until(), timeout)
 
 
 async def test_guests_and_lifecycle_events_with_the_test_driver():
@@ -107,3 +113,53 @@ async def test_losing_libvirtd_is_reported_and_a_reconnect_works(
         assert (await client.guests())["work"].state is GuestState.RUNNING
     finally:
         await client.close()
+
+
+async def test_lifecycle_events_say_which_run_and_whether_it_ends():
+    """A guest's run (libvirt's domain id) changes at every start; STOPPED says its run
+    ended (issue 16: the daemon ends the run at once, before any re-read)."""
+    rec = Recorder()
+    client = rec.client("test:///default")
+    await client.connect()
+    other = libvirt.open("test:///default")
+    try:
+        dom = other.lookupByName("test")
+        before = (await client.guest("test")).run
+        assert before == dom.ID() > 0
+        dom.destroy()
+        assert await rec.wait("guest", "test") == ("guest", "test", -1, True)
+        assert (await client.guest("test")).run == -1
+        dom.create()
+        _, _, run, ending = await rec.wait("guest", "test")
+        assert (run, ending) == (dom.ID(), False) and run != before
+        assert (await client.guest("test")).run == run
+    finally:
+        other.close()
+        await client.close()
+
+
+HUNG_OPEN = """\
+import asyncio, sys
+from phyllod.libvirt_client import LibvirtClient
+
+async def main():
+    client = LibvirtClient(sys.argv[1], lambda *a: None, lambda *a: None, lambda *a: None)
+    try:
+        await asyncio.wait_for(client.connect(), 1.0)
+    except TimeoutError:
+        print("open hung", flush=True)
+    await client.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_hung_libvirtd_never_keeps_the_process_from_exiting(
+        private_libvirtd: libvirtd.PrivateLibvirtd):
+    """libvirt.open() to a frozen libvirtd never returns; the call's worker thread must
+    not be joined at exit (ThreadPoolExecutor's are), or SIGTERM never ends phyllod."""
+    with libvirtd.frozen(private_libvirtd):
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(HUNG_OPEN),
+                            private_libvirtd.uri], capture_output=True, text=True, timeout=60,
+                           env=child_env())
+        assert (r.returncode, r.stdout) == (0, "open hung\n"), r.stderr

@@ -1,17 +1,29 @@
-"""Real life, daemon level: the host's sleep, vanishing devices, hubs, host keyboards.
+"""Real life, daemon level: the host's sleep, vanishing devices, hubs, host keyboards,
+a guest letting go of its devices as it stops.
 
 The real daemon on a private system bus with python-dbusmock's logind, over
 umockdev devices and libvirt's test driver (which refuses every attach, so
 an attempt shows as a refusal naming the guest; the lab shows devices in a
 real guest). logind's PrepareForSleep is emitted through the mock.
+
+For a guest's stop the test driver is served by a real private libvirtd
+(``test+unix://``): the test and phyllod then share its guests, so the test
+starts and destroys a guest whose own XML holds phyllod's hostdev, and
+libvirt's lifecycle events reach phyllod over libvirt's real protocol.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 
+import libvirt
+import libvirtd
 import pytest
 from phyllod_on_bus import Phyllod, poll
+
+from phyllod.libvirt_client import _ensure_event_thread
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +154,136 @@ def test_a_hub_carrying_the_only_keyboard_is_refused_and_says_which(phyllod: Phy
     hub = poll(lambda: (h := phyllod.show("usb:1-4"))["State"] == "failed" and h)
     assert hub["Guest"] == "test" and "not supported" in hub["Reason"], \
         "accepted: the attach was tried (and refused by the test driver)"
+
+
+# ---------------------------------------------------------------- a guest letting go
+
+KEYBOARD_TO_WORK = '[[rule]]\nname = "keyboard"\nmatch = { vendor = "0627" }\nguest = "work"\n'
+
+#: A guest of the served test driver whose own XML holds the fixture's keyboard
+#: (usb:1-2, device 5) under phyllod's alias: each run starts holding it.
+WORK_HOLDING_THE_KEYBOARD = """\
+<domain type='test'>
+  <name>work</name>
+  <memory>65536</memory>
+  <os><type>hvm</type></os>
+  <devices>
+    <hostdev mode='subsystem' type='usb' managed='yes'>
+      <source><vendor id='0x0627'/><product id='0x0001'/><address bus='1' device='5'/></source>
+      <alias name='ua-phyllod-usb1-2-5'/>
+    </hostdev>
+  </devices>
+</domain>
+"""
+
+
+class Work:
+    """The guest 'work' on a private libvirtd's test driver, and its lifecycle events."""
+
+    def __init__(self, lv: libvirtd.PrivateLibvirtd) -> None:
+        self.lv = lv
+        self.uri = f"test+unix:///default?socket={lv.sock}"
+        _ensure_event_thread()  # libvirt's event loop in this process, for our own events
+        self.conn = libvirt.open(self.uri)
+        self.dom = self.conn.defineXML(WORK_HOLDING_THE_KEYBOARD)
+        self.dom.create()
+        self.stopped = threading.Event()
+        self._cb = self.conn.domainEventRegisterAny(
+            self.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+
+    def _lifecycle(self, _conn, _dom, event: int, _detail: int, _opaque) -> None:
+        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            self.stopped.set()
+
+    def destroy(self) -> None:
+        """Destroy, and return once libvirtd has sent the STOPPED event (to us too)."""
+        self.stopped.clear()
+        self.dom.destroy()
+        assert self.stopped.wait(10), "no STOPPED event from libvirtd"
+
+    def close(self) -> None:
+        self.conn.domainEventDeregisterAny(self._cb)
+        self.conn.close()
+
+
+@pytest.fixture
+def work(private_libvirtd: libvirtd.PrivateLibvirtd) -> Iterator[Work]:
+    w = Work(private_libvirtd)
+    yield w
+    w.close()
+
+
+def _usbhid_binds(phyllod: Phyllod, port: str = "1-2") -> None:
+    """What a guest's QEMU letting go of a keyboard looks like on the host: usbhid binds."""
+    interface = phyllod.tb.paths[f"{port}:1.0"]
+    phyllod.tb.tb.set_property(interface, "DRIVER", "usbhid")
+    phyllod.tb.tb.uevent(interface, "bind")
+
+
+def _seen(phyllod: Phyllod, port: str, devnum: int, start: int) -> None:
+    """Plug a device no rule matches and wait for phyllod to log it: udev events come
+    in order, so every event sent before it has been handled."""
+    assert phyllod.proc is not None
+    phyllod.tb.plug(port, devnum=devnum, vendor="046d", product="c52b")
+    phyllod.proc.wait_line(f"usb:{port} (046d:c52b", start)
+
+
+@pytest.mark.parametrize("order", ["stopped, then the bind", "the bind, then stopped"])
+def test_a_guest_stopping_lets_go_of_its_device_it_is_no_reset(phyllod: Phyllod, work: Work,
+                                                                order: str):
+    """Issue 16: QEMU releasing a keyboard as its guest stops makes usbhid bind it on
+    the host. Whichever comes first, the bind or libvirt's STOPPED, phyllod sends no
+    detach to the stopping guest, and the next run holds the device once, with no
+    detach and attach again (the blink a stale "taken back" mark made)."""
+    (phyllod.policy_dir / "10.toml").write_text(KEYBOARD_TO_WORK)
+    phyllod.start(uri=work.uri)
+    assert phyllod.proc is not None
+    d = phyllod.proc
+    d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): attached guest=work")
+    start = d.mark()
+    if order == "stopped, then the bind":
+        # phyllod has libvirt's STOPPED; its re-read of the guest waits in a frozen
+        # libvirtd, so its snapshot still shows the guest running and holding the device.
+        work.destroy()
+        with libvirtd.frozen(work.lv):
+            _usbhid_binds(phyllod)
+            _seen(phyllod, "1-3", 6, start)
+    else:
+        _usbhid_binds(phyllod)
+        d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): the host's usbhid bound it "
+                    "while in 'work'", start)
+        work.destroy()
+        d.wait_line("'work' let go of it as it stopped; not a reset", start)
+    d.wait_line("guest work is shutoff", start)
+    d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): pending guest=work", start)
+
+    restarted = d.mark()
+    work.dom.create()
+    d.wait_line("guest work is running", restarted)
+    d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): attached guest=work", restarted)
+    _seen(phyllod, "1-4", 7, restarted)
+    log = d.lines[start:]
+    assert [line for line in log if "detaching" in line] == [], "a detach to a stopping guest"
+    assert [line for line in log if "attaching usb:1-2" in line] == [], \
+        "the new run holds it from its own XML: nothing to attach"
+    assert not [line for line in log if "took it back" in line]
+    assert phyllod.show("usb:1-2")["State"] == "attached"
+
+
+def test_a_host_driver_taking_a_device_from_a_running_guest_is_a_reset(phyllod: Phyllod,
+                                                                        work: Work):
+    """The same bind while the guest runs on and still holds the device: after the
+    grace window phyllod re-reads the guest, calls it a reset on the host and
+    detaches the dead hostdev to attach it again (the test driver refuses)."""
+    (phyllod.policy_dir / "10.toml").write_text(KEYBOARD_TO_WORK)
+    phyllod.start(uri=work.uri)
+    assert phyllod.proc is not None
+    d = phyllod.proc
+    d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): attached guest=work")
+    start = d.mark()
+    _usbhid_binds(phyllod)
+    d.wait_line("the host's usbhid took it back while in 'work' (a reset on the host?)", start)
+    line = d.wait_line("detaching ua-phyllod-usb1-2-5 from work", start)
+    assert "its guest lost it to a reset on the host; attaching it again" in line
+    d.wait_line("detach ua-phyllod-usb1-2-5 from work failed: this function is not supported",
+                start)

@@ -16,9 +16,10 @@ def usb(port: str = "1-2", devnum: int = 5, vendor: str = "0627", product: str =
 
 
 def guest(name: str = "work", state: GuestState = GuestState.RUNNING,
-          hostdevs: tuple[Hostdev, ...] = (), uuid: str = "") -> Guest:
+          hostdevs: tuple[Hostdev, ...] = (), uuid: str = "", run: int = 1) -> Guest:
+    """A guest; ``run`` is libvirt's domain id of its current run (-1 when not running)."""
     uuid = uuid or f"00000000-0000-0000-0000-{abs(hash(name)) % 10**12:012d}"
-    return Guest(name, uuid, state, hostdevs)
+    return Guest(name, uuid, state, hostdevs, run if state.active else -1)
 
 
 def held(device: Device, owned: bool = True) -> Hostdev:

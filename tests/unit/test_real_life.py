@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 from factories import guest, held, host, pci, policy, usb
 
+from phyllod.guest_runs import HostBind, Run
 from phyllod.model import HostFacts, PciFunction, State
 from phyllod.pci_safety import Risk, pci_verdict
 from phyllod.policy import OnSleep, parse_policy_text
@@ -124,10 +125,12 @@ def test_a_vanished_device_moves_nothing_until_its_window_ends():
 
 def test_a_device_its_guest_lost_is_detached_to_be_attached_again():
     d = usb()
-    plan = reconcile(KBD, world([d], [guest("work", hostdevs=(held(d),))],
-                                broken=frozenset({d.slot})))
+    work = guest("work", hostdevs=(held(d),))
+    bind = HostBind(Run(work.uuid, work.run), "work", d.alias, "usbhid", checked=True)
+    plan = reconcile(KBD, world([d], [work], binds={d.slot: bind}))
     assert plan.actions == (Detach(d.slot, "work", held(d), "its guest lost it to a reset on "
                                    "the host; attaching it again", d.id),)
+    assert plan.let_go == ()
 
 
 def test_reset_before_attach_is_carried_to_the_attach_and_port_below_is_said():
