@@ -72,7 +72,7 @@ EXPECTED_MOUNTS = {
 
 @pytest.fixture
 def tb() -> UMockdev.Testbed:
-    return UMockdev.Testbed.new()
+    return testbed.new_testbed()
 
 
 def desk(tb: UMockdev.Testbed, ps2: bool = True) -> pci_tree.PciTree:

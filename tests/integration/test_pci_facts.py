@@ -65,7 +65,7 @@ garbage
 
 @pytest.fixture
 def tb() -> UMockdev.Testbed:
-    return UMockdev.Testbed.new()
+    return testbed.new_testbed()
 
 
 def laptop(tb: UMockdev.Testbed) -> pci_tree.PciTree:

@@ -23,7 +23,7 @@ LAYOUTS = sorted((Path(__file__).parents[1] / "data" / "pci").glob("*.toml"))
 
 @pytest.fixture
 def tb() -> UMockdev.Testbed:
-    return UMockdev.Testbed.new()
+    return testbed.new_testbed()
 
 
 def test_there_is_a_handful_of_layouts_each_with_its_source():

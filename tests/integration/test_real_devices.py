@@ -32,7 +32,7 @@ KINESIS_INPUT = ("/devices/pci0000:00/0000:00:1a.0/usb1/1-1/1-1.5/1-1.5.4/1-1.5.
 
 @pytest.fixture
 def tb() -> UMockdev.Testbed:
-    return UMockdev.Testbed.new()
+    return testbed.new_testbed()
 
 
 def _load(tb: UMockdev.Testbed, name: str) -> dict:
@@ -85,7 +85,7 @@ def test_a_device_without_strings_is_named_from_the_hardware_database(tb):
         '[[rule]]\nname="k"\nmatch={interface_class="0301"}\nguest="g"\n'
         '[[rule]]\nname="bt"\nmatch={interface_class="e00101"}\nguest="g"\n')
     assert boot_keyboard.matches(keyboard) and not bluetooth.matches(keyboard)
-    hub = _kinesis(UMockdev.Testbed.new())["usb:1-1.5.4"]
+    hub = _kinesis(testbed.new_testbed())["usb:1-1.5.4"]
     assert hub.describe() == "usb:1-1.5.4 (05f3:0081 PI Engineering Kinesis Keyboard Hub)"
 
 
@@ -145,7 +145,7 @@ def test_factory_serials_are_no_identity(tb):
     devices = _judged(tb, "realtek-8852be-bluetooth.umockdev",
                       "unisoc-uis7720-rndis-phone.umockdev",
                       "dell-dw380-bluetooth-vendor-class.umockdev")
-    sony = _judged(UMockdev.Testbed.new(), "sony-xperia-placeholder-serial.umockdev")
+    sony = _judged(testbed.new_testbed(), "sony-xperia-placeholder-serial.umockdev")
     devices.update(sony)
     assert {k: (d.identity, d.serial_doubt) for k, d in devices.items()
             if k.startswith("usb:") and d.serial} == {

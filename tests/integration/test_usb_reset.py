@@ -87,7 +87,7 @@ def usbfs_node() -> Iterator[UsbfsNode]:
     why = testbed.available()
     if why:
         pytest.skip(why)
-    tb = UMockdev.Testbed.new()
+    tb = testbed.new_testbed()
     tb.add_from_string(
         "P: /devices/pci0000:00/0000:00:14.0/usb1/1-2\n"
         "N: bus/usb/001/004\n"

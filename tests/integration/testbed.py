@@ -6,6 +6,7 @@ children that should see the testbed get ``UMOCKDEV_DIR`` and the preload.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 
@@ -24,9 +25,21 @@ def available() -> str:
     return ""
 
 
+def new_testbed() -> UMockdev.Testbed:
+    """A new umockdev testbed, the only one alive.
+
+    A testbed an earlier test left unreachable (in a reference cycle) unsets
+    UMOCKDEV_DIR when the garbage collector finalizes it; were that to happen
+    after this one is made, libudev would see the real /sys from then on (a
+    test that finds no devices, now and then). So the dead ones go first.
+    """
+    gc.collect()
+    return UMockdev.Testbed.new()
+
+
 class UsbTestbed:
     def __init__(self) -> None:
-        self.tb = UMockdev.Testbed.new()
+        self.tb = new_testbed()
         self.paths: dict[str, str] = {}
         self.hubs: set[int] = set()
 
