@@ -32,7 +32,15 @@ from pathlib import Path
 
 from phyllod import __version__, fault_points
 from phyllod.dbus_service import BusError, BusService, Snapshot
-from phyllod.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest, NoSuchRequest
+from phyllod.errors import (
+    Busy,
+    Denied,
+    Failed,
+    NoSuchDevice,
+    NoSuchGuest,
+    NoSuchRequest,
+    excerpt,
+)
 from phyllod.explain import explain
 from phyllod.hostdev_xml import hostdev_xml
 from phyllod.libvirt_client import LibvirtClient, LibvirtError
@@ -260,6 +268,8 @@ class Daemon:
         fds = sum(1 for _ in Path("/proc/self/fd").iterdir()) - 1  # not the one listing it
         log.info("memory: %srss %.1f MiB, %d fds, %d devices, %d guests", traced, rss, fds,
                  len(self.devices), len(self.guests or {}))
+        if self.bus is not None:
+            log.info("%s", self.bus.stats_line())
 
     def _watchdog(self, interval: float | None) -> None:
         """Ping systemd from the loop itself: a loop that hangs stops pinging and is restarted."""
@@ -373,7 +383,7 @@ class Daemon:
             raise Failed(f"libvirt ({self.config.uri}) is not connected; cannot find '{ref}'")
         g = find_guest(ref, self.guests)
         if g is None:
-            raise NoSuchGuest(f"no guest named {ref!r} is defined")
+            raise NoSuchGuest(f"no guest named {excerpt(ref)} is defined")
         return g.name
 
     async def answer(self, number: int, guest: str, remember: bool) -> None:
@@ -386,7 +396,7 @@ class Daemon:
             g = find_guest(guest, self.guests or {})
             if g is None or g.name not in r.candidates:
                 offers = ", ".join(r.candidates)
-                raise NoSuchGuest(f"{guest!r} is not one of the guests offered for "
+                raise NoSuchGuest(f"{excerpt(guest)} is not one of the guests offered for "
                                   f"{d.id} ({offers}); answer one of them or the host")
             guest = g.name
         if remember:
@@ -414,7 +424,7 @@ class Daemon:
     async def forget(self, identity: str) -> None:
         """Drop a remembered answer: the device is asked about again at its next plug."""
         if identity not in self.remembered:
-            raise NoSuchDevice(f"no answer is remembered for {identity!r}")
+            raise NoSuchDevice(f"no answer is remembered for {excerpt(identity)}")
         remembered = {k: v for k, v in self.remembered.items() if k != identity}
         try:
             save_answers(self.config.state_dir, remembered, self._notes(remembered))
