@@ -132,8 +132,9 @@ def bounded(text: str, limit: int = MAX_TEXT) -> str:
     """``text`` cut to ``limit`` characters, saying how much was left out."""
     if len(text) <= limit:
         return text
-    note = f"… ({len(text) - limit} more characters not shown; the journal has them)"
-    return text[:max(0, limit - len(note))] + note
+    note = "… ({} more characters not shown; the journal has them)"
+    keep = max(0, limit - len(note.format(len(text))))
+    return text[:keep] + note.format(len(text) - keep)
 
 
 #: The integer D-Bus types phyllod publishes, and the values each can carry.

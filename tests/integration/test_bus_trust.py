@@ -317,7 +317,7 @@ async def test_the_object_list_is_built_once_per_state_and_texts_are_bounded(
         # Explain's answer is bounded (64 KiB) whatever the daemon writes.
         reply = await client.call(Message(destination=NAME, path=ROOT, interface=MANAGER,
                                           member="Explain", signature="s", body=["usb:1-2"]))
-        assert reply is not None and len(reply.body[0]) == 65536
+        assert reply is not None and 65000 < len(reply.body[0]) <= 65536
         assert reply.body[0].endswith("more characters not shown; the journal has them)")
     finally:
         client.disconnect()
