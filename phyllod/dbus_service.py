@@ -20,6 +20,7 @@ dbus-fast release understands (Debian 12 ships 1.84).
 import asyncio
 import logging
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,6 +59,9 @@ GUEST = "me.phyllo.Phyllod1.Guest"
 REQUEST = "me.phyllo.Phyllod1.Request"
 ERROR = "me.phyllo.Phyllod1.Error."
 INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
+#: GetManagedObjects calls of one caller waiting for their answer (see _serve_objects).
+MAX_QUEUED_READS = 8
 _OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 _HELD = (State.ATTACHED, State.DETACHING)
 
@@ -458,6 +462,7 @@ class Stats:
     objects_built: int = 0  # GetManagedObjects answers built (once per state and path)
     objects_served: int = 0
     oversized: int = 0  # calls refused for their size
+    reads_refused: int = 0  # GetManagedObjects refused: too many of one caller waiting
     skipped: int = 0  # objects not shown: a value did not fit its D-Bus type
 
 
@@ -482,6 +487,9 @@ class BusService:
         #: Objects left out of the bus because a value does not fit its D-Bus type.
         self._unfit: set[str] = set()
         self._unfit_now: set[str] = set()
+        #: GetManagedObjects calls waiting, by caller: (serial, path), answered in turn.
+        self._object_reads: dict[str, deque[tuple[int, str]]] = {}
+        self._serving_objects = False
         self.snapshot: Snapshot | None = None
         self.manager: ManagerInterface | None = None
         self._devices: dict[str, DeviceInterface] = {}
@@ -706,12 +714,8 @@ class BusService:
             if self._unanswered(msg):
                 return True
             return Message.new_error(msg, INVALID_ARGS, f"{why}; nothing was done")
-        if msg.interface == _OBJECT_MANAGER and msg.member == "GetManagedObjects" \
-                and not msg.signature:
-            if self._unanswered(msg):
-                return True
-            return Message.new_method_return(msg, "a{oa{sa{sv}}}",
-                                             [self._managed_objects(msg.path)])
+        if msg.interface == _OBJECT_MANAGER and msg.member == "GetManagedObjects":
+            return self._queue_objects(msg)
         interface = msg.interface or (MANAGER if msg.path == ROOT
                                       else REQUEST if msg.path in self._requests else DEVICE)
         entry = MUTATIONS.get((interface, msg.member or ""))
@@ -739,6 +743,53 @@ class BusService:
         traceback at ERROR: any client could fill the journal with them.
         """
         return bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED)
+
+    def _queue_objects(self, msg: Message) -> bool | Message:
+        """Queue a GetManagedObjects call, to be answered in turn (see _serve_objects).
+
+        Each caller may have :data:`MAX_QUEUED_READS` waiting; past that it is
+        told to wait for its answers (``LimitsExceeded``).
+        """
+        if self._unanswered(msg):
+            return True
+        if msg.signature:
+            return Message.new_error(msg, INVALID_ARGS, "GetManagedObjects takes no arguments")
+        sender = msg.sender or ""
+        queue = self._object_reads.setdefault(sender, deque())
+        if len(queue) >= MAX_QUEUED_READS:
+            self.stats.reads_refused += 1
+            return Message.new_error(msg, LIMITS_EXCEEDED,
+                                     f"{len(queue)} GetManagedObjects calls of this caller are "
+                                     "still waiting; wait for their answers")
+        queue.append((msg.serial, msg.path or ROOT))
+        if not self._serving_objects:
+            self._serving_objects = True
+            self._spawn(self._serve_objects())
+        return True
+
+    async def _serve_objects(self) -> None:
+        """Answer queued GetManagedObjects calls one at a time, one caller after another.
+
+        The answer is large (about 800 bytes per device), so a flood of them
+        from anyone, answered as they came, filled phyllod's send queue and
+        every other caller's answer waited behind it (root's took seconds).
+        Sent one at a time, each written before the next is made, a short
+        answer to anyone waits behind one of them at most.
+        """
+        try:
+            while self._object_reads and self.bus is not None and self.bus.connected:
+                for sender in list(self._object_reads):
+                    queue = self._object_reads[sender]
+                    serial, path = queue.popleft()
+                    if not queue:
+                        del self._object_reads[sender]
+                    reply = Message(message_type=MessageType.METHOD_RETURN, reply_serial=serial,
+                                    destination=sender, signature="a{oa{sa{sv}}}",
+                                    body=[self._managed_objects(path)])
+                    await self.bus.send(reply)
+        finally:
+            self._serving_objects = False
+            self._object_reads.clear()
 
     def _managed_objects(self, path: str) -> dict[str, dict[str, dict[str, Variant]]]:
         """GetManagedObjects' answer below ``path``, built once per published state.
@@ -792,7 +843,8 @@ class BusService:
         st = self.stats
         line = (f"bus: {st.generations} states published, object list built "
                 f"{st.objects_built} times for {st.objects_served} GetManagedObjects, "
-                f"{st.oversized} oversized calls refused, {st.skipped} objects not shown")
+                f"{st.reads_refused} refused (too many waiting), {st.oversized} oversized calls "
+                f"refused, {st.skipped} objects not shown")
         a = self.authority
         if a is not None:
             line += (f"; polkit: {a.in_flight} checks waiting, {a.stats.asked} asked, "

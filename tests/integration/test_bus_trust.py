@@ -314,6 +314,15 @@ async def test_the_object_list_is_built_once_per_state_and_texts_are_bounded(
         service.publish(_snapshot(_usb("1-2")))
         assert set(await objects()) == set(first) - {device_path("usb:1-3")}
         assert service.stats.objects_built == 3
+        # Pipelined, one caller's calls wait in turn, 8 at most; the rest are refused.
+        replies = await asyncio.gather(*(client.call(Message(
+            destination=NAME, path=ROOT, interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects")) for _ in range(40)))
+        names = [r.error_name or "return" for r in replies]
+        assert set(names) <= {"return", "org.freedesktop.DBus.Error.LimitsExceeded"}, names
+        assert names.count("return") >= 8 and service.stats.objects_built == 3
+        assert service.stats.reads_refused == names.count(
+            "org.freedesktop.DBus.Error.LimitsExceeded")
         # Explain's answer is bounded (64 KiB) whatever the daemon writes.
         reply = await client.call(Message(destination=NAME, path=ROOT, interface=MANAGER,
                                           member="Explain", signature="s", body=["usb:1-2"]))
