@@ -264,6 +264,11 @@ class StallingPolkit(_BusPeer):
         self._spawn([sys.executable, str(script), *map(str, self.stalled)], timeout)
         return self
 
+    def release(self, cancellation_id: str, authorized: bool) -> None:
+        """Answer a held check now, as a person at the agent would."""
+        self.bus.call(POLKIT_NAME, POLKIT_PATH, POLKIT_IFACE, "Release", "sb",
+                      cancellation_id, "true" if authorized else "false")
+
     def events(self, kind: str = "") -> list[dict[str, Any]]:
         lines = [json.loads(ln) for ln in self.log().splitlines() if ln.startswith("{")]
         return [e for e in lines if not kind or e["event"] == kind]

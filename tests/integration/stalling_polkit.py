@@ -5,7 +5,9 @@ and answers CheckAuthorization like polkitd for everyone but the uids given
 on the command line: their checks are held and never answered, as when a
 caller asks for interactive authorization and never answers its own agent.
 CancelCheckAuthorization ends a held check the way polkitd does (the error
-``org.freedesktop.PolicyKit1.Error.Cancelled`` to the check's caller).
+``org.freedesktop.PolicyKit1.Error.Cancelled`` to the check's caller); the
+test's own ``Release(s id, b authorized)`` answers one, as a person at the
+agent would, late.
 
 It prints one JSON line per event (flushed, for a log file the test reads):
 ``{"event": "check", "id": …, "uid": …, "action": …, "details": {…}, "held": …}``
@@ -63,6 +65,14 @@ async def main(stalled: set[int]) -> None:
             task = asyncio.ensure_future(check(msg))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            return True
+        if msg.member == "Release" and msg.signature == "sb":  # the test's own: answer one
+            original = held.pop(msg.body[0], None)
+            if original is not None:
+                bus.send(Message.new_method_return(original, "(bba{ss})",
+                                                   [[msg.body[1], False, {}]]))
+            _say(event="release", id=msg.body[0], authorized=msg.body[1], held=len(held))
+            bus.send(Message.new_method_return(msg))
             return True
         if msg.member == "CancelCheckAuthorization" and msg.signature == "s":
             original = held.pop(msg.body[0], None)

@@ -331,3 +331,41 @@ async def test_the_object_list_is_built_once_per_state_and_texts_are_bounded(
     finally:
         client.disconnect()
         service.close()
+
+
+@pytest.mark.parametrize(("meanwhile", "outcome"), [
+    ("unplugged", "usb:1-2 (0627:0001 Keyboard) was unplugged while authorization was "
+                  "pending; nothing was done"),
+    ("replaced", "usb:1-2 (0627:0001 Keyboard) was replaced by usb:1-2 (1050:0407 YubiKey) "
+                 "while authorization was pending; nothing was done"),
+    ("replugged", ""),  # the same device enumerated again: it is the one authorized
+])
+async def test_the_device_is_checked_again_after_a_long_authorization(
+        system_bus: private_bus.PrivateSystemBus,
+        stalling_polkit: private_bus.StallingPolkit, meanwhile: str, outcome: str):
+    keyboard = _usb("1-2")
+    service, ops = await _service(system_bus, _snapshot(keyboard))
+    try:
+        call = asyncio.ensure_future(_busctl(system_bus, "call", NAME, ROOT, MANAGER, "Attach",
+                                             "ss", "usb:1-2", "test", nobody=True))
+        checks = await asyncio.to_thread(poll, lambda: stalling_polkit.events("check"))
+        assert checks, stalling_polkit.log()
+        assert checks[0]["details"]["device_description"] == "usb:1-2 (0627:0001 Keyboard)"
+        if meanwhile == "unplugged":
+            service.publish(_snapshot())
+        elif meanwhile == "replaced":
+            service.publish(_snapshot(Device(Subsystem.USB, keyboard.sys_path, port="1-2",
+                                             busnum=1, devnum=6, vendor="1050",
+                                             product="0407", product_name="YubiKey")))
+        else:
+            service.publish(_snapshot(_usb("1-2", devnum=7)))
+        await asyncio.to_thread(stalling_polkit.release, checks[0]["id"], True)
+        r = await call
+        if outcome:
+            assert r.returncode != 0 and outcome in r.stderr, r.stderr
+            assert ops.calls == []
+        else:
+            assert r.returncode == 0, r.stderr
+            assert [c[:2] for c in ops.calls] == [("override", "usb:1-2")]
+    finally:
+        service.close()
