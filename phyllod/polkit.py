@@ -11,9 +11,8 @@ person who may never answer. So checks are bounded (:class:`Limits`): so many
 in flight per caller, per user and overall, the excess refused with ``Busy``
 before polkit is asked; each times out; each is cancelled
 (``CancelCheckAuthorization``) on timeout and when its caller leaves the bus.
-Root is authorized without asking polkit, as polkit itself always authorizes
-uid 0 (and as systemd's services do): a stalled polkit or a flood of checks
-from others never keeps root from steering phyllod.
+Root's checks count against no limit, so others' checks, however many wait,
+never keep root from steering phyllod.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ class Stats:
     """Counts since start, for SIGUSR1's log line and the tests."""
 
     asked: int = 0
-    root: int = 0
+    root: int = 0  # of those asked: root's, which no limit refuses
     busy: int = 0
     timed_out: int = 0
     caller_left: int = 0
@@ -94,16 +93,16 @@ class Authority:
         self.bus = bus
         self.limits = limits
         self.stats = Stats()
-        self._callers: Counter[str] = Counter()  # checks in flight, any stage
-        self._users: Counter[int] = Counter()  # checks waiting for polkit, by uid
+        self._callers: Counter[str] = Counter()  # checks waiting for polkit, by caller
+        self._users: Counter[int] = Counter()  # the same, by uid (root's not counted)
         self._left: dict[str, asyncio.Future[None]] = {}
         self._ids = itertools.count(1)
         bus.add_message_handler(self._on_message)
 
     @property
     def in_flight(self) -> int:
-        """Checks waiting for polkit now."""
-        return sum(self._users.values())
+        """Checks waiting for polkit now, root's included."""
+        return sum(self._callers.values())
 
     async def check(self, sender: str, action: str, interactive: bool,
                     details: Mapping[str, str]) -> None:
@@ -112,45 +111,49 @@ class Authority:
         ``details`` reach polkit's prompt (``$(device)`` in the action's
         message) and rules (``action.lookup("device")``).
         """
-        if self._callers[sender] >= self.limits.per_caller:
-            self.stats.busy += 1
-            raise Busy(f"{self._callers[sender]} authorization checks of this caller are "
-                       "still waiting; try again once they are answered")
+        uid = await self._uid(sender, action)
+        if uid != 0:
+            self._admit(sender, uid)
         if not self._callers[sender]:
             self._left[sender] = asyncio.get_running_loop().create_future()
             self._match(sender, "AddMatch")
         self._callers[sender] += 1
-        try:
-            uid = await self._uid(sender, action)
-            if uid == 0:
-                self.stats.root += 1
-                log.debug("%s allowed for root without asking polkit", action)
-                return
-            if self._users[uid] >= self.limits.per_user or \
-                    self.in_flight >= self.limits.total:
-                self.stats.busy += 1
-                raise Busy("too many authorization checks are waiting for polkit; "
-                           "try again once they are answered")
+        if uid != 0:
             self._users[uid] += 1
-            try:
-                await self._ask(sender, action, interactive, details)
-            finally:
-                self._users[uid] -= 1
-                if not self._users[uid]:
-                    del self._users[uid]
+        else:
+            self.stats.root += 1
+        try:
+            await self._ask(sender, uid, action, interactive, details)
         finally:
             self._callers[sender] -= 1
             if not self._callers[sender]:
                 del self._callers[sender]
                 self._left.pop(sender).cancel()
                 self._match(sender, "RemoveMatch")
+            if uid != 0:
+                self._users[uid] -= 1
+                if not self._users[uid]:
+                    del self._users[uid]
+
+    def _admit(self, sender: str, uid: int) -> None:
+        """Refuse a check past a limit with Busy, before polkit is asked."""
+        if self._callers[sender] >= self.limits.per_caller:
+            why = f"{self._callers[sender]} authorization checks of this caller are"
+        elif self._users[uid] >= self.limits.per_user:
+            why = f"{self._users[uid]} authorization checks of this user are"
+        elif sum(self._users.values()) >= self.limits.total:
+            why = "too many authorization checks are"
+        else:
+            return
+        self.stats.busy += 1
+        raise Busy(f"{why} still waiting for polkit; try again once they are answered")
 
     def _match(self, sender: str, member: str) -> None:
         """Hear (or stop hearing) that ``sender`` left the bus.
 
         No reply is awaited: the bus handles phyllod's messages in order, so the
-        rule is in force before the uid look-up that follows, and a caller that
-        left before it fails that look-up instead.
+        rule is in force before polkit is asked; polkit refuses the check of a
+        caller that left before that.
         """
         rule = (f"type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
                 f"member='NameOwnerChanged',arg0='{sender}'")
@@ -178,7 +181,7 @@ class Authority:
                                 f"is calling ({reply.error_name})")
         return int(reply.body[0])
 
-    async def _ask(self, sender: str, action: str, interactive: bool,
+    async def _ask(self, sender: str, uid: int, action: str, interactive: bool,
                    details: Mapping[str, str]) -> None:
         cancellation_id = f"phyllod-{next(self._ids)}"
         self.stats.asked += 1
@@ -191,6 +194,9 @@ class Authority:
         ), sender, timeout, action, cancellation_id)
         if reply.message_type is MessageType.ERROR:
             if reply.error_name in _ABSENT:
+                if uid == 0:
+                    log.debug("polkit is not running; %s allowed for root", action)
+                    return
                 raise NotAuthorized(f"not authorized for {action}: polkit is not running, "
                                     "so only root may change anything")
             text = str(reply.body[0]) if reply.body else ""
@@ -208,8 +214,8 @@ class Authority:
                     cancellation_id: str = "") -> Message:
         """``msg``'s reply, unless it takes longer than ``timeout`` or ``sender`` leaves."""
         call = asyncio.ensure_future(self.bus.call(msg))
-        left = self._left[sender]
-        done, _ = await asyncio.wait({call, left}, timeout=timeout,
+        left = self._left.get(sender)
+        done, _ = await asyncio.wait({call} if left is None else {call, left}, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if call in done:
             reply = call.result()
@@ -224,7 +230,7 @@ class Authority:
                                   interface=_AUTHORITY, member="CancelCheckAuthorization",
                                   signature="s", body=[cancellation_id],
                                   flags=MessageFlag.NO_REPLY_EXPECTED))
-        if left in done:
+        if left is not None and left in done:
             self.stats.caller_left += 1
             log.info("%s: the caller %s left the bus; its authorization check was cancelled",
                      action, sender)
