@@ -427,7 +427,10 @@ def _answer(s: "BusService", call: _Call) -> _Plan:
     guest, remember = call.args
     assert s.snapshot is not None
     d = s.device(s.snapshot.requests[number].device_id)
-    shown = s.guest_name(guest) if guest else "the host"
+    # Not checked here: the daemon says which guests were offered if it is not one.
+    guests = s.snapshot.guests or {}
+    found = find_guest(guest, guests) if guest else None
+    shown = "the host" if not guest else found.name if found else guest
     return _Plan(polkit.ANSWER, _details(d, shown), d,
                  lambda: s.ops.answer(number, guest, remember))
 
