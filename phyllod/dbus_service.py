@@ -35,7 +35,14 @@ from phyllod import (
     errors,
     polkit,
 )
-from phyllod.dbus_strings import MAX_EXPLAIN, bounded, fit, guard_writer, oversized
+from phyllod.dbus_strings import (
+    MAX_ARGUMENT,
+    MAX_EXPLAIN,
+    bounded,
+    fit,
+    guard_writer,
+    oversized,
+)
 from phyllod.model import (
     Assignment,
     Device,
@@ -235,7 +242,7 @@ class ManagerInterface(_Published):
 
     @method()
     def GetIommuGroups(self) -> "a(ua(ssssss))":
-        return self._service.ops.iommu_groups()
+        return self._service.iommu_groups()
 
     @method()
     def Attach(self, device: "s", guest: "s") -> None:
@@ -694,6 +701,18 @@ class BusService:
             return bounded(self.ops.explain(self.resolve(ref)), MAX_EXPLAIN)
         except errors.PhyllodError as e:
             raise DBusError(error_name(e), bounded(str(e))) from None
+
+    def iommu_groups(self) -> list[tuple[int, list[TableRow]]]:
+        """GetIommuGroups' answer: a group number past ``u`` leaves out only its group."""
+        groups = []
+        for number, rows in self.ops.iommu_groups():
+            if fit("u", number) is None:
+                log.error("IOMMU group %s is not shown on the bus: it does not fit D-Bus "
+                          "type u", bounded(repr(number), 200))
+                continue
+            groups.append((number, [tuple(bounded(str(v), MAX_ARGUMENT) for v in row)
+                                    for row in rows]))
+        return groups
 
     def _same_device(self, d: Device) -> None:
         """After a (maybe long, interactive) authorization: still the device authorized?"""

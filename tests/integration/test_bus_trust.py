@@ -184,7 +184,8 @@ class FakeOperations:
         return f"{device_id}: " + "why " * 25_000
 
     def iommu_groups(self) -> list:
-        return []
+        row = ("0000:00:02.0", "8086:1234", "030000", "i915", "ok", "r" * 100_000)
+        return [(2**40, [row]), (7, [row])]
 
     async def set_override(self, device_id: str, override: object) -> None:
         self.calls.append(("override", device_id, override))
@@ -276,9 +277,16 @@ async def test_one_value_out_of_range_hides_only_its_object(
         r = await _busctl(system_bus, "get-property", NAME, device_path("usb:1-4"),
                           "me.phyllo.Phyllod1.Device", "Id")
         assert r.stdout.strip() == 's "usb:1-4"', r.stderr
+        # The same for an IOMMU group number past u: its group alone is left out.
+        r = await _busctl(system_bus, "--json=short", "call", NAME, ROOT, MANAGER,
+                          "GetIommuGroups", nobody=True)
+        assert r.returncode == 0, r.stderr
+        (groups,) = json.loads(r.stdout)["data"]
+        assert [g[0] for g in groups] == [7] and len(groups[0][1][0][5]) <= 4096
         unfit = [rec for rec in caplog.records if "is not shown on the bus" in rec.message]
-        assert len(unfit) == 1 and "Bus (1099511627776) does not fit D-Bus type u" in \
+        assert len(unfit) == 2 and "Bus (1099511627776) does not fit D-Bus type u" in \
             unfit[0].message
+        assert "IOMMU group 1099511627776 is not shown" in unfit[1].message
         assert service.stats.skipped == 2
         # The device comes back as soon as its values fit.
         service.publish(_snapshot(good, _usb("1-3")))
