@@ -248,7 +248,8 @@ class Daemon:
             self.bus.close()
 
     def _log_memory(self) -> None:
-        """SIGUSR1 (``kill -USR1 $(pidof phyllod)``): log memory and open fds in one line.
+        """SIGUSR1 (``kill -USR1 $(pidof phyllod)``): log memory and open fds in one line,
+        and what the bus costs (BusService.stats_line) in a second.
 
         For an admin who suspects a leak (compare two lines hours apart) as for
         the load tests. RSS and fds always; the Python heap now and at its peak
