@@ -38,9 +38,11 @@ from phyllod import (
 from phyllod.dbus_strings import (
     MAX_ARGUMENT,
     MAX_EXPLAIN,
+    PremarshalledReply,
     bounded,
     fit,
     guard_writer,
+    marshal_body,
     oversized,
 )
 from phyllod.model import (
@@ -70,6 +72,7 @@ LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
 #: GetManagedObjects calls of one caller waiting for their answer (see _serve_objects).
 MAX_QUEUED_READS = 8
 _OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+_OBJECTS_SIGNATURE = "a{oa{sa{sv}}}"
 _HELD = (State.ATTACHED, State.DETACHING)
 
 
@@ -492,8 +495,8 @@ class BusService:
         self.bus: _Bus | None = None
         self.authority: polkit.Authority | None = None
         self.stats = Stats()
-        #: GetManagedObjects' answers by path, for the state published last.
-        self._objects_cache: dict[str, dict[str, dict[str, Variant]]] = {}
+        #: GetManagedObjects' answers by path, marshalled, for the state published last.
+        self._objects_cache: dict[str, bytes] = {}
         #: Objects left out of the bus because a value does not fit its D-Bus type.
         self._unfit: set[str] = set()
         self._unfit_now: set[str] = set()
@@ -805,20 +808,18 @@ class BusService:
                     serial, path = queue.popleft()
                     if not queue:
                         del self._object_reads[sender]
-                    reply = Message(message_type=MessageType.METHOD_RETURN, reply_serial=serial,
-                                    destination=sender, signature="a{oa{sa{sv}}}",
-                                    body=[self._managed_objects(path)])
-                    await self.bus.send(reply)
+                    await self.bus.send(PremarshalledReply(
+                        serial, sender, _OBJECTS_SIGNATURE, self._managed_objects(path), {}))
         finally:
             self._serving_objects = False
             self._object_reads.clear()
 
-    def _managed_objects(self, path: str) -> dict[str, dict[str, dict[str, Variant]]]:
-        """GetManagedObjects' answer below ``path``, built once per published state.
+    def _managed_objects(self, path: str) -> bytes:
+        """GetManagedObjects' answer below ``path``, marshalled once per published state.
 
-        Reads are open to everyone: dbus-fast rebuilt the whole tree (every
-        property of every object) for each call, so a flood of them from any
-        user delayed everyone's answers. publish() drops the cache.
+        Reads are open to everyone: dbus-fast rebuilt and marshalled the whole
+        tree (every property of every object) for each call, so a flood of
+        them from any user delayed everyone's answers. publish() drops the cache.
         """
         cached = self._objects_cache.get(path)
         if cached is None:
@@ -826,9 +827,10 @@ class BusService:
             exported: dict[str, _Published] = {**self._devices, **self._guests, **self._requests}
             if self.manager is not None:
                 exported[ROOT] = self.manager
-            cached = {p: {obj.name: obj.variants()} for p, obj in exported.items()
-                      if path == "/" or p.startswith(path + "/")}
-            if cached or path in exported:  # only ancestors of objects: a bounded set
+            objects = {p: {obj.name: obj.variants()} for p, obj in exported.items()
+                       if path == "/" or p.startswith(path + "/")}
+            cached = marshal_body(_OBJECTS_SIGNATURE, objects)
+            if objects or path in exported:  # only ancestors of objects: a bounded set
                 self._objects_cache[path] = cached
         self.stats.objects_served += 1
         return cached
