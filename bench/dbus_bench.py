@@ -31,6 +31,13 @@ bench process runs under umockdev's preload (needed for the testbed); busctl
 children run without it, the in-process client with it, for baseline and
 phyllod alike. The daemon logs at INFO to a pipe, as under systemd.
 
+Flood (``--flood-clients N``, default 4): N processes running as nobody each
+keep 16 calls in flight for ``--flood-seconds``: three in four GetManagedObjects,
+one in four Explain with a 1 MiB argument (what issue 16 found pushed root's
+answers to seconds). Meanwhile root's Manager.Explain round trip is measured,
+one call at a time; its median under flood is the figure to keep under 100 ms.
+The flooders' own counts (calls answered, by reply) are printed beside it.
+
 A report, not a test (root needed, as for the integration tests):
 ``umockdev-wrapper .venv/bin/python bench/dbus_bench.py [--devices N]``.
 """
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import signal
@@ -241,6 +249,98 @@ async def state_of_first(d: Daemon) -> str:
         bus.disconnect()
 
 
+# --- flood from nobody -------------------------------------------------------------------
+
+FLOOD_WINDOW = 16
+FLOOD_ARGUMENT = "x" * (1 << 20)
+
+
+async def flood_client(address: str, seconds: float) -> dict[str, int]:
+    """One flooder (run as nobody): FLOOD_WINDOW calls in flight until ``seconds`` pass."""
+    from phyllod.dbus_service import _SendSocket
+
+    bus = await MessageBus(bus_address=address).connect()
+    # 1 MiB calls fill the send buffer at once: the same writer fix as phyllod's own.
+    bus._writer.sock = _SendSocket(bus._writer.sock)
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + seconds
+    n = 0
+
+    async def worker() -> None:
+        nonlocal n
+        while time.monotonic() < deadline:
+            n += 1
+            msg = (Message(destination=NAME, path=OBJ, interface=MANAGER, member="Explain",
+                           signature="s", body=[FLOOD_ARGUMENT]) if n % 4 == 0 else
+                   Message(destination=NAME, path=OBJ,
+                           interface="org.freedesktop.DBus.ObjectManager",
+                           member="GetManagedObjects"))
+            try:
+                reply = await bus.call(msg)
+            except Exception as e:  # the connection went away
+                counts[type(e).__name__] = counts.get(type(e).__name__, 0) + 1
+                return
+            key = f"{msg.member} {reply.error_name or 'return'}"
+            counts[key] = counts.get(key, 0) + 1
+
+    await asyncio.gather(*(worker() for _ in range(FLOOD_WINDOW)))
+    bus.disconnect()
+    return counts
+
+
+def start_flood(d: Daemon, clients: int, seconds: float) -> list[subprocess.Popen[str]]:
+    env = {k: v for k, v in child_env().items() if k not in ("LD_PRELOAD", "UMOCKDEV_DIR")}
+    return [subprocess.Popen([*private_bus.AS_NOBODY, sys.executable, str(Path(__file__)),
+                              "--flood-client", d.bus.address, "--flood-seconds", str(seconds)],
+                             stdout=subprocess.PIPE, text=True, env=env, cwd="/")
+            for _ in range(clients)]
+
+
+async def root_under_flood(d: Daemon, rounds: int, seconds: float) -> list[float]:
+    """Root's Explain round trips, one at a time, spread over the flood's ``seconds``."""
+    bus = await MessageBus(bus_address=d.bus.address).connect()
+    samples: list[float] = []
+    try:
+        await asyncio.sleep(1.0)  # the flood is under way
+        started = time.monotonic()
+        while len(samples) < rounds and time.monotonic() - started < seconds - 2:
+            msg = calls(d.devices)["in-process: phyllod Manager.Explain"]()
+            t0 = time.perf_counter()
+            await call(bus, msg)
+            samples.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
+    finally:
+        bus.disconnect()
+    return samples
+
+
+def flood(d: Daemon, clients: int, seconds: float, rounds: int) -> None:
+    procs = start_flood(d, clients, seconds)
+    try:
+        samples = asyncio.run(root_under_flood(d, rounds, seconds))
+        totals: dict[str, int] = {}
+        for p in procs:
+            out, _ = p.communicate(timeout=seconds + 120)
+            last = out.strip().splitlines()[-1] if out.strip() else "{}"
+            for k, v in json.loads(last).items():
+                totals[k] = totals.get(k, 0) + v
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    print(f"\nflood: {clients} clients as nobody, {FLOOD_WINDOW} calls in flight each, "
+          f"{seconds:.0f} s (3/4 GetManagedObjects, 1/4 Explain with a 1 MiB argument)")
+    print("  flooders' replies: " + ", ".join(f"{k}: {v}" for k, v in sorted(totals.items())))
+    if len(samples) < 3:
+        print(f"  root: only {len(samples)} answers during the flood")
+        return
+    med, p90 = spread(samples)
+    print(f"  root Manager.Explain under flood: median {med * 1e3:.1f} ms, p90 {p90 * 1e3:.1f} "
+          f"ms, mean {statistics.mean(samples) * 1e3:.1f} ms, max {max(samples) * 1e3:.1f} ms, "
+          f"{len(samples)} calls; daemon alive: {d.proc.alive}")
+
+
 # --- report -----------------------------------------------------------------------------
 
 def table(title: str, results: dict[str, list[float]], baseline: str,
@@ -275,7 +375,14 @@ def main() -> int:
                              "scaling; 0: none (default 50)")
     parser.add_argument("--systemd-baseline", action="store_true",
                         help="also busctl-call systemd's Peer.Ping on the real system bus")
+    parser.add_argument("--flood-clients", type=int, default=4,
+                        help="processes flooding as nobody; 0: no flood case (default 4)")
+    parser.add_argument("--flood-seconds", type=float, default=20.0)
+    parser.add_argument("--flood-client", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.flood_client:  # one flooder, run by start_flood as nobody
+        print(json.dumps(asyncio.run(flood_client(args.flood_client, args.flood_seconds))))
+        return 0
     why = testbed.available() or private_bus.available()
     if why:
         print(f"dbus bench cannot run: {why}", file=sys.stderr)
@@ -326,6 +433,9 @@ def main() -> int:
         busctl = bench_busctl(cases, args.busctl_rounds)
         table(f"busctl, process spawn included, {args.busctl_rounds} rounds interleaved",
               busctl, "busctl: bus GetId (baseline)")
+        if args.flood_clients > 0:
+            flood(main_d, args.flood_clients, args.flood_seconds, args.rounds)
+            sys.stdout.flush()
         print(f"\ndaemon VmRSS after the benchmark: {main_d.rss_kib() / 1024:.1f} MiB")
     return 0
 

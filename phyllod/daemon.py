@@ -34,7 +34,15 @@ from typing import TypeVar
 
 from phyllod import __version__, fault_points
 from phyllod.dbus_service import BusError, BusService, Snapshot
-from phyllod.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest, NoSuchRequest
+from phyllod.errors import (
+    Busy,
+    Denied,
+    Failed,
+    NoSuchDevice,
+    NoSuchGuest,
+    NoSuchRequest,
+    excerpt,
+)
 from phyllod.explain import explain
 from phyllod.guest_runs import (
     BindVerdict,
@@ -320,7 +328,8 @@ class Daemon:
             self.bus.close()
 
     def _log_memory(self) -> None:
-        """SIGUSR1 (``kill -USR1 $(pidof phyllod)``): log memory and open fds in one line.
+        """SIGUSR1 (``kill -USR1 $(pidof phyllod)``): log memory and open fds in one line,
+        and what the bus costs (BusService.stats_line) in a second.
 
         For an admin who suspects a leak (compare two lines hours apart) as for
         the load tests. RSS and fds always; the Python heap now and at its peak
@@ -340,6 +349,8 @@ class Daemon:
         fds = sum(1 for _ in Path("/proc/self/fd").iterdir()) - 1  # not the one listing it
         log.info("memory: %srss %.1f MiB, %d fds, %d devices, %d guests", traced, rss, fds,
                  len(self.devices), len(self.guests or {}))
+        if self.bus is not None:
+            log.info("%s", self.bus.stats_line())
 
     def _watchdog(self, interval: float | None) -> None:
         """Ping systemd from the loop itself: a loop that hangs stops pinging and is restarted."""
@@ -402,7 +413,7 @@ class Daemon:
         d = self.devices.get(device_id)
         a = self.assignments.get(device_id)
         if d is None or a is None:
-            raise NoSuchDevice(f"no present device is named {device_id!r}")
+            raise NoSuchDevice(f"no present device is named {excerpt(device_id)}")
         verdict = ""
         if d.subsystem is Subsystem.PCI:
             level, reason = safety(d.address, self.host)
@@ -418,7 +429,7 @@ class Daemon:
         """
         d = self.devices.get(device_id)
         if d is None:
-            raise NoSuchDevice(f"no present device is named {device_id!r}")
+            raise NoSuchDevice(f"no present device is named {excerpt(device_id)}")
         if self.policy is None:
             raise Failed("the policy has errors; nothing moves until it is fixed and reloaded")
         self._need_libvirt()
@@ -466,7 +477,7 @@ class Daemon:
     def _guest_name(self, ref: str) -> str:
         g = find_guest(ref, self.guests or {})
         if g is None:
-            raise NoSuchGuest(f"no guest named {ref!r} is defined")
+            raise NoSuchGuest(f"no guest named {excerpt(ref)} is defined")
         return g.name
 
     async def answer(self, number: int, guest: str, remember: bool) -> None:
@@ -480,7 +491,7 @@ class Daemon:
             g = find_guest(guest, self.guests or {})
             if g is None or g.name not in r.candidates:
                 offers = ", ".join(r.candidates)
-                raise NoSuchGuest(f"{guest!r} is not one of the guests offered for "
+                raise NoSuchGuest(f"{excerpt(guest)} is not one of the guests offered for "
                                   f"{d.id} ({offers}); answer one of them or the host")
             guest = g.name
         if remember:
@@ -516,7 +527,7 @@ class Daemon:
         async with self._state_lock:
             judged = self._judged
             if identity not in self.remembered:
-                raise NoSuchDevice(f"no answer is remembered for {identity!r}")
+                raise NoSuchDevice(f"no answer is remembered for {excerpt(identity)}")
             remembered = {k: v for k, v in self.remembered.items() if k != identity}
             try:
                 await self.state.save_answers(remembered, self._notes(remembered))

@@ -20,6 +20,7 @@ dbus-fast release understands (Debian 12 ships 1.84).
 import asyncio
 import logging
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,9 +35,28 @@ from phyllod import (
     errors,
     polkit,
 )
-from phyllod.dbus_strings import guard_writer
-from phyllod.model import Assignment, Device, Guest, Override, OverrideKind, Request, State
+from phyllod.dbus_strings import (
+    MAX_ARGUMENT,
+    MAX_EXPLAIN,
+    PremarshalledReply,
+    bounded,
+    fit,
+    guard_writer,
+    marshal_body,
+    oversized,
+)
+from phyllod.model import (
+    Assignment,
+    Device,
+    Guest,
+    Override,
+    OverrideKind,
+    Request,
+    State,
+    Subsystem,
+)
 from phyllod.pci_safety import TableRow
+from phyllod.reconcile import find_guest
 
 log = logging.getLogger("phyllod")
 
@@ -47,7 +67,12 @@ DEVICE = "me.phyllo.Phyllod1.Device"
 GUEST = "me.phyllo.Phyllod1.Guest"
 REQUEST = "me.phyllo.Phyllod1.Request"
 ERROR = "me.phyllo.Phyllod1.Error."
+INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
+#: GetManagedObjects calls of one caller waiting for their answer (see _serve_objects).
+MAX_QUEUED_READS = 8
 _OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+_OBJECTS_SIGNATURE = "a{oa{sa{sv}}}"
 _HELD = (State.ATTACHED, State.DETACHING)
 
 
@@ -221,7 +246,7 @@ class ManagerInterface(_Published):
 
     @method()
     def GetIommuGroups(self) -> "a(ua(ssssss))":
-        return self._service.ops.iommu_groups()
+        return self._service.iommu_groups()
 
     @method()
     def Attach(self, device: "s", guest: "s") -> None:
@@ -338,66 +363,123 @@ class _Bus(MessageBus):
 
 
 @dataclass(frozen=True, slots=True)
-class _Mutation:
-    signature: str
+class _Call:
+    """What the gate keeps of a mutating call while polkit decides: small parsed values.
+
+    The message itself is let go at once: a caller waiting for a password
+    holds no more of phyllod's memory than this.
+    """
+
+    sender: str
+    serial: int
+    path: str
+    args: tuple[Any, ...]
+    interactive: bool
+    wants_reply: bool
+    name: str  # "Manager.Attach", for the log
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A mutating call understood before anyone is asked: the polkit action and its
+    details, the device it acts on (checked again once authorized), what it runs."""
+
     action: str
-    run: Callable[["BusService", Message], Awaitable[None]]
+    details: Mapping[str, str]
+    device: Device | None
+    run: Callable[[], Awaitable[None]]
 
 
-async def _attach(s: "BusService", m: Message) -> None:
-    await s.ops.set_override(s.resolve(m.body[0]), Override(OverrideKind.ATTACH, m.body[1]))
+#: The ``guest`` detail of a ClearOverride: the policy, not the caller, picks it.
+_POLICY_GUEST = "the one its policy names"
 
 
-async def _detach(s: "BusService", m: Message) -> None:
-    await s.ops.set_override(s.resolve(m.body[0]), Override(OverrideKind.HOST))
+def _override(kind: OverrideKind | None, on_object: bool
+              ) -> Callable[["BusService", _Call], _Plan]:
+    """Attach, Detach or ClearOverride, on the Manager (device named) or a Device object."""
+    def plan(s: "BusService", call: _Call) -> _Plan:
+        args = list(call.args)
+        device_id = s.device_at(call.path) if on_object else s.resolve(args.pop(0))
+        d = s.device(device_id)
+        override: Override | None
+        if kind is OverrideKind.ATTACH:
+            guest = s.guest_name(args[0])
+            override = Override(OverrideKind.ATTACH, args[0])
+            action = polkit.ATTACH_PCI if d.subsystem is Subsystem.PCI else polkit.ATTACH
+        elif kind is OverrideKind.HOST:
+            guest, override, action = s.current_guest(device_id), Override(kind), polkit.DETACH
+        else:
+            guest, override = _POLICY_GUEST, None
+            action = polkit.ATTACH_PCI if d.subsystem is Subsystem.PCI else polkit.ATTACH
+        return _Plan(action, _details(d, guest), d,
+                     lambda: s.ops.set_override(device_id, override))
+    return plan
 
 
-async def _clear(s: "BusService", m: Message) -> None:
-    await s.ops.set_override(s.resolve(m.body[0]), None)
+def _reload(s: "BusService", call: _Call) -> _Plan:
+    async def run() -> None:
+        s.ops.reload_policy()
+    return _Plan(polkit.RELOAD, {}, None, run)
 
 
-async def _reload(s: "BusService", m: Message) -> None:
-    s.ops.reload_policy()
-
-
-async def _device_attach(s: "BusService", m: Message) -> None:
-    await s.ops.set_override(s.device_at(m.path), Override(OverrideKind.ATTACH, m.body[0]))
-
-
-async def _device_detach(s: "BusService", m: Message) -> None:
-    await s.ops.set_override(s.device_at(m.path), Override(OverrideKind.HOST))
-
-
-async def _device_clear(s: "BusService", m: Message) -> None:
-    await s.ops.set_override(s.device_at(m.path), None)
-
-
-async def _forget(s: "BusService", m: Message) -> None:
+def _forget(s: "BusService", call: _Call) -> _Plan:
     """A present device (named as usual), or the identity of one that is gone."""
-    ref = m.body[0]
+    ref = call.args[0]
     try:
-        identity = s.identity_of(s.resolve(ref))
+        d: Device | None = s.device(s.resolve(ref))
     except errors.NoSuchDevice:
-        identity = ref
-    await s.ops.forget(identity)
+        d = None
+    identity = d.identity if d is not None else ref
+    details = _details(d, "") if d is not None else {
+        "identity": identity, "device": identity, "device_description": bounded(identity, 256)}
+    return _Plan(polkit.ANSWER, details, d, lambda: s.ops.forget(identity))
 
 
-async def _answer(s: "BusService", m: Message) -> None:
-    await s.ops.answer(s.request_at(m.path), m.body[0], m.body[1])
+def _answer(s: "BusService", call: _Call) -> _Plan:
+    number = s.request_at(call.path)
+    guest, remember = call.args
+    assert s.snapshot is not None
+    d = s.device(s.snapshot.requests[number].device_id)
+    # Not checked here: the daemon says which guests were offered if it is not one.
+    guests = s.snapshot.guests or {}
+    found = find_guest(guest, guests) if guest else None
+    shown = "the host" if not guest else found.name if found else guest
+    return _Plan(polkit.ANSWER, _details(d, shown), d,
+                 lambda: s.ops.answer(number, guest, remember))
 
 
-#: Every mutating method: its signature, the polkit action it needs, what it does.
-MUTATIONS: Mapping[tuple[str, str], _Mutation] = {
-    (MANAGER, "Attach"): _Mutation("ss", polkit.ATTACH, _attach),
-    (MANAGER, "Detach"): _Mutation("s", polkit.ATTACH, _detach),
-    (MANAGER, "ClearOverride"): _Mutation("s", polkit.ATTACH, _clear),
-    (MANAGER, "Reload"): _Mutation("", polkit.RELOAD, _reload),
-    (MANAGER, "Forget"): _Mutation("s", polkit.ANSWER, _forget),
-    (REQUEST, "Answer"): _Mutation("sb", polkit.ANSWER, _answer),
-    (DEVICE, "Attach"): _Mutation("s", polkit.ATTACH, _device_attach),
-    (DEVICE, "Detach"): _Mutation("", polkit.ATTACH, _device_detach),
-    (DEVICE, "ClearOverride"): _Mutation("", polkit.ATTACH, _device_clear),
+def _details(d: Device, guest: str) -> dict[str, str]:
+    """polkit details of a call on ``d``: in the prompt (``$(device_description)``,
+    ``$(guest)``) and for rules (``action.lookup("subsystem")``)."""
+    return {"device": d.id, "device_description": d.describe(), "subsystem": str(d.subsystem),
+            "vendor": d.vendor, "product": d.product, "identity": d.identity,
+            "guest": bounded(guest, 256)}
+
+
+#: Every mutating method: its signature and how it is understood (see _Plan).
+MUTATIONS: Mapping[tuple[str, str], tuple[str, Callable[["BusService", _Call], _Plan]]] = {
+    (MANAGER, "Attach"): ("ss", _override(OverrideKind.ATTACH, on_object=False)),
+    (MANAGER, "Detach"): ("s", _override(OverrideKind.HOST, on_object=False)),
+    (MANAGER, "ClearOverride"): ("s", _override(None, on_object=False)),
+    (MANAGER, "Reload"): ("", _reload),
+    (MANAGER, "Forget"): ("s", _forget),
+    (REQUEST, "Answer"): ("sb", _answer),
+    (DEVICE, "Attach"): ("s", _override(OverrideKind.ATTACH, on_object=True)),
+    (DEVICE, "Detach"): ("", _override(OverrideKind.HOST, on_object=True)),
+    (DEVICE, "ClearOverride"): ("", _override(None, on_object=True)),
 }
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counts since start (SIGUSR1's log line, the tests): what the bus costs phyllod."""
+
+    generations: int = 0  # states published
+    objects_built: int = 0  # GetManagedObjects answers built (once per state and path)
+    objects_served: int = 0
+    oversized: int = 0  # calls refused for their size
+    reads_refused: int = 0  # GetManagedObjects refused: too many of one caller waiting
+    skipped: int = 0  # objects not shown: a value did not fit its D-Bus type
 
 
 class BusError(Exception):
@@ -407,12 +489,23 @@ class BusError(Exception):
 class BusService:
     """phyllod's presence on one bus connection."""
 
-    def __init__(self, address: str, ops: Operations, on_lost: Callable[[], None]) -> None:
+    def __init__(self, address: str, ops: Operations, on_lost: Callable[[], None],
+                 limits: polkit.Limits = polkit.DEFAULT_LIMITS) -> None:
         self.address = address
         self.ops = ops
         self._on_lost = on_lost
+        self.limits = limits
         self.bus: _Bus | None = None
         self.authority: polkit.Authority | None = None
+        self.stats = Stats()
+        #: GetManagedObjects' answers by path, marshalled, for the state published last.
+        self._objects_cache: dict[str, bytes] = {}
+        #: Objects left out of the bus because a value does not fit its D-Bus type.
+        self._unfit: set[str] = set()
+        self._unfit_now: set[str] = set()
+        #: GetManagedObjects calls waiting, by caller: (serial, path), answered in turn.
+        self._object_reads: dict[str, deque[tuple[int, str]]] = {}
+        self._serving_objects = False
         self.snapshot: Snapshot | None = None
         self.manager: ManagerInterface | None = None
         self._devices: dict[str, DeviceInterface] = {}
@@ -435,7 +528,7 @@ class BusService:
         except Exception as e:  # dbus-fast raises OSError, AuthError, ValueError, …
             raise BusError(f"cannot connect to the {self.address} bus: {e}") from e
         self.bus = bus
-        self.authority = polkit.Authority(bus)
+        self.authority = polkit.Authority(bus, self.limits)
         bus.add_message_handler(self._gate)
         self.manager = ManagerInterface(self, _manager_values(snapshot))
         bus.export(ROOT, self.manager)
@@ -466,31 +559,71 @@ class BusService:
     # ------------------------------------------------------------ publishing
 
     def publish(self, s: Snapshot) -> None:
-        """Make the exported objects match ``s``; emit only what changed."""
+        """Make the exported objects match ``s``; emit only what changed.
+
+        An object with a value that does not fit its D-Bus type (a device number
+        past ``u``) is left out, and logged once: marshalling it would fail
+        every signal and every GetManagedObjects, for every object.
+        """
         self.snapshot = s
+        self._objects_cache.clear()
+        self.stats.generations += 1
         if self.bus is None or self.manager is None:
             return
         held: dict[str, list[str]] = {}
         wanted: dict[str, dict[str, Any]] = {}
+        self._device_ids = {}
         for device_id, d in s.devices.items():
             a = s.assignments.get(device_id)
             path = device_path(device_id)
-            wanted[path] = _device_values(d, a, s.overrides.get(d.identity),
-                                          s.remembered.get(d.identity))
+            values = self._fit(path, _device_values(d, a, s.overrides.get(d.identity),
+                                                    s.remembered.get(d.identity)),
+                               _DEVICE_PROPS)
+            if values is None:
+                continue
+            wanted[path] = values
             self._device_ids[path] = device_id
             if a is not None and a.state in _HELD and a.guest:
                 held.setdefault(a.guest, []).append(path)
         self._sync(self._devices, wanted, lambda v: DeviceInterface(DEVICE, v))
-        self._device_ids = {p: i for p, i in self._device_ids.items() if p in wanted}
-        guests = {guest_path(g.uuid): {"Name": g.name, "UUID": g.uuid, "State": str(g.state),
-                                       "Devices": sorted(held.get(g.name, []))}
-                  for g in (s.guests or {}).values()}
+        guests = {}
+        for g in (s.guests or {}).values():
+            path = guest_path(g.uuid)
+            values = self._fit(path, {"Name": g.name, "UUID": g.uuid, "State": str(g.state),
+                                      "Devices": sorted(held.get(g.name, []))}, _GUEST_PROPS)
+            if values is not None:
+                guests[path] = values
         if s.guests is not None:
             self._sync(self._guests, guests, lambda v: GuestInterface(GUEST, v))
-        requests = {request_path(n): _request_values(r) for n, r in s.requests.items()}
-        self._request_numbers = {request_path(n): n for n in s.requests}
+        requests = {}
+        for n, r in s.requests.items():
+            values = self._fit(request_path(n), _request_values(r), _REQUEST_PROPS)
+            if values is not None:
+                requests[request_path(n)] = values
+        self._request_numbers = {request_path(n): n for n in s.requests
+                                 if request_path(n) in requests}
         self._sync(self._requests, requests, lambda v: RequestInterface(REQUEST, v))
-        self.manager.update(_manager_values(s))
+        manager = self._fit(ROOT, _manager_values(s), _MANAGER_PROPS)
+        if manager is not None:
+            self.manager.update(manager)
+        self._unfit, self._unfit_now = self._unfit_now, set()
+
+    def _fit(self, path: str, values: dict[str, Any], signatures: Mapping[str, str]
+             ) -> dict[str, Any] | None:
+        """``values`` with every text bounded, or None (logged once) if one does not fit."""
+        out = {}
+        for name, value in values.items():
+            fitted = fit(signatures[name], value)
+            if fitted is None:
+                self.stats.skipped += 1
+                self._unfit_now.add(path)
+                if path not in self._unfit:
+                    self._unfit.add(path)
+                    log.error("%s is not shown on the bus: its %s (%s) does not fit D-Bus "
+                              "type %s", path, name, bounded(repr(value), 200), signatures[name])
+                return None
+            out[name] = fitted
+        return out
 
     def _sync(self, exported: dict[str, Any], wanted: dict[str, dict[str, Any]],
               make: Callable[[dict[str, Any]], _Published]) -> None:
@@ -525,46 +658,96 @@ class BusService:
             if found:
                 raise errors.NoSuchDevice(f"{ref} matches {len(found)} devices "
                                           f"({', '.join(found)}); name one by its id")
-        raise errors.NoSuchDevice(f"no present device is named {ref!r}")
+        raise errors.NoSuchDevice(f"no present device is named {errors.excerpt(ref)}")
+
+    def device(self, device_id: str) -> Device:
+        assert self.snapshot is not None
+        return self.snapshot.devices[device_id]
 
     def device_at(self, path: str) -> str:
         device_id = self._device_ids.get(path)
         if device_id is None:
-            raise errors.NoSuchDevice(f"the device {path} is gone")
+            raise errors.NoSuchDevice(f"the device {errors.excerpt(path)} is gone")
         return device_id
 
     def identity_of(self, device_id: str) -> str:
-        assert self.snapshot is not None
-        return self.snapshot.devices[device_id].identity
+        return self.device(device_id).identity
+
+    def guest_name(self, ref: str) -> str:
+        """The defined guest ``ref`` names (NoSuchGuest if none), or ``ref`` itself
+        while libvirt is not connected (the daemon then says so)."""
+        guests = self.snapshot.guests if self.snapshot else None
+        if guests is None:
+            return ref
+        g = find_guest(ref, guests)
+        if g is None:
+            raise errors.NoSuchGuest(f"no guest named {errors.excerpt(ref)} is defined")
+        return g.name
+
+    def current_guest(self, device_id: str) -> str:
+        """The guest holding (or getting) the device now, "" if none."""
+        a = self.snapshot.assignments.get(device_id) if self.snapshot else None
+        return a.guest if a is not None else ""
 
     def request_at(self, path: str) -> int:
         number = self._request_numbers.get(path)
         if number is None:
-            raise errors.NoSuchRequest(f"the request {path} was answered, expired or withdrawn")
+            raise errors.NoSuchRequest(f"the request {errors.excerpt(path)} was answered, "
+                                       "expired or withdrawn")
         return number
 
     def device_object(self, ref: str) -> str:
         try:
             return device_path(self.resolve(ref))
         except errors.PhyllodError as e:
-            raise DBusError(error_name(e), str(e)) from None
+            raise DBusError(error_name(e), bounded(str(e))) from None
 
     def explain(self, ref: str) -> str:
         try:
-            return self.ops.explain(self.resolve(ref))
+            return bounded(self.ops.explain(self.resolve(ref)), MAX_EXPLAIN)
         except errors.PhyllodError as e:
-            raise DBusError(error_name(e), str(e)) from None
+            raise DBusError(error_name(e), bounded(str(e))) from None
+
+    def iommu_groups(self) -> list[tuple[int, list[TableRow]]]:
+        """GetIommuGroups' answer: a group number past ``u`` leaves out only its group."""
+        groups = []
+        for number, rows in self.ops.iommu_groups():
+            if fit("u", number) is None:
+                log.error("IOMMU group %s is not shown on the bus: it does not fit D-Bus "
+                          "type u", bounded(repr(number), 200))
+                continue
+            groups.append((number, [tuple(bounded(str(v), MAX_ARGUMENT) for v in row)
+                                    for row in rows]))
+        return groups
+
+    def _same_device(self, d: Device) -> None:
+        """After a (maybe long, interactive) authorization: still the device authorized?"""
+        now = self.snapshot.devices.get(d.id) if self.snapshot else None
+        if now is None or (now.identity, now.vendor, now.product) != \
+                (d.identity, d.vendor, d.product):
+            what = "unplugged" if now is None else f"replaced by {now.describe()}"
+            raise errors.NoSuchDevice(f"{d.describe()} was {what} while authorization was "
+                                      "pending; nothing was done")
 
     # ------------------------------------------------------------ the gate
 
-    def _gate(self, msg: Message) -> bool:
-        """Take over every mutating call (see the module docstring); pass the rest on."""
+    def _gate(self, msg: Message) -> bool | Message:
+        """Every call passes here first: bound it, serve cached object lists, take over
+        every mutating call (see the module docstring); pass the rest on."""
         if msg.message_type is not MessageType.METHOD_CALL or msg.path is None:
             return False
+        why = oversized(msg.path, msg.body)
+        if why:
+            self.stats.oversized += 1
+            if self._unanswered(msg):
+                return True
+            return Message.new_error(msg, INVALID_ARGS, f"{why}; nothing was done")
+        if msg.interface == _OBJECT_MANAGER and msg.member == "GetManagedObjects":
+            return self._queue_objects(msg)
         interface = msg.interface or (MANAGER if msg.path == ROOT
                                       else REQUEST if msg.path in self._requests else DEVICE)
-        mutation = MUTATIONS.get((interface, msg.member or ""))
-        if mutation is None or msg.signature != mutation.signature:
+        entry = MUTATIONS.get((interface, msg.member or ""))
+        if entry is None or msg.signature != entry[0]:
             return self._unanswered(msg)  # a read, or wrong arguments: dbus-fast answers
         exported = (msg.path == ROOT if interface == MANAGER
                     # A request that just went away gets NoSuchRequest, not UnknownObject.
@@ -572,7 +755,11 @@ class BusService:
                     else msg.path in self._devices)
         if not exported:
             return self._unanswered(msg)  # unknown object: dbus-fast answers
-        self._spawn(self._serve(msg, mutation))
+        call = _Call(sender=msg.sender or "", serial=msg.serial, path=msg.path,
+                     args=tuple(msg.body), name=f"{interface.rsplit('.', 1)[-1]}.{msg.member}",
+                     interactive=bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION),
+                     wants_reply=not msg.flags & MessageFlag.NO_REPLY_EXPECTED)
+        self._spawn(self._serve(call, entry[1]))
         return True
 
     @staticmethod
@@ -585,21 +772,112 @@ class BusService:
         """
         return bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED)
 
-    async def _serve(self, msg: Message, mutation: _Mutation) -> None:
+    def _queue_objects(self, msg: Message) -> bool | Message:
+        """Queue a GetManagedObjects call, to be answered in turn (see _serve_objects).
+
+        Each caller may have :data:`MAX_QUEUED_READS` waiting; past that it is
+        told to wait for its answers (``LimitsExceeded``).
+        """
+        if self._unanswered(msg):
+            return True
+        if msg.signature:
+            return Message.new_error(msg, INVALID_ARGS, "GetManagedObjects takes no arguments")
+        sender = msg.sender or ""
+        queue = self._object_reads.setdefault(sender, deque())
+        if len(queue) >= MAX_QUEUED_READS:
+            self.stats.reads_refused += 1
+            return Message.new_error(msg, LIMITS_EXCEEDED,
+                                     f"{len(queue)} GetManagedObjects calls of this caller are "
+                                     "still waiting; wait for their answers")
+        queue.append((msg.serial, msg.path or ROOT))
+        if not self._serving_objects:
+            self._serving_objects = True
+            self._spawn(self._serve_objects())
+        return True
+
+    async def _serve_objects(self) -> None:
+        """Answer queued GetManagedObjects calls one at a time, one caller after another.
+
+        The answer is large (about 800 bytes per device), so a flood of them
+        from anyone, answered as they came, filled phyllod's send queue and
+        every other caller's answer waited behind it (root's took seconds).
+        Sent one at a time, each written before the next is made, a short
+        answer to anyone waits behind one of them at most.
+        """
+        try:
+            while self._object_reads and self.bus is not None and self.bus.connected:
+                for sender in list(self._object_reads):
+                    queue = self._object_reads[sender]
+                    serial, path = queue.popleft()
+                    if not queue:
+                        del self._object_reads[sender]
+                    await self.bus.send(PremarshalledReply(
+                        serial, sender, _OBJECTS_SIGNATURE, self._managed_objects(path), {}))
+        finally:
+            self._serving_objects = False
+            self._object_reads.clear()
+
+    def _managed_objects(self, path: str) -> bytes:
+        """GetManagedObjects' answer below ``path``, marshalled once per published state.
+
+        Reads are open to everyone: dbus-fast rebuilt and marshalled the whole
+        tree (every property of every object) for each call, so a flood of
+        them from any user delayed everyone's answers. publish() drops the cache.
+        """
+        cached = self._objects_cache.get(path)
+        if cached is None:
+            self.stats.objects_built += 1
+            exported: dict[str, _Published] = {**self._devices, **self._guests, **self._requests}
+            if self.manager is not None:
+                exported[ROOT] = self.manager
+            objects = {p: {obj.name: obj.variants()} for p, obj in exported.items()
+                       if path == "/" or p.startswith(path + "/")}
+            cached = marshal_body(_OBJECTS_SIGNATURE, objects)
+            if objects or path in exported:  # only ancestors of objects: a bounded set
+                self._objects_cache[path] = cached
+        self.stats.objects_served += 1
+        return cached
+
+    async def _serve(self, call: _Call, understand: Callable[["BusService", _Call], _Plan]
+                     ) -> None:
         assert self.bus is not None and self.authority is not None
         try:
-            interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
-            await self.authority.check(msg.sender or "", mutation.action, interactive)
-            await mutation.run(self, msg)
-            reply = Message.new_method_return(msg)
+            plan = understand(self, call)
+            await self.authority.check(call.sender, plan.action, call.interactive,
+                                       plan.details)
+            if plan.device is not None:
+                self._same_device(plan.device)
+            await plan.run()
+            reply = Message(message_type=MessageType.METHOD_RETURN, reply_serial=call.serial,
+                            destination=call.sender)
         except errors.PhyllodError as e:
-            reply = Message.new_error(msg, error_name(e), str(e))
+            reply = self._error(call, error_name(e), str(e))
         except Exception:
-            log.exception("%s.%s failed", msg.interface, msg.member)
-            reply = Message.new_error(msg, ERROR + "Failed",
-                                      "internal error in phyllod; its log has the details")
-        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED and self.bus.connected:
+            log.exception("%s failed", call.name)
+            reply = self._error(call, ERROR + "Failed",
+                                "internal error in phyllod; its log has the details")
+        if call.wants_reply and self.bus.connected:
             self.bus.send(reply)
+
+    @staticmethod
+    def _error(call: _Call, name: str, text: str) -> Message:
+        return Message(message_type=MessageType.ERROR, reply_serial=call.serial,
+                       destination=call.sender, error_name=name, signature="s",
+                       body=[bounded(text)])
+
+    def stats_line(self) -> str:
+        """Counts for SIGUSR1's log line: what reads cost and what polkit checks wait."""
+        st = self.stats
+        line = (f"bus: {st.generations} states published, object list built "
+                f"{st.objects_built} times for {st.objects_served} GetManagedObjects, "
+                f"{st.reads_refused} refused (too many waiting), {st.oversized} oversized calls "
+                f"refused, {st.skipped} objects not shown")
+        a = self.authority
+        if a is not None:
+            line += (f"; polkit: {a.in_flight} checks waiting, {a.stats.asked} asked, "
+                     f"{a.stats.root} root, {a.stats.busy} busy, {a.stats.timed_out} timed out, "
+                     f"{a.stats.caller_left} callers left")
+        return line
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

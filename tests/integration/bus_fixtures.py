@@ -33,6 +33,14 @@ def mock_polkit(system_bus: private_bus.PrivateSystemBus) -> Iterator[private_bu
 
 
 @pytest.fixture
+def stalling_polkit(system_bus: private_bus.PrivateSystemBus
+                    ) -> Iterator[private_bus.StallingPolkit]:
+    """polkit that never answers nobody's checks (until cancelled), and allows everyone else."""
+    with private_bus.StallingPolkit(system_bus) as polkit:
+        yield polkit
+
+
+@pytest.fixture
 def real_polkit(system_bus: private_bus.PrivateSystemBus) -> Iterator[private_bus.RealPolkit]:
     """The host's polkitd, knowing only phyllod's shipped actions and the built-in defaults."""
     why = private_bus.RealPolkit.available()

@@ -14,6 +14,7 @@ from bus_fixtures import (  # noqa: F401 (fixtures)
     mock_polkit,
     phyllod,
     real_polkit,
+    stalling_polkit,
     system_bus,
 )
 

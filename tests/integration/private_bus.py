@@ -13,6 +13,7 @@ told what to allow) or as the host's polkitd reading the shipped actions
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import dbusmock
 from daemon_process import stop_process
@@ -240,6 +242,38 @@ class MockPolkit(_BusPeer):
                       str(len(actions)), *actions)
 
     def __enter__(self) -> MockPolkit:
+        return self.start()
+
+
+class StallingPolkit(_BusPeer):
+    """polkit that never answers the checks of the given uids (stalling_polkit.py).
+
+    Everyone else is authorized; a held check ends only when it is cancelled.
+    ``events()`` are the checks and cancellations it saw, in order.
+    """
+
+    LOG = "polkit-stalling.log"
+
+    def __init__(self, bus: PrivateSystemBus, stalled: Sequence[int] = (NOBODY,)) -> None:
+        super().__init__(bus)
+        self.stalled = stalled
+
+    def start(self, timeout: float = 10.0) -> StallingPolkit:
+        """Start the stand-in; returns once it owns org.freedesktop.PolicyKit1."""
+        script = Path(__file__).with_name("stalling_polkit.py")
+        self._spawn([sys.executable, str(script), *map(str, self.stalled)], timeout)
+        return self
+
+    def release(self, cancellation_id: str, authorized: bool) -> None:
+        """Answer a held check now, as a person at the agent would."""
+        self.bus.call(POLKIT_NAME, POLKIT_PATH, POLKIT_IFACE, "Release", "sb",
+                      cancellation_id, "true" if authorized else "false")
+
+    def events(self, kind: str = "") -> list[dict[str, Any]]:
+        lines = [json.loads(ln) for ln in self.log().splitlines() if ln.startswith("{")]
+        return [e for e in lines if not kind or e["event"] == kind]
+
+    def __enter__(self) -> StallingPolkit:
         return self.start()
 
 

@@ -491,19 +491,75 @@ async def fire_and_forget(address: str, count: int, detach: str) -> dict[str, An
     return {"sent": count, "ping": reply.message_type.name}
 
 
+#: Multi-megabyte arguments: each method and property access that takes a string,
+#: with characters that repr() and UTF-8 blow up (a control character is 4 characters
+#: in repr, U+00E9 is 2 bytes, U+E0001 is 4 bytes and 10 characters in repr).
+HUGE_CALLS = [
+    (ROOT, MANAGER, "Explain", "s", ["device"]),
+    (ROOT, MANAGER, "GetDevice", "s", ["device"]),
+    (ROOT, MANAGER, "Attach", "ss", ["device", "device"]),
+    (ROOT, MANAGER, "Attach", "ss", ["usb:1-2", "device"]),
+    (ROOT, MANAGER, "Detach", "s", ["device"]),
+    (ROOT, MANAGER, "ClearOverride", "s", ["device"]),
+    (ROOT, MANAGER, "Forget", "s", ["device"]),
+    (f"{ROOT}/devices/usb_1_2", DEVICE, "Attach", "s", ["device"]),
+    (f"{ROOT}/requests/1", REQUEST, "Answer", "sb", ["device", False]),
+    (ROOT, PROPERTIES, "Get", "ss", ["device", "Version"]),
+    (ROOT, PROPERTIES, "Get", "ss", [MANAGER, "device"]),
+    (ROOT, PROPERTIES, "Get", "ss", [PEER, "device"]),
+    (ROOT, PROPERTIES, "GetAll", "s", ["device"]),
+    (ROOT, PROPERTIES, "Set", "ssv", [MANAGER, "Version", "variant"]),
+    ("path", INTROSPECTABLE, "Introspect", "", []),
+    ("path", PROPERTIES, "GetAll", "s", [MANAGER]),
+    ("path", MANAGER, "Explain", "s", ["usb:1-2"]),
+    (ROOT, MANAGER, "Explain", "as", ["array"]),
+]
+HUGE_CHARS = "\x01\u00e9\U000e0001x"
+
+
+async def huge(address: str, size: int) -> dict[str, Any]:
+    """Every call of HUGE_CALLS with ``size``-character strings; what came back."""
+    bus = await _connect(address)
+    out: dict[str, Any] = {"calls": 0, "replies": {}, "longest_reply_text": 0,
+                           "failures": []}
+    for char in HUGE_CHARS:
+        big = char * (size if char.isascii() else size // 4)
+        for path, iface, member, sig, kinds in HUGE_CALLS:
+            body = [{"device": big, "variant": Variant("s", big),
+                     "array": [big[:1000]] * (size // 4000)}.get(k, k) for k in kinds]
+            msg = Message(destination=NAME, path=f"/{'p' * size}" if path == "path" else path,
+                          interface=iface, member=member, signature=sig, body=body)
+            out["calls"] += 1
+            try:
+                reply = await asyncio.wait_for(bus.call(msg), 60)
+            except Exception as e:  # phyllod fell off the bus, or the bus refused the call
+                out["failures"].append(f"{iface}.{member}({sig}) {char!r}: {e!r}"[:300])
+                continue
+            assert reply is not None
+            name = reply.error_name or reply.message_type.name
+            out["replies"][name] = out["replies"].get(name, 0) + 1
+            text = str(reply.body[0]) if reply.body else ""
+            out["longest_reply_text"] = max(out["longest_reply_text"], len(text))
+    bus.disconnect()
+    return out
+
+
 def client_main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["batch", "impersonate", "fire-and-forget"])
+    parser.add_argument("mode", choices=["batch", "impersonate", "fire-and-forget", "huge"])
     parser.add_argument("address")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--targets", default="{}")
     parser.add_argument("--detach", default="")
+    parser.add_argument("--size", type=int, default=1 << 20)
     parser.add_argument("listener", nargs="?")
     args = parser.parse_args()
     if args.mode == "batch":
         result = asyncio.run(run_batch(args.address, args.seed, args.count,
                                        json.loads(args.targets)))
+    elif args.mode == "huge":
+        result = asyncio.run(huge(args.address, args.size))
     elif args.mode == "fire-and-forget":
         result = asyncio.run(fire_and_forget(args.address, args.count, args.detach))
     else:
@@ -821,3 +877,44 @@ def test_found_failing_calls_expecting_no_reply_log_no_traceback(phyllod: Phyllo
     log = phyllod.proc.log()
     assert "Traceback" not in log and "Unexpected error" not in log, log[-3000:]
     assert phyllod.proc.alive
+
+
+#: 9 Mi characters: 9 MiB on the bus, 36 MiB once repr() escapes each one, past the
+#: system bus's 32 MiB message limit (an error echoing it got phyllod disconnected).
+HUGE_SIZE = 9 << 20
+INVALID_ARGS = DBUS_ERROR + "InvalidArgs"
+
+
+@pytest.mark.reliability
+def test_multi_megabyte_arguments_get_invalid_args_and_phyllod_stays(phyllod: Phyllod,
+                                                                      reliability):
+    """Found: Explain or GetDevice with a multi-megabyte string got an error echoing
+    it (repr), past the bus's message limit; the bus dropped phyllod, which exited.
+    Every string argument and object path over 4 KiB is now refused in the gate with
+    InvalidArgs before any work, and no error text repeats an argument whole."""
+    phyllod.start()
+    assert phyllod.proc is not None
+    counts, longest = {}, 0
+    for who, nobody in (("nobody", True), ("root", False)):
+        if not nobody:
+            _let_root_send_anything(phyllod.bus)
+        result = _client(["huge", phyllod.bus.address, "--size", str(HUGE_SIZE)],
+                         nobody=nobody, timeout=900)
+        assert phyllod.proc.alive, phyllod.proc.log()[-3000:]
+        assert result["failures"] == [], result["failures"]
+        assert result["calls"] == len(HUGE_CALLS) * len(HUGE_CHARS)
+        # The bus itself refuses some of nobody's calls (Properties.Set): its own error.
+        assert set(result["replies"]) <= {INVALID_ARGS, DBUS_ERROR + "AccessDenied"}, result
+        assert result["replies"].get(INVALID_ARGS, 0) > 0
+        # No reply repeats an argument: phyllod's ~100 characters, the bus's refusal ~400.
+        assert result["longest_reply_text"] <= 1024, result
+        counts[who] = result["replies"]
+        longest = max(longest, result["longest_reply_text"])
+        assert _ok(phyllod, "GetDevice", "s", "usb:1-2") == f'o "{ROOT}/devices/usb_1_2"'
+    log = phyllod.proc.log()
+    assert "Traceback" not in log and "lost the connection" not in log, log[-3000:]
+    reliability.record("multi-megabyte D-Bus arguments", size_characters=HUGE_SIZE,
+                       calls=len(HUGE_CALLS) * len(HUGE_CHARS) * 2,
+                       replies_nobody=_compact(Counter(counts["nobody"])),
+                       replies_root=_compact(Counter(counts["root"])),
+                       longest_reply_characters=longest, daemon_alive="yes")

@@ -25,7 +25,8 @@ from dbus_fast.annotations import DBusObjectPath, DBusStr
 from dbus_fast.errors import DBusError
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property
 
-from phyllod import polkit
+from phyllod import dbus_service, polkit
+from phyllod.model import Device, Subsystem
 
 BUS_NAME = "me.phyllo.Phyllod1"
 ROOT = "/me/phyllo/Phyllod1"
@@ -340,10 +341,18 @@ def test_polkit_policy_declares_the_daemons_actions() -> None:
     assert root.tag == "policyconfig"
     assert root.findtext("vendor") == "phyllod"
     actions = {a.get("id"): a for a in root.iter("action")}
-    assert set(actions) == {polkit.ATTACH, polkit.RELOAD, polkit.ANSWER}
-    for action in actions.values():
+    assert set(actions) == {polkit.ATTACH, polkit.ATTACH_PCI, polkit.DETACH, polkit.RELOAD,
+                            polkit.ANSWER}
+    # Every $(key) a message names is a detail phyllod passes for a device (polkit
+    # would show "$(key)" as it is otherwise); reload concerns no device.
+    device = Device(Subsystem.USB, "/sys/x", port="1-2", vendor="1050", product="0407")
+    passed = set(dbus_service._details(device, "work"))
+    for action_id, action in actions.items():
         assert action.findtext("description", "").strip()
-        assert action.findtext("message", "").strip()
+        message = action.findtext("message", "").strip()
+        assert message
+        keys = set(re.findall(r"\$\((\w+)\)", message))
+        assert keys <= (set() if action_id == polkit.RELOAD else passed), (action_id, keys)
 
     def defaults(action_id: str) -> tuple[str | None, ...]:
         node = actions[action_id].find("defaults")
@@ -351,8 +360,19 @@ def test_polkit_policy_declares_the_daemons_actions() -> None:
         return tuple(node.findtext(k) for k in ("allow_any", "allow_inactive", "allow_active"))
 
     assert defaults(polkit.ATTACH) == ("auth_admin", "auth_admin", "yes")
+    assert defaults(polkit.ATTACH_PCI) == ("auth_admin", "auth_admin", "auth_admin_keep")
+    assert defaults(polkit.DETACH) == ("auth_admin", "auth_admin", "yes")
     assert defaults(polkit.RELOAD) == ("auth_admin_keep",) * 3
     assert defaults(polkit.ANSWER) == ("no", "no", "yes")
+
+    def implies(action_id: str) -> set[str]:
+        return {word for a in actions[action_id].iter("annotate")
+                if a.get("key") == "org.freedesktop.policykit.imply"
+                for word in (a.text or "").split()}
+
+    # Who may put a device into a guest may take it back; PCI covers USB.
+    assert implies(polkit.ATTACH) == {polkit.DETACH}
+    assert implies(polkit.ATTACH_PCI) == {polkit.ATTACH, polkit.DETACH}
 
 
 def test_activation_file_hands_over_to_systemd() -> None:

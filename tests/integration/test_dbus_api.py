@@ -26,6 +26,7 @@ KBD = "/me/phyllo/Phyllod1/devices/usb_1_2"
 ATTACH = "me.phyllo.phyllod.attach"
 RELOAD = "me.phyllo.phyllod.reload"
 ANSWER = "me.phyllo.phyllod.answer"
+DETACH = "me.phyllo.phyllod.detach"
 #: Every mutating method, with arguments: (member, signature, *args).
 MUTATING = [("Attach", "ss", "usb:1-2", "test"), ("Detach", "s", "usb:1-2"),
             ("ClearOverride", "s", "usb:1-2"), ("Reload", ""), ("Forget", "s", "usb:1-2")]
@@ -89,15 +90,26 @@ def test_without_polkit_only_root_may_change_anything(phyllod: Phyllod):
 
 def test_polkit_decides_for_every_caller(phyllod: Phyllod, mock_polkit: private_bus.MockPolkit):
     phyllod.start()
-    err = _error(phyllod.call("Detach", "s", "usb:1-2"))
+    err = _error(phyllod.call("Detach", "s", "usb:1-2", nobody=True))
     assert "me.phyllo.Phyllod1.Error.NotAuthorized" in err or "polkit denied" in err
     assert phyllod.prop(KBD, "Override") == ""
-    mock_polkit.set_allowed([ATTACH])
-    assert phyllod.call("Detach", "", path=KBD, interface=DEVICE).returncode == 0
+    mock_polkit.set_allowed([DETACH])
+    assert phyllod.call("Detach", "", path=KBD, interface=DEVICE, nobody=True).returncode == 0
     assert phyllod.prop(KBD, "Override") == "host"
-    assert "polkit denied me.phyllo.phyllod.reload" in _error(phyllod.call("Reload"))
-    mock_polkit.set_allowed([ATTACH, RELOAD])
-    assert phyllod.call("Reload").returncode == 0
+    err = _error(phyllod.call("Attach", "ss", "usb:1-2", "test", nobody=True))
+    assert "polkit denied me.phyllo.phyllod.attach" in err
+    err = _error(phyllod.call("Reload", nobody=True))
+    assert "polkit denied me.phyllo.phyllod.reload" in err
+    mock_polkit.set_allowed([DETACH, RELOAD])
+    assert phyllod.call("Reload", nobody=True).returncode == 0
+    # The check named the device and the guest (for the prompt and for rules).
+    log = mock_polkit.log()
+    assert "device_description" in log and "0627:0001 QEMU QEMU USB Keyboard" in log, log
+    # Root too is asked about (the mock, unlike polkitd, may refuse uid 0).
+    mock_polkit.set_allowed([])
+    err = _error(phyllod.call("ClearOverride", "s", "usb:1-2"))
+    assert "polkit denied me.phyllo.phyllod.attach" in err
+    assert phyllod.prop(KBD, "Override") == "host"
 
 
 def test_manual_overrides_outlive_restart_and_replug(phyllod: Phyllod):
@@ -161,7 +173,10 @@ def test_bad_calls_get_errors_and_the_daemon_lives(phyllod: Phyllod):
     assert "could not be found" in _error(phyllod.call("Attach", "s", "usb:1-2"))
     r = phyllod.call("Detach", "", path=f"{ROOT}/devices/usb_9_9", interface=DEVICE)
     assert r.returncode != 0
-    assert "no present device" in _error(phyllod.call("Explain", "s", "x" * 70000))
+    err = _error(phyllod.call("Explain", "s", "x" * 70000))
+    assert "InvalidArgs" in err or "an argument has 70000 characters (at most 4096)" in err
+    assert "no present device is named 'xxxx" in _error(phyllod.call("Explain", "s", "x" * 4000))
+    assert len(_error(phyllod.call("GetDevice", "s", "\x01" * 4000))) < 400
     err = _error(phyllod.call("GetDevice", "s", "0000:0000"))
     assert "no present device is named '0000:0000'" in err
     assert phyllod.proc is not None and phyllod.proc.alive
@@ -229,15 +244,16 @@ async def test_signals_tell_clients_everything(phyllod: Phyllod):
 def test_real_polkitd_with_the_shipped_actions(phyllod: Phyllod,
                                                real_polkit: private_bus.RealPolkit):
     phyllod.start()
+    actions = {"Reload": RELOAD, "Forget": ANSWER, "Detach": DETACH}
     for member, sig, *args in MUTATING:
         err = _error(phyllod.call(member, sig, *args, nobody=True))
-        action = {"Reload": RELOAD, "Forget": ANSWER}.get(member, ATTACH)
-        assert f"polkit denied {action}" in err, member
+        assert f"polkit denied {actions.get(member, ATTACH)}" in err, member
     for member, sig, *args in DEVICE_MUTATING:
         err = _error(phyllod.call(member, sig, *args, path=KBD, interface=DEVICE, nobody=True))
-        assert f"polkit denied {ATTACH}" in err, member
+        assert f"polkit denied {actions.get(member, ATTACH)}" in err, member
     assert phyllod.prop(KBD, "Override") == ""
     assert not phyllod.state_dir.exists()
     # polkit authorizes root for every action it knows.
     assert phyllod.call("Detach", "s", "usb:1-2").returncode == 0
     assert phyllod.prop(KBD, "Override") == "host"
+    assert "Error substituting" not in real_polkit.log()
