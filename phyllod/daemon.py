@@ -62,6 +62,7 @@ from phyllod.model import (
     Assignment,
     Device,
     Guest,
+    HostFacts,
     Override,
     OverrideKind,
     Request,
@@ -220,7 +221,12 @@ class Daemon:
                     if config.bus != "none" else None)
         self.sleep_watcher = (SleepWatcher(config.bus, self._on_prepare_for_sleep)
                               if config.bus != "none" else None)
-        self.host = read_host_facts()
+        #: Host facts (drivers, groups, mounts, keyboards) are read at most once per
+        #: loop turn: a plug is several uevents, and in a slow VM one read costs
+        #: ~0.3 s; read per event, they held the attach back by a second or more.
+        self._facts_stale = False
+        self.facts_reads = 0
+        self.host = self._read_facts()
 
     # ------------------------------------------------------------ life cycle
 
@@ -347,8 +353,9 @@ class Daemon:
         rss = next((int(line.split()[1]) for line in Path("/proc/self/status").read_text()
                     .splitlines() if line.startswith("VmRSS:")), 0) / 1024
         fds = sum(1 for _ in Path("/proc/self/fd").iterdir()) - 1  # not the one listing it
-        log.info("memory: %srss %.1f MiB, %d fds, %d devices, %d guests", traced, rss, fds,
-                 len(self.devices), len(self.guests or {}))
+        log.info("memory: %srss %.1f MiB, %d fds, %d devices, %d guests; host facts read "
+                 "%d times", traced, rss, fds, len(self.devices), len(self.guests or {}),
+                 self.facts_reads)
         if self.bus is not None:
             log.info("%s", self.bus.stats_line())
 
@@ -394,7 +401,7 @@ class Daemon:
             self.failures.clear()
         # Mounts and drivers change without uevents; a reload is when a person
         # who unmounted a stick or rebound a driver says "look again".
-        self.host = read_host_facts()
+        self.host = self._read_facts()
         self._kick()
         notify("READY=1")
         return loaded
@@ -407,7 +414,7 @@ class Daemon:
                          + "\n".join(self.policy_errors))
 
     def iommu_groups(self) -> list[tuple[int, list[TableRow]]]:
-        return iommu_table(self.host)
+        return iommu_table(self._facts())
 
     def explain(self, device_id: str) -> str:
         d = self.devices.get(device_id)
@@ -416,7 +423,7 @@ class Daemon:
             raise NoSuchDevice(f"no present device is named {excerpt(device_id)}")
         verdict = ""
         if d.subsystem is Subsystem.PCI:
-            level, reason = safety(d.address, self.host)
+            level, reason = safety(d.address, self._facts())
             verdict = f"{level}: {reason}" if reason else str(level)
         return explain(d, a, self.overrides.get(d.identity), self.remembered.get(d.identity),
                        verdict)
@@ -631,8 +638,10 @@ class Daemon:
 
     def _on_udev(self, event: UdevEvent) -> None:
         # Drivers, groups, mounts and keyboards weigh in the verdicts; each
-        # event may change them (a hub brings keyboards, a PCI rebind a group).
-        self.host = read_host_facts()
+        # event may change them (a hub brings keyboards, a PCI rebind a group):
+        # they are read again before the next decision (_facts), once for all
+        # the events that came in meanwhile.
+        self._facts_stale = True
         if isinstance(event, DeviceGone):
             self._vanish(event.device_id)
         elif isinstance(event, DeviceSeen):
@@ -953,6 +962,17 @@ class Daemon:
 
     # ------------------------------------------------------------ reconcile
 
+    def _read_facts(self) -> HostFacts:
+        self._facts_stale = False
+        self.facts_reads += 1
+        return read_host_facts()
+
+    def _facts(self) -> HostFacts:
+        """The host facts, read again if a uevent came since they were read."""
+        if self._facts_stale:
+            self.host = self._read_facts()
+        return self.host
+
     def _kick(self) -> None:
         """Ask for a reconcile soon; many events in one loop turn make one."""
         if not self._kicked:
@@ -966,7 +986,7 @@ class Daemon:
             current = {run_of(g) for g in self.guests.values()}
             self.ending = {r for r in self.ending if r in current}
         world = World(self.devices, self.guests, self.inflight, self.failures, loop.time(),
-                      self.overrides, self.host, self.asks, self.remembered,
+                      self.overrides, self._facts(), self.asks, self.remembered,
                       frozenset(self.inserted), self.sleep, dict(self.vanished),
                       dict(self.binds), frozenset(self.ending))
         plan = reconcile(self.policy, world)
