@@ -455,12 +455,8 @@ class Daemon:
             else:
                 overrides[d.identity] = override
             if overrides != self.overrides:
-                try:
-                    await self.state.save_overrides(overrides, self._notes(overrides))
-                except StateError as e:
-                    log.error("%s", e, **_fields(device=d.id))
-                    raise Failed(str(e)) from None
-                self.overrides = self._since(judged, overrides, self.state.save_overrides)
+                self.overrides = await self._persist(self.state.save_overrides, overrides,
+                                                     judged, d.id)
                 what = f"{override.kind} {override.guest}".strip() if override else "cleared"
                 log.info("manual override for %s: %s", d.describe(), what,
                          **_fields(device=d.id, guest=override.guest if override else "",
@@ -505,12 +501,8 @@ class Daemon:
             async with self._state_lock:
                 judged = self._judged
                 remembered = {**self.remembered, d.identity: guest}
-                try:
-                    await self.state.save_answers(remembered, self._notes(remembered))
-                except StateError as e:
-                    log.error("%s", e, **_fields(device=d.id))
-                    raise Failed(str(e)) from None
-                self.remembered = self._since(judged, remembered, self.state.save_answers)
+                self.remembered = await self._persist(self.state.save_answers, remembered,
+                                                      judged, d.id)
             if self.requests.get(number) is not r:  # expired or withdrawn during the save
                 self._kick()
                 raise NoSuchRequest(f"request {number} was closed while its answer was "
@@ -536,12 +528,7 @@ class Daemon:
             if identity not in self.remembered:
                 raise NoSuchDevice(f"no answer is remembered for {excerpt(identity)}")
             remembered = {k: v for k, v in self.remembered.items() if k != identity}
-            try:
-                await self.state.save_answers(remembered, self._notes(remembered))
-            except StateError as e:
-                log.error("%s", e)
-                raise Failed(str(e)) from None
-            self.remembered = self._since(judged, remembered, self.state.save_answers)
+            self.remembered = await self._persist(self.state.save_answers, remembered, judged)
         log.info("forgot the remembered answer for %s", identity, **_fields(device=identity))
         self._kick()
 
@@ -717,6 +704,18 @@ class Daemon:
         if remembered != self.remembered:
             self.remembered = remembered
             self._save_later(self.state.save_answers, remembered)
+
+    async def _persist(self, save: Callable[[dict[str, T], dict[str, str]], asyncio.Future[None]],
+                       choices: dict[str, T], judged: dict[str, Device],
+                       device_id: str = "") -> dict[str, T]:
+        """Save a person's choices (the caller holds the state lock) and return what is
+        current then (_since); a failed save reaches the caller as Failed, and the log."""
+        try:
+            await save(choices, self._notes(choices))
+        except StateError as e:
+            log.error("%s", e, **_fields(device=device_id))
+            raise Failed(str(e)) from None
+        return self._since(judged, choices, save)
 
     def _save_later(self, save: Callable[[dict[str, T], dict[str, str]], asyncio.Future[None]],
                     choices: dict[str, T]) -> None:
