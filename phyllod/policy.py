@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from phyllod.errors import excerpt
 from phyllod.model import Device, Subsystem
 from phyllod.pci_safety import OPT_IN
 from phyllod.safe_read import FileRefused, read_regular_file
@@ -323,7 +324,7 @@ class _Locator:
 def _shown(value: Any) -> str:
     """``value`` for a message, cut short; a huge TOML integer has no decimal repr at all."""
     if isinstance(value, str) and len(value) > 100:
-        return f"{value[:60]!r}… ({len(value)} characters)"
+        return excerpt(value, 60)
     try:
         text = repr(value)
     except ValueError:  # int()'s limit on a number's digits
