@@ -12,9 +12,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from phyllod.model import Device, Guest, GuestState, Hostdev, Subsystem
-from phyllod.policy import Policy, parse_policy_text
-from phyllod.reconcile import World, reconcile
+from phyllod.core.model import Device, Guest, GuestState, Hostdev, Subsystem
+from phyllod.core.policy import Policy, parse_policy_text
+from phyllod.core.reconcile import World, reconcile
 
 
 def devices(n: int, rng: random.Random) -> list[Device]:

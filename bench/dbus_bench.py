@@ -15,7 +15,7 @@ any phyllod call can cost. On a systemd host, ``--systemd-baseline`` adds
 org.freedesktop.DBus.Peer Ping`` on the real system bus as an extra row.
 
 Set-up: a private dbus-daemon configured like the system bus with the shipped
-policy (tests/integration/private_bus.py), N umockdev USB devices (coldplug:
+policy (tests/integration/support/private_bus.py), N umockdev USB devices (coldplug:
 all plugged before the daemon starts), the daemon as a subprocess on libvirt's
 test driver with an empty policy, waited for through a fake NOTIFY_SOCKET.
 A second daemon with 50 devices on a second bus shows how GetManagedObjects
@@ -62,7 +62,7 @@ from pathlib import Path
 from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "support"))
 
 import private_bus  # noqa: E402
 import testbed  # noqa: E402
@@ -257,7 +257,7 @@ FLOOD_ARGUMENT = "x" * (1 << 20)
 
 async def flood_client(address: str, seconds: float) -> dict[str, int]:
     """One flooder (run as nobody): FLOOD_WINDOW calls in flight until ``seconds`` pass."""
-    from phyllod.dbus_service import _SendSocket
+    from phyllod.bus.service import _SendSocket
 
     bus = await MessageBus(bus_address=address).connect()
     # 1 MiB calls fill the send buffer at once: the same writer fix as phyllod's own.

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 from phyllod import __version__
-from phyllod.daemon import Config, run_daemon
-from phyllod.model import Device
-from phyllod.policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy, policy_files
-from phyllod.serial_trust import with_identities
-from phyllod.systemd_glue import setup_logging
+from phyllod.core.model import Device
+from phyllod.core.policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy, policy_files
+from phyllod.core.serial_trust import with_identities
+from phyllod.host.systemd_glue import setup_logging
+from phyllod.service.root import Config, run_daemon
 
 
 def _state_dir() -> Path:
@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _present_devices() -> list[Device]:
-    from phyllod.udev_source import present_devices
+    from phyllod.host.udev_source import present_devices
 
     try:
         return present_devices()

@@ -4,10 +4,11 @@ import sys
 import time
 from pathlib import Path
 
-# Tests import their helpers (tests/unit/factories.py, tests/integration/...)
-# as plain modules; pytest runs with --import-mode=importlib.
+# Tests import their helpers (tests/unit/support/factories.py,
+# tests/integration/support/...) as plain modules; pytest runs with
+# --import-mode=importlib. tests/lab/conftest.py adds tests/lab/support.
 for sub in ("unit", "integration"):
-    sys.path.insert(0, str(Path(__file__).parent / sub))
+    sys.path.insert(0, str(Path(__file__).parent / sub / "support"))
 
 import pytest  # noqa: E402
 

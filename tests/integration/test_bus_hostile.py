@@ -57,7 +57,7 @@ from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.signature import SignatureTree, SignatureType
 
-from phyllod.dbus_service import _SendSocket
+from phyllod.bus.service import _SendSocket
 
 HERE = Path(__file__).resolve()
 NAME = "me.phyllo.Phyllod1"

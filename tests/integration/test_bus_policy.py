@@ -25,8 +25,9 @@ from dbus_fast.annotations import DBusObjectPath, DBusStr
 from dbus_fast.errors import DBusError
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property
 
-from phyllod import dbus_service, polkit
-from phyllod.model import Device, Subsystem
+from phyllod.bus import polkit
+from phyllod.bus import service as dbus_service
+from phyllod.core.model import Device, Subsystem
 
 BUS_NAME = "me.phyllo.Phyllod1"
 ROOT = "/me/phyllo/Phyllod1"

@@ -81,9 +81,9 @@ import pytest  # noqa: E402
 from daemon_process import child_env  # noqa: E402
 from phyllod_on_bus import Phyllod, poll  # noqa: E402
 
-from phyllod import polkit  # noqa: E402
-from phyllod.dbus_service import BusService, Snapshot, device_path  # noqa: E402
-from phyllod.model import Assignment, Device, Guest, GuestState, State, Subsystem  # noqa: E402
+from phyllod.bus import polkit  # noqa: E402
+from phyllod.bus.service import BusService, Snapshot, device_path  # noqa: E402
+from phyllod.core.model import Assignment, Device, Guest, GuestState, State, Subsystem  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

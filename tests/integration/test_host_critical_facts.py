@@ -19,10 +19,10 @@ import testbed
 from gi.repository import UMockdev
 from pci_tree import Fn
 
-from phyllod.model import Device, Subsystem
-from phyllod.pci_safety import Risk, pci_verdict
-from phyllod.sysfs import block_mounts, host_keyboards, mounted_pci, read_host_facts
-from phyllod.usb_safety import usb_verdict
+from phyllod.core.model import Device, Subsystem
+from phyllod.core.safety.pci import Risk, pci_verdict
+from phyllod.core.safety.usb import usb_verdict
+from phyllod.host.sysfs import block_mounts, host_keyboards, mounted_pci, read_host_facts
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(testbed.available()), reason=testbed.available())]

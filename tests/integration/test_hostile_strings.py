@@ -37,10 +37,10 @@ import testbed
 from daemon_process import LineProcess, child_env
 from phyllod_on_bus import MANAGER, NAME, ROOT, Phyllod
 
-from phyllod.device_text import MAX_TEXT
-from phyllod.hostdev_xml import hostdev_xml
-from phyllod.sysfs import host_keyboards
-from phyllod.udev_source import present_devices
+from phyllod.core.device_text import MAX_TEXT
+from phyllod.core.hostdev_xml import hostdev_xml
+from phyllod.host.sysfs import host_keyboards
+from phyllod.host.udev_source import present_devices
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -17,7 +17,7 @@ import pytest
 import testbed
 from daemon_process import DaemonProcess, NotifySocket, child_env
 
-from phyllod.systemd_glue import JOURNAL_SOCKET, MessageId
+from phyllod.host.systemd_glue import JOURNAL_SOCKET, MessageId
 
 pytestmark = pytest.mark.integration
 

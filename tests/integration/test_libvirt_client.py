@@ -14,9 +14,9 @@ import pytest
 from daemon_process import child_env
 from factories import usb
 
-from phyllod.hostdev_xml import usb_hostdev_xml
-from phyllod.libvirt_client import LibvirtClient, LibvirtError
-from phyllod.model import GuestState
+from phyllod.core.hostdev_xml import usb_hostdev_xml
+from phyllod.core.model import GuestState
+from phyllod.host.libvirt_client import LibvirtClient, LibvirtError
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ async def test_lifecycle_events_say_which_run_and_whether_it_ends():
 
 HUNG_OPEN = """\
 import asyncio, sys
-from phyllod.libvirt_client import LibvirtClient
+from phyllod.host.libvirt_client import LibvirtClient
 
 async def main():
     client = LibvirtClient(sys.argv[1], lambda *a: None, lambda *a: None, lambda *a: None)

@@ -462,7 +462,7 @@ def test_udev_churn_leaks_no_memory_and_no_fds(loaded: LoadedPhyllod, tmp_path, 
 FLOOD = """\
 import asyncio, sys
 from dbus_fast import Message
-from phyllod.dbus_service import _Bus
+from phyllod.bus.service import _Bus
 
 async def main(address: str, count: int) -> None:
     bus = await _Bus(bus_address=address).connect()

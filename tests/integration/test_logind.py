@@ -29,7 +29,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from logind_mock import MockLogind
 
-from phyllod import logind
+from phyllod.bus import logind
 
 PATH = "/org/freedesktop/login1"
 MANAGER = "org.freedesktop.login1.Manager"

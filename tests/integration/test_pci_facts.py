@@ -16,13 +16,13 @@ import testbed
 from gi.repository import UMockdev
 from pci_tree import Fn
 
-from phyllod import kernel_values as kv
-from phyllod import sysfs, sysfs_acs, udev_source
-from phyllod.device_text import clean
-from phyllod.model import HostFacts, PciFunction
-from phyllod.pci_safety import Risk, iommu_table, pci_verdict
-from phyllod.sysfs import mounted_pci, pci_function, read_host_facts
-from phyllod.udev_source import present_devices
+from phyllod.core import kernel_values as kv
+from phyllod.core.device_text import clean
+from phyllod.core.model import HostFacts, PciFunction
+from phyllod.core.safety.pci import Risk, iommu_table, pci_verdict
+from phyllod.host import sysfs, sysfs_acs, udev_source
+from phyllod.host.sysfs import mounted_pci, pci_function, read_host_facts
+from phyllod.host.udev_source import present_devices
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(testbed.available()), reason=testbed.available())]

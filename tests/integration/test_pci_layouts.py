@@ -12,8 +12,8 @@ import pytest
 import testbed
 from gi.repository import UMockdev
 
-from phyllod.pci_safety import Level, group_members, iommu_table, pci_verdict, safety
-from phyllod.sysfs import read_host_facts
+from phyllod.core.safety.pci import Level, group_members, iommu_table, pci_verdict, safety
+from phyllod.host.sysfs import read_host_facts
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(testbed.available()), reason=testbed.available())]

@@ -14,12 +14,12 @@ import pytest
 import testbed
 from gi.repository import UMockdev
 
-from phyllod.pci_safety import Risk
-from phyllod.policy import parse_policy_text
-from phyllod.serial_trust import with_identities
-from phyllod.sysfs import read_host_facts
-from phyllod.udev_source import present_devices
-from phyllod.usb_safety import usb_verdict
+from phyllod.core.policy import parse_policy_text
+from phyllod.core.safety.pci import Risk
+from phyllod.core.safety.usb import usb_verdict
+from phyllod.core.serial_trust import with_identities
+from phyllod.host.sysfs import read_host_facts
+from phyllod.host.udev_source import present_devices
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(testbed.available()), reason=testbed.available())]

@@ -23,7 +23,7 @@ import libvirtd
 import pytest
 from phyllod_on_bus import Phyllod, poll
 
-from phyllod.libvirt_client import _ensure_event_thread
+from phyllod.host.libvirt_client import _ensure_event_thread
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import testbed
 
-from phyllod import kernel_values as kv
-from phyllod import udev_source
-from phyllod.model import Device, Subsystem
-from phyllod.udev_source import DeviceGone, DeviceSeen, UdevEvent, UdevWatcher, present_devices
+from phyllod.core import kernel_values as kv
+from phyllod.core.model import Device, Subsystem
+from phyllod.host import udev_source
+from phyllod.host.udev_source import DeviceGone, DeviceSeen, UdevEvent, UdevWatcher, present_devices
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(testbed.available()), reason=testbed.available())]
@@ -136,7 +136,7 @@ def usb_devices() -> list[Device]:
 def told(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """The adapter's lines, with a fresh memory of what it already said."""
     monkeypatch.setattr(udev_source, "_reported", kv.ReportedOnce(), raising=False)
-    caplog.set_level(logging.WARNING, logger="phyllod.udev_source")
+    caplog.set_level(logging.WARNING, logger="phyllod.host.udev_source")
 
     def lines(port: str = "") -> list[str]:
         return [r.getMessage() for r in caplog.records if port in r.getMessage()]

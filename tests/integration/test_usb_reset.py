@@ -19,7 +19,7 @@ import pytest
 import testbed
 from gi.repository import UMockdev
 
-from phyllod.usb_reset import USBDEVFS_RESET, UsbResetError, reset_usb_device, usb_device_node
+from phyllod.host.usb_reset import USBDEVFS_RESET, UsbResetError, reset_usb_device, usb_device_node
 
 NODE = "/dev/bus/usb/001/004"
 

@@ -17,7 +17,7 @@ import pytest
 
 # Lab tests import the harness as a plain module, as tests/conftest.py does for
 # tests/unit and tests/integration (pytest runs with --import-mode=importlib).
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 import lab as lab_harness
 from lab_phyllod import L2, LabPhyllod

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from lab_phyllod import DROPIN_DIR, L2, UNIT, LabPhyllod, keyboard_alias, wait_until
 
-from phyllod.systemd_glue import MessageId
+from phyllod.host.systemd_glue import MessageId
 
 pytestmark = pytest.mark.lab
 
