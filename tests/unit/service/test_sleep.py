@@ -68,10 +68,11 @@ async def test_the_inhibitor_is_released_when_all_steps_settled(plans, releases)
 
 
 async def test_the_inhibitor_is_released_at_the_deadline_and_not_before() -> None:
-    part, inhibitor = sleeping(max_delay=0.05)  # 80 % of it: 0.04 s
+    part, inhibitor = sleeping(max_delay=0.5)  # 80 % of it: 0.4 s
     part.after_turn(Plan(assignments=DETACHING, steps=()))
+    await asyncio.sleep(0.05)
     assert inhibitor.releases == 0
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
     assert inhibitor.releases == 1
 
 
