@@ -190,7 +190,7 @@ class Detach:
 @dataclass(frozen=True, slots=True)
 class Plan:
     assignments: Mapping[str, Assignment]
-    actions: tuple[Attach | Detach, ...]
+    steps: tuple[Attach | Detach, ...]
     wake_at: float | None = None
     questions: tuple[Question, ...] = ()
     #: Slots whose host driver bind was the guest letting go: marks to drop.
@@ -706,10 +706,10 @@ def reconcile(policy: Policy | None, world: World) -> Plan:
     planner.stale()
     # Several stale enumerations of one slot are removed one at a time.
     seen: set[str] = set()
-    actions = []
+    steps = []
     for a in planner.actions:
         if a.slot not in seen:
             seen.add(a.slot)
-            actions.append(a)
-    return Plan(assignments, tuple(actions), min(planner.wakeups, default=None),
+            steps.append(a)
+    return Plan(assignments, tuple(steps), min(planner.wakeups, default=None),
                 tuple(planner.questions), tuple(planner.let_go))

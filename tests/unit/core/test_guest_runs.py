@@ -120,14 +120,14 @@ def test_an_ending_run_is_sent_nothing_and_holds_nothing():
     """STOPPED arrived, the re-read has not: no detach to the stopping guest (not even
     for a deny), no attach, and the reason says it is stopping."""
     plan = reconcile(KBD, world([work()], ending=frozenset({RUN})))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[D.id]
     assert (a.state, a.guest, a.reason) == (State.PENDING, "work", "guest 'work' is stopping")
     deny = policy('[[rule]]\nname="no"\nmatch={vendor="0627"}\naction="deny"\n')
-    assert reconcile(deny, world([work()], ending=frozenset({RUN}))).actions == ()
+    assert reconcile(deny, world([work()], ending=frozenset({RUN}))).steps == ()
     # Unplugged meanwhile: the stale hostdev of a stopping guest is not chased either.
     gone = World({}, {"work": work()}, ending=frozenset({RUN}))
-    assert reconcile(KBD, gone).actions == ()
+    assert reconcile(KBD, gone).steps == ()
     assert without_ending({"work": work()}, frozenset({RUN}))["work"].hostdevs == ()
 
 
@@ -141,7 +141,7 @@ def test_a_mark_of_a_run_that_ended_is_dropped_and_moves_nothing(bind, guest_now
     attached again. Now the next reconcile names it for the daemon to drop."""
     plan = reconcile(KBD, world([guest_now], binds={D.slot: bind}, ending=frozenset(ending)))
     assert plan.let_go == (D.slot,)
-    assert not [a for a in plan.actions if isinstance(a, Detach)]
+    assert not [a for a in plan.steps if isinstance(a, Detach)]
 
 
 def test_the_next_run_gets_one_attach_and_no_detach():
@@ -150,7 +150,7 @@ def test_the_next_run_gets_one_attach_and_no_detach():
     stale = record_failure(None, OpKind.DETACH, "work", "domain is not running", 10.0, RUN)
     plan = reconcile(KBD, world([work(run=8, holds=False)], binds={D.slot: CHECKED},
                                 failures={D.slot: stale}, now=10.1))
-    assert plan.actions == (Attach(D.slot, D, "work", "kbd"),)
+    assert plan.steps == (Attach(D.slot, D, "work", "kbd"),)
     assert plan.let_go == (D.slot,)
 
 
@@ -162,12 +162,12 @@ def test_a_failure_counts_for_its_run_only():
     assert again.attempts == 2
     assert record_failure(again, OpKind.ATTACH, "work", "e", 0.2, Run(UUID, 8)).attempts == 1
     backing_off = world([work(holds=False)], failures={D.slot: again}, now=0.2)
-    assert reconcile(KBD, backing_off).actions == ()
+    assert reconcile(KBD, backing_off).steps == ()
     next_run = world([work(run=8, holds=False)], failures={D.slot: again}, now=0.2)
-    assert reconcile(KBD, next_run).actions == (Attach(D.slot, D, "work", "kbd"),)
+    assert reconcile(KBD, next_run).steps == (Attach(D.slot, D, "work", "kbd"),)
 
 
 def test_own_calls_in_flight_are_left_to_finish():
     plan = reconcile(KBD, world([work()], binds={D.slot: CHECKED},
                                 inflight={D.slot: Operation(OpKind.DETACH, "work", D.alias)}))
-    assert plan.actions == () and plan.let_go == ()
+    assert plan.steps == () and plan.let_go == ()

@@ -37,7 +37,7 @@ def test_bus_mates_going_to_the_same_guest_lift_no_reset():
     both = policy('[[rule]]\nname="gpu"\nmatch={vendor="10de"}\nguest="gaming"\n')
     plan = reconcile(both, world())
     # Each attaches alone (different groups), nothing to prepare: no group mate.
-    assert set(plan.actions) == {Attach(GPU.slot, GPU, "gaming", "gpu"),
+    assert set(plan.steps) == {Attach(GPU.slot, GPU, "gaming", "gpu"),
                                  Attach(AUDIO.slot, AUDIO, "gaming", "gpu")}
 
 

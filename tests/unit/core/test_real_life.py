@@ -73,7 +73,7 @@ def test_going_to_sleep_detaches_usb_devices_phyllod_placed_and_keeps_pci():
     g = guest("work", hostdevs=(held(kbd), replace(held(nic), subsystem=nic.subsystem,
                                                    address=nic.address, alias=nic.alias)))
     plan = reconcile(p, world([kbd, nic], [g], sleep=Sleep(), host=host(nic)))
-    assert plan.actions == (Detach(kbd.slot, "work", held(kbd), "the host is going to sleep",
+    assert plan.steps == (Detach(kbd.slot, "work", held(kbd), "the host is going to sleep",
                                    kbd.id),)
     assert plan.assignments[kbd.id].state is State.DETACHING
     assert plan.assignments[nic.id].state is State.ATTACHED
@@ -82,7 +82,7 @@ def test_going_to_sleep_detaches_usb_devices_phyllod_placed_and_keeps_pci():
 def test_asleep_nothing_is_attached_and_the_reason_says_why():
     d = usb()
     plan = reconcile(KBD, world([d], [guest("work")], sleep=Sleep()))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert (a.state, a.guest) == (State.SLEEPING, "work")
     assert a.reason == "detached for sleep, waiting for the host to resume"
@@ -93,20 +93,20 @@ def test_keep_rule_and_hand_placed_hostdevs_stay_through_sleep():
     keep = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n'
                   'on_sleep="keep"\n')
     plan = reconcile(keep, world([d], [guest("work", hostdevs=(held(d),))], sleep=Sleep()))
-    assert plan.actions == () and plan.assignments[d.id].state is State.ATTACHED
+    assert plan.steps == () and plan.assignments[d.id].state is State.ATTACHED
     plan = reconcile(KBD, world([d], [guest("work", hostdevs=(held(d, owned=False),))],
                                 sleep=Sleep()))
-    assert plan.actions == () and plan.assignments[d.id].state is State.ATTACHED
+    assert plan.steps == () and plan.assignments[d.id].state is State.ATTACHED
 
 
 def test_after_resume_devices_settle_then_each_is_attached():
     d, e = usb("1-2"), usb("1-3", devnum=6)
     waking = world([d, e], [guest("work")], sleep=Sleep(waking_until=10.0), now=9.0)
     plan = reconcile(KBD, waking)
-    assert plan.actions == () and plan.wake_at == 10.0
+    assert plan.steps == () and plan.wake_at == 10.0
     assert plan.assignments[d.id].reason.startswith("back from sleep; attaching it again once")
     plan = reconcile(KBD, replace(waking, now=10.0, sleep=None))
-    assert {a.slot for a in plan.actions if isinstance(a, Attach)} == {d.slot, e.slot}
+    assert {a.slot for a in plan.steps if isinstance(a, Attach)} == {d.slot, e.slot}
 
 
 # ------------------------------------------------------------------ vanished, broken, reset
@@ -115,12 +115,12 @@ def test_a_vanished_device_moves_nothing_until_its_window_ends():
     d = usb()
     plan = reconcile(KBD, world([d], [guest("work", hostdevs=(held(d),))],
                                 vanished={d.id: 4.0}, now=3.0))
-    assert plan.actions == () and plan.wake_at == 4.0
+    assert plan.steps == () and plan.wake_at == 4.0
     a = plan.assignments[d.id]
     assert (a.state, a.guest) == (State.ATTACHED, "work")
     assert a.reason == "vanished from the host; waiting 1.0s for it to return (debounce)"
     plan = reconcile(KBD, world([d], [guest("work")], vanished={d.id: 4.0}, now=3.0))
-    assert plan.actions == () and plan.assignments[d.id].state is State.HOST
+    assert plan.steps == () and plan.assignments[d.id].state is State.HOST
 
 
 def test_a_device_its_guest_lost_is_detached_to_be_attached_again():
@@ -128,7 +128,7 @@ def test_a_device_its_guest_lost_is_detached_to_be_attached_again():
     work = guest("work", hostdevs=(held(d),))
     bind = HostBind(Run(work.uuid, work.run), "work", d.alias, "usbhid", checked=True)
     plan = reconcile(KBD, world([d], [work], binds={d.slot: bind}))
-    assert plan.actions == (Detach(d.slot, "work", held(d), "its guest lost it to a reset on "
+    assert plan.steps == (Detach(d.slot, "work", held(d), "its guest lost it to a reset on "
                                    "the host; attaching it again", d.id),)
     assert plan.let_go == ()
 
@@ -138,7 +138,7 @@ def test_reset_before_attach_is_carried_to_the_attach_and_port_below_is_said():
     p = policy('[[rule]]\nname="desk"\nmatch={port_below="1-2"}\nguest="work"\n'
                'reset_before_attach=true\n')
     plan = reconcile(p, world([d], [guest("work")]))
-    assert plan.actions == (Attach(d.slot, d, "work", "desk", reset=True,
+    assert plan.steps == (Attach(d.slot, d, "work", "desk", reset=True,
                                    source="by rule 'desk' (behind port 1-2)"),)
     assert plan.assignments[d.id].reason == ("attaching to 'work' by rule 'desk' "
                                              "(behind port 1-2)")
@@ -160,7 +160,7 @@ def test_a_usb_device_holding_a_mount_is_refused_and_names_it():
     assert verdict.reason() == "usb:1-5 holds /mnt (sda1) on the host; unmount it first"
     p = policy('[[rule]]\nname="stick"\nmatch={vendor="0781"}\nguest="work"\n')
     plan = reconcile(p, world([STICK], [guest("work")], host=facts))
-    assert plan.actions == ()
+    assert plan.steps == ()
     assert plan.assignments[STICK.id].state is State.DENIED
     assert usb_verdict(usb("1-50"), facts).ok, "1-50 is not below 1-5"
 

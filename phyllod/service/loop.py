@@ -1,0 +1,94 @@
+"""The loop: kicks, and the turn that reconciles once for all of them.
+
+Every input asks for a reconcile with :meth:`Loop.kick`; all the kicks of one
+loop turn make one reconcile. A turn reads the host facts at most once
+(drivers, groups, mounts, keyboards: a plug is several uevents, and in a slow
+VM one read costs ~0.3 s; read per event, they held the attach back by a
+second or more), builds the World, reconciles, hands the plan to the parts
+and starts its steps. A bus call that changed something waits for a turn
+after its change (:attr:`Loop.turns`, :meth:`Loop.next_turn`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+
+from phyllod.core.model import HostFacts
+from phyllod.core.policy import Policy
+from phyllod.core.reconcile import Attach, Detach, Plan, World, reconcile
+
+
+class Loop:
+    """Whether a reconcile is asked for, how many turns were taken, the host facts
+    as last read (and whether a uevent made them stale), the next wake-up."""
+
+    def __init__(self, *, read_facts: Callable[[], HostFacts],
+                 policy: Callable[[], Policy | None],
+                 world: Callable[[float, HostFacts], World],
+                 after: Callable[[Plan], None],
+                 start_steps: Callable[[Iterable[Attach | Detach]], None],
+                 stopping: Callable[[], bool]) -> None:
+        self._read = read_facts
+        self._policy = policy
+        self._world = world
+        self._after = after
+        self._start_steps = start_steps
+        self._stopping = stopping
+        self.kicked = False
+        #: Bumped by every turn; a bus call waits for one after its change.
+        self.turns = 0
+        self._turned = asyncio.Event()
+        self._wake: asyncio.TimerHandle | None = None
+        self._facts_stale = False
+        self.facts_reads = 0
+        self.host = self.read_facts()
+
+    def kick(self) -> None:
+        """Ask for a reconcile soon; many kicks in one loop turn make one."""
+        if not self.kicked:
+            self.kicked = True
+            asyncio.get_running_loop().call_soon(self.turn)
+
+    def facts_changed(self) -> None:
+        """A uevent came: the host facts are read again before the next decision."""
+        self._facts_stale = True
+
+    def read_facts(self) -> HostFacts:
+        """Read the host facts now (at start, and on reload: mounts and drivers
+        change without uevents)."""
+        self._facts_stale = False
+        self.facts_reads += 1
+        self.host = self._read()
+        return self.host
+
+    def facts(self) -> HostFacts:
+        """The host facts, read again if a uevent came since they were read."""
+        return self.read_facts() if self._facts_stale else self.host
+
+    def turn(self) -> None:
+        """Reconcile the world as it is now, and act on the plan."""
+        self.kicked = False
+        loop = asyncio.get_running_loop()
+        plan = reconcile(self._policy(), self._world(loop.time(), self.facts()))
+        self._after(plan)
+        self.turns += 1
+        self._turned.set()
+        self._turned = asyncio.Event()
+        self.cancel()
+        if self._stopping():
+            return
+        self._start_steps(plan.steps)
+        if plan.wake_at is not None:
+            self._wake = loop.call_at(plan.wake_at, self.kick)
+
+    async def next_turn(self, timeout: float) -> None:
+        """Wait for the next turn, at most ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._turned.wait(), timeout)
+
+    def cancel(self) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None

@@ -1,0 +1,78 @@
+"""Publishing each reconcile's decisions: the journal, systemd's status, the bus.
+
+Each change of a device's assignment is logged once, with its journal
+fields; transitions (attaching, detaching) are logged by the step itself,
+which names the libvirt call. Which assignments changed and what the status
+line says are pure (:func:`changed`, :func:`status_line`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from phyllod.core.model import Assignment, Device, State
+from phyllod.host.systemd_glue import MessageId, notify
+from phyllod.service.journal import fields, log
+
+#: States a step logs itself (it names the libvirt call).
+TRANSITIONS = (State.ATTACHING, State.DETACHING)
+
+
+def changed(before: Mapping[str, Assignment],
+            after: Mapping[str, Assignment]) -> list[Assignment]:
+    """The assignments worth a log line: new or changed, and not in transition."""
+    return [a for device_id, a in after.items()
+            if before.get(device_id) != a and a.state not in TRANSITIONS]
+
+
+def status_line(assignments: Mapping[str, Assignment], libvirt_away: bool, uri: str,
+                policy_broken: bool) -> str:
+    """systemd's STATUS= (``systemctl status phyllod``): counts per state, and what
+    keeps phyllod from deciding."""
+    counts: dict[State, int] = {}
+    for a in assignments.values():
+        counts[a.state] = counts.get(a.state, 0) + 1
+    parts = [f"{n} {state}" for state, n in sorted(counts.items()) if n]
+    status = f"{len(assignments)} devices" + (f": {', '.join(parts)}" if parts else "")
+    if libvirt_away:
+        status += f"; waiting for libvirt at {uri}"
+    if policy_broken:
+        status += "; policy has errors"
+    return status
+
+
+class Publisher:
+    """The assignments last published (by device id) and the status systemd shows."""
+
+    def __init__(self, *, uri: str, devices: Callable[[], Mapping[str, Device]],
+                 libvirt_away: Callable[[], bool], policy_broken: Callable[[], bool],
+                 publish: Callable[[], None]) -> None:
+        self._uri = uri
+        self._devices = devices
+        self._libvirt_away = libvirt_away
+        self._policy_broken = policy_broken
+        self._publish = publish
+        self.assignments: dict[str, Assignment] = {}
+        self._status = ""
+
+    def report(self, assignments: Mapping[str, Assignment]) -> None:
+        """Log what changed, keep the assignments, tell systemd and the bus."""
+        devices = self._devices()
+        for a in changed(self.assignments, assignments):
+            d = devices.get(a.device_id)
+            what = d.describe() if d else a.device_id
+            where = f" guest={a.guest}" if a.guest else ""
+            level = logging.WARNING if a.state is State.FAILED else logging.INFO
+            log.log(level, "%s: %s%s: %s", what, a.state, where, a.reason,
+                    **fields(a.device_id, a.guest, a.rule, a.state, MessageId.DECISION))
+        self.assignments = dict(assignments)
+        self.notify_status()
+        self._publish()
+
+    def notify_status(self) -> None:
+        status = status_line(self.assignments, self._libvirt_away(), self._uri,
+                             self._policy_broken())
+        if status != self._status:
+            self._status = status
+            notify(f"STATUS={status}")

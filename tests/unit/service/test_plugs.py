@@ -1,0 +1,92 @@
+"""The plugs part: which plug a udev event is, and the unplug debounce window."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from factories import usb
+
+from phyllod.host.udev_source import DeviceGone, DeviceSeen
+from phyllod.service.plugs import PlugChange, Plugs, judge_plug, unplug_wait
+
+KEY = usb(serial="A1")
+
+
+@pytest.mark.parametrize(("previous", "seen", "returned", "change"), [
+    # back within its window, same ids and serial: the same plug (even renumbered)
+    (KEY, usb(serial="A1", devnum=9), True, PlugChange.RETURNED),
+    (KEY, KEY, True, PlugChange.RETURNED),
+    # back within its window, but another device in the port: a new plug
+    (KEY, usb(serial="B2"), True, PlugChange.NEW),
+    (KEY, usb(serial="A1", product="0002"), True, PlugChange.NEW),
+    # not waited for (never vanished, or its window is over): new numbers are a new plug
+    (KEY, usb(serial="A1", devnum=9), False, PlugChange.NEW),
+    (None, KEY, False, PlugChange.NEW),
+    (None, KEY, True, PlugChange.NEW),
+    # a later event of the plug already known (a bind, a change)
+    (KEY, KEY, False, PlugChange.SAME),
+])
+def test_judge_plug(previous, seen, returned, change) -> None:
+    assert judge_plug(previous, seen, returned) is change
+
+
+@pytest.mark.parametrize(("debounce", "asleep", "settle", "wait"), [
+    (1.0, False, 2.0, 1.0),
+    (1.0, True, 2.0, 2.0),  # resume re-enumerates slowly
+    (3.0, True, 2.0, 3.0),
+    (0.0, False, 2.0, 0.0),
+])
+def test_unplug_wait(debounce, asleep, settle, wait) -> None:
+    assert unplug_wait(debounce, asleep, settle) == wait
+
+
+class Hooks:
+    """What the plugs part tells the other parts, as a list of calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def plugs(self, debounce: float) -> Plugs:
+        return Plugs(
+            debounce=lambda d: debounce, asleep=lambda: False, stopping=lambda: False,
+            resume_settle=2.0, new_plug=lambda i: self.calls.append(("new plug", i)),
+            plug_ended=lambda i, why: self.calls.append(("plug ended", f"{i}: {why}")),
+            forget_failure=lambda slot: None, host_bound=lambda d, driver: None,
+            unwatch_bind=lambda slot: self.calls.append(("unwatch", slot)),
+            identities_judged=lambda before, after: None, changed=lambda: None)
+
+
+WINDOW = 0.05
+
+
+@pytest.mark.parametrize(("back", "after", "calls"), [
+    # back within the window, the same device: the same plug, nothing ended
+    (usb(serial="A1", devnum=9), 0.0, []),
+    # back within the window, another device in the port: a new plug (which ends the old)
+    (usb(serial="B2"), 0.0, [("new plug", "usb:1-2")]),
+    # back after the window: it was unplugged, and this is a new plug
+    (usb(serial="A1", devnum=9), 4 * WINDOW, [
+        ("plug ended", "usb:1-2: unplugged"), ("unwatch", KEY.slot), ("new plug", "usb:1-2")]),
+])
+async def test_a_device_back_within_its_window_is_the_same_plug(back, after, calls) -> None:
+    hooks = Hooks()
+    plugs = hooks.plugs(WINDOW)
+    plugs.present_at_start([KEY])
+    plugs.on_udev(DeviceGone(KEY.id))
+    assert KEY.id in plugs.vanished and KEY.id in plugs.devices
+    await asyncio.sleep(after)
+    plugs.on_udev(DeviceSeen(back, "add"))
+    assert hooks.calls == calls
+    assert plugs.vanished == {} and plugs.devices[KEY.id].devnum == back.devnum
+    await asyncio.sleep(2 * WINDOW)  # the window's timer was cancelled: nothing more
+    assert hooks.calls == calls and KEY.id in plugs.devices
+
+
+async def test_an_unplug_without_window_is_believed_at_once() -> None:
+    hooks = Hooks()
+    plugs = hooks.plugs(0.0)
+    plugs.present_at_start([KEY])
+    plugs.on_udev(DeviceGone(KEY.id))
+    assert plugs.devices == {}
+    assert hooks.calls == [("plug ended", "usb:1-2: unplugged"), ("unwatch", KEY.slot)]
