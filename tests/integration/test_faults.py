@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 NO_USB = "cannot open directory '/sys/bus/usb/devices'"
 ROOT = Path(__file__).resolve().parents[2]
-HAS_FAULT_POINTS = (ROOT / "phyllod" / "fault_points.py").exists()
+HAS_FAULT_POINTS = any((ROOT / "phyllod").rglob("fault_points.py"))
 
 KEYBOARD_RULE = '[[rule]]\nname = "keyboard"\nmatch = { vendor = "0627" }\nguest = "work"\n'
 ASK_FOR_KEYS = '\n[[rule]]\nname = "keys"\nmatch = { vendor = "1050" }\naction = "ask"\n'

@@ -1,6 +1,6 @@
 """SIGKILL of phyllod at each step of a real attach and detach, then a restart (L1/L2).
 
-The daemon's fault points (phyllod/fault_points.py, armed by a file in
+The daemon's fault points (phyllod/service/fault_points.py, armed by a file in
 $PHYLLOD_FAULT_DIR, set by a drop-in for the packaged unit) hold phyllod at
 an exact step: before the libvirt call, while it runs (the call completes,
 phyllod never sees its result), and after it returned but before phyllod

@@ -106,12 +106,12 @@ def test_a_crash_is_restarted_by_systemd_and_adopts(lab_phyllod: LabPhyllod):
 
 
 def _sends_watchdog_pings() -> bool:
-    return any("WATCHDOG=1" in f.read_text() for f in (REPO / "phyllod").glob("*.py"))
+    return any("WATCHDOG=1" in f.read_text() for f in (REPO / "phyllod").rglob("*.py"))
 
 
 def test_a_hung_loop_is_killed_and_restarted_by_the_watchdog(lab_phyllod: LabPhyllod):
     if not _sends_watchdog_pings():
-        pytest.skip("phyllod sends no WATCHDOG=1 yet (grep -n WATCHDOG phyllod/*.py finds "
+        pytest.skip("phyllod sends no WATCHDOG=1 yet (grep -rn WATCHDOG phyllod/ finds "
                     "nothing): with WatchdogSec= set systemd would kill a healthy phyllod")
     p = lab_phyllod
     # SIGSTOP leaves the watchdog's SIGABRT pending: TimeoutAbortSec= bounds
