@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from desktop import Applet, Desktop, Session, missing_tools
 from gi.repository import GLib
+from guest_xml import driver_guest, node, usb_hostdev
 from phyllod_on_bus import DEVICE, MANAGER, ROOT, Phyllod
 
 pytestmark = pytest.mark.integration
@@ -453,23 +454,9 @@ def test_screenshot_of_menu_and_question(desktop: Desktop, phyllod: Phyllod,
 #     already in its guest (a hostdev with phyllod's alias), as after a restart.
 #     ("detached" needs a detach that works: unit-tested, and real in the lab.)
 
-TEST_NODE = """\
-<node>
-  <domain type='test'>
-    <name>test</name>
-    <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
-    <memory>1048576</memory>
-    <vcpu>1</vcpu>
-    <os><type>hvm</type></os>
-    <devices>
-      <hostdev mode='subsystem' type='usb' managed='yes'>
-        <source><vendor id='0x1050'/><product id='0x0407'/><address bus='1' device='7'/></source>
-        <alias name='ua-phyllod-usb1-3-7'/>
-      </hostdev>
-    </devices>
-  </domain>
-</node>
-"""
+TEST_NODE = node(driver_guest(
+    "test", uuid="6695eb01-f6a4-8304-79aa-97f2502e193f", memory=1048576, vcpu=1,
+    hostdevs=(usb_hostdev("1050", "0407", bus=1, device=7, alias="ua-phyllod-usb1-3-7"),)))
 
 
 class PhyllodOnNode(Phyllod):

@@ -20,10 +20,11 @@ import libvirtd
 import pytest
 import testbed
 from daemon_process import DaemonProcess, NotifySocket, child_env
+from guest_xml import driver_guest, node, qemu_guest, usb_hostdev
+from policies import KEYBOARD_TO_WORK, rule
 
 pytestmark = pytest.mark.integration
 
-KBD_TO_WORK = '[[rule]]\nname = "keyboard"\nmatch = { vendor = "0627" }\nguest = "work"\n'
 NO_USB = "cannot open directory '/sys/bus/usb/devices'"
 
 Start = Callable[..., tuple[DaemonProcess, NotifySocket]]
@@ -62,7 +63,7 @@ def test_coldplug_attach_error_is_reported_retried_and_survived(
         usb_testbed: testbed.UsbTestbed):
     libvirtd.start_guest(private_libvirtd.uri, "work")
     usb_testbed.plug("1-2", devnum=5)
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
     notify.wait_for("READY=1")
     daemon.wait_log(r"usb:1-2 \(0627:0001 QEMU QEMU USB Keyboard\) present at start")
     daemon.wait_log(r"attaching usb:1-2 .* to work by rule .keyboard.: libvirt attachDeviceFlags")
@@ -84,8 +85,8 @@ def test_pending_until_the_guest_runs_and_back_when_it_stops(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
     conn = libvirt.open(private_libvirtd.uri)
-    dom = conn.defineXML(libvirtd.GUEST_XML.format(name="work"))
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
+    dom = conn.defineXML(qemu_guest("work"))
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
     notify.wait_for("READY=1")
     usb_testbed.plug("1-2", devnum=5)
     daemon.wait_log(r"usb:1-2 .*: pending guest=work: guest 'work' is not running")
@@ -108,11 +109,10 @@ def test_pending_until_the_guest_runs_and_back_when_it_stops(
 
 def test_broken_policy_reload_keeps_the_previous_one(
         start_daemon: Start, usb_testbed: testbed.UsbTestbed):
-    daemon, notify = start_daemon(KBD_TO_WORK, "test:///default", usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, "test:///default", usb_testbed)
     notify.wait_for("READY=1")
     policy_file = start_daemon.policy_dir / "10-test.toml"  # type: ignore[attr-defined]
-    policy_file.write_text(KBD_TO_WORK + '\n[[rule]]\nname = "bad"\nmatch = { vendor = "xyz" }\n'
-                           'guest = "work"\n')
+    policy_file.write_text(KEYBOARD_TO_WORK + "\n" + rule("bad", 'vendor = "xyz"', guest="work"))
     mark = daemon.mark()
     daemon.signal(signal.SIGHUP)
     daemon.wait_log(rf"policy: {policy_file}:8: rule 'bad': vendor must be 4 hex digits",
@@ -122,7 +122,7 @@ def test_broken_policy_reload_keeps_the_previous_one(
     # The previous policy still decides.
     usb_testbed.plug("1-2", devnum=5)
     daemon.wait_log(r"usb:1-2 .*: pending guest=work: no guest 'work' is defined", start=mark)
-    policy_file.write_text(KBD_TO_WORK.replace('"work"', '"test"'))
+    policy_file.write_text(KEYBOARD_TO_WORK.replace('"work"', '"test"'))
     mark = daemon.mark()
     daemon.signal(signal.SIGHUP)
     daemon.wait_log(r"policy: 1 rules from 1 files", start=mark)
@@ -144,26 +144,9 @@ def test_policy_broken_at_start_moves_nothing(
     assert "attaching" not in daemon.log()
 
 
-NODE_XML = """\
-<node>
-  <domain type='test'>
-    <name>work</name>
-    <uuid>8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa</uuid>
-    <memory>65536</memory>
-    <os><type>hvm</type></os>
-    <devices>
-      <hostdev mode='subsystem' type='usb' managed='yes'>
-        <source><vendor id='0x0627'/><product id='0x0001'/><address bus='1' device='5'/></source>
-        <alias name='ua-phyllod-usb1-2-5'/>
-      </hostdev>
-      <hostdev mode='subsystem' type='usb' managed='yes'>
-        <source><vendor id='0x0627'/><product id='0x0001'/><address bus='1' device='9'/></source>
-        <alias name='ua-phyllod-usb1-3-9'/>
-      </hostdev>
-    </devices>
-  </domain>
-</node>
-"""
+NODE_XML = node(driver_guest("work", uuid="8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa", hostdevs=(
+    usb_hostdev("0627", "0001", bus=1, device=5, alias="ua-phyllod-usb1-2-5"),
+    usb_hostdev("0627", "0001", bus=1, device=9, alias="ua-phyllod-usb1-3-9"))))
 
 
 def test_restart_adopts_what_the_guest_holds_and_removes_stale_hostdevs(
@@ -172,7 +155,7 @@ def test_restart_adopts_what_the_guest_holds_and_removes_stale_hostdevs(
     node = tmp_path / "node.xml"
     node.write_text(NODE_XML)
     usb_testbed.plug("1-2", devnum=5)
-    daemon, notify = start_daemon(KBD_TO_WORK, f"test://{node}", usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, f"test://{node}", usb_testbed)
     notify.wait_for("READY=1")
     daemon.wait_log(r"usb:1-2 .*: attached guest=work: attached to 'work' by rule 'keyboard'")
     daemon.wait_log(r"detaching ua-phyllod-usb1-3-9 from work \(the device is gone\)")
@@ -183,7 +166,7 @@ def test_libvirtd_restart_is_survived_and_resynced(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
     libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
     notify.wait_for("READY=1")
     daemon.wait_log(r"connected to .*: 1 guests, 1 running")
     mark = daemon.mark()
@@ -217,7 +200,7 @@ def test_a_flapping_device_never_races_itself(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
     libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
     notify.wait_for("READY=1")
     last = 0
     for devnum in range(2, 42):
@@ -272,7 +255,7 @@ def test_one_plug_reads_the_host_facts_once(
     once for all of them before the decision, not once per event (in a slow VM one
     read costs ~0.3 s, and per event they held the attach back by a second)."""
     libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
     notify.wait_for("READY=1")
     before = _facts_reads(daemon)
     mark = daemon.mark()

@@ -41,6 +41,7 @@ import pytest
 import testbed
 from daemon_process import DaemonProcess, NotifySocket, child_env
 from libvirtd import frozen
+from policies import KEYBOARD_TO_WORK
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -48,7 +49,6 @@ NO_USB = "cannot open directory '/sys/bus/usb/devices'"
 ROOT = Path(__file__).resolve().parents[2]
 HAS_FAULT_POINTS = any((ROOT / "phyllod").rglob("fault_points.py"))
 
-KEYBOARD_RULE = '[[rule]]\nname = "keyboard"\nmatch = { vendor = "0627" }\nguest = "work"\n'
 ASK_FOR_KEYS = '\n[[rule]]\nname = "keys"\nmatch = { vendor = "1050" }\naction = "ask"\n'
 
 
@@ -56,7 +56,7 @@ def policy(debounce: float | None = 0) -> str:
     """Keyboards go to 'work'; unplugs are believed after ``debounce`` seconds
     (``[settings] debounce``; None: phyllod's default window, 1 s)."""
     settings = "" if debounce is None else f"[settings]\ndebounce = {debounce}\n\n"
-    return settings + KEYBOARD_RULE
+    return settings + KEYBOARD_TO_WORK
 
 
 # ---------------------------------------------------------------- the rig

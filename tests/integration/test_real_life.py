@@ -21,7 +21,9 @@ from collections.abc import Iterator
 import libvirt
 import libvirtd
 import pytest
+from guest_xml import driver_guest, usb_hostdev
 from phyllod_on_bus import Phyllod, poll
+from policies import KEYBOARD_TO_WORK
 
 from phyllod.host.libvirt_client import _ensure_event_thread
 
@@ -158,23 +160,10 @@ def test_a_hub_carrying_the_only_keyboard_is_refused_and_says_which(phyllod: Phy
 
 # ---------------------------------------------------------------- a guest letting go
 
-KEYBOARD_TO_WORK = '[[rule]]\nname = "keyboard"\nmatch = { vendor = "0627" }\nguest = "work"\n'
-
 #: A guest of the served test driver whose own XML holds the fixture's keyboard
 #: (usb:1-2, device 5) under phyllod's alias: each run starts holding it.
-WORK_HOLDING_THE_KEYBOARD = """\
-<domain type='test'>
-  <name>work</name>
-  <memory>65536</memory>
-  <os><type>hvm</type></os>
-  <devices>
-    <hostdev mode='subsystem' type='usb' managed='yes'>
-      <source><vendor id='0x0627'/><product id='0x0001'/><address bus='1' device='5'/></source>
-      <alias name='ua-phyllod-usb1-2-5'/>
-    </hostdev>
-  </devices>
-</domain>
-"""
+WORK_HOLDING_THE_KEYBOARD = driver_guest("work", hostdevs=(
+    usb_hostdev("0627", "0001", bus=1, device=5, alias="ua-phyllod-usb1-2-5"),))
 
 
 class Work:
