@@ -58,6 +58,15 @@ def start_daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sta
         notify.close()
 
 
+def ready_on_work(start_daemon: Start, lv: libvirtd.PrivateLibvirtd, tb: testbed.UsbTestbed,
+                  policy: str = KEYBOARD_TO_WORK) -> tuple[DaemonProcess, NotifySocket]:
+    """phyllod on ``policy``, the guest 'work' running on the private libvirtd: READY."""
+    libvirtd.start_guest(lv.uri, "work")
+    daemon, notify = start_daemon(policy, lv.uri, tb)
+    notify.wait_for("READY=1")
+    return daemon, notify
+
+
 def test_coldplug_attach_error_is_reported_retried_and_survived(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
@@ -165,9 +174,7 @@ def test_restart_adopts_what_the_guest_holds_and_removes_stale_hostdevs(
 def test_libvirtd_restart_is_survived_and_resynced(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
-    libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
-    notify.wait_for("READY=1")
+    daemon, notify = ready_on_work(start_daemon, private_libvirtd, usb_testbed)
     daemon.wait_log(r"connected to .*: 1 guests, 1 running")
     mark = daemon.mark()
     private_libvirtd.stop()
@@ -184,10 +191,8 @@ def test_libvirtd_restart_is_survived_and_resynced(
 def test_two_identical_devices_only_the_ruled_port_moves(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
-    libvirtd.start_guest(private_libvirtd.uri, "work")
     policy = '[[rule]]\nname = "left"\nmatch = { vendor = "0627", port = "1-2" }\nguest = "work"\n'
-    daemon, notify = start_daemon(policy, private_libvirtd.uri, usb_testbed)
-    notify.wait_for("READY=1")
+    daemon, _ = ready_on_work(start_daemon, private_libvirtd, usb_testbed, policy)
     usb_testbed.plug("1-2", devnum=3)
     usb_testbed.plug("1-3", devnum=4)
     daemon.wait_log(r"attaching usb:1-2 .* \(bus 1 device 3\)")
@@ -199,9 +204,7 @@ def test_two_identical_devices_only_the_ruled_port_moves(
 def test_a_flapping_device_never_races_itself(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
-    libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
-    notify.wait_for("READY=1")
+    daemon, _ = ready_on_work(start_daemon, private_libvirtd, usb_testbed)
     last = 0
     for devnum in range(2, 42):
         usb_testbed.plug("1-2", devnum=devnum)
@@ -254,9 +257,7 @@ def test_one_plug_reads_the_host_facts_once(
     """A plug is several uevents (the device, each interface): the host facts are read
     once for all of them before the decision, not once per event (in a slow VM one
     read costs ~0.3 s, and per event they held the attach back by a second)."""
-    libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
-    notify.wait_for("READY=1")
+    daemon, _ = ready_on_work(start_daemon, private_libvirtd, usb_testbed)
     before = _facts_reads(daemon)
     mark = daemon.mark()
     daemon.signal(signal.SIGSTOP)  # the uevents queue up, as they do behind a slow turn

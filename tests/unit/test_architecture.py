@@ -58,6 +58,7 @@ HOST_ADAPTER_PARTS = {"phyllod.host.sysfs_acs": "phyllod.host.sysfs"}
 #: What service/ parts share that is no part: the fault-injection seams.
 SERVICE_SHARED = frozenset({"phyllod.service.fault_points"})
 SERVICE_ROOT = "phyllod.service.root"
+CONTRACT = "phyllod.contract"
 FOLDERS = ("core", "host", "bus", "service", "ctl", "applet")
 #: What phyllodctl may take from the daemon's side: one way to open a bus and
 #: the dbus-fast shims (bus/), the pure text helpers (core/).
@@ -183,14 +184,16 @@ def host_rule(module: Module) -> list[str]:
     return out
 
 
+def only(module: Module, allowed: Callable[[str], bool], why: str) -> list[str]:
+    """The room's libraries, and of phyllod only the names ``allowed`` accepts."""
+    return outside_libraries(module) + [say(module, i, why) for i in module.imports
+                                        if first_party(i.name) and not allowed(i.name)]
+
+
 def bus_rule(module: Module) -> list[str]:
     """bus/ is one adapter: core/, contract and its own modules."""
-    out = outside_libraries(module)
-    out += [say(module, i, "bus imports core, contract and bus only")
-            for i in module.imports if first_party(i.name)
-            and not (within(i.name, "core") or within(i.name, "bus")
-                     or i.name == f"{TOP}.contract")]
-    return out
+    return only(module, lambda n: within(n, "core") or within(n, "bus") or n == CONTRACT,
+                "bus imports core, contract and bus only")
 
 
 def service_rule(module: Module) -> list[str]:
@@ -210,47 +213,33 @@ def service_rule(module: Module) -> list[str]:
 
 def ctl_rule(module: Module) -> list[str]:
     """phyllodctl: the contract, its own modules, bus.connect/compat, core's text helpers."""
-    out = outside_libraries(module)
-    out += [say(module, i, "phyllodctl imports the contract, ctl, bus.connect/compat "
-                           "and core's text helpers only")
-            for i in module.imports if first_party(i.name)
-            and not (within(i.name, "ctl") or i.name in (TOP, f"{TOP}.contract")
-                     or i.name in CTL_FROM_DAEMON)]
-    return out
+    return only(module, lambda n: within(n, "ctl") or n in (TOP, CONTRACT)
+                or n in CTL_FROM_DAEMON,
+                "phyllodctl imports the contract, ctl, bus.connect/compat and core's "
+                "text helpers only")
 
 
 def applet_rule(module: Module) -> list[str]:
     """The applet: gi, the standard library, the contract and phyllod's __version__."""
-    out = outside_libraries(module)
-    out += [say(module, i, "the applet imports gi, the standard library, the contract "
-                           "and __version__ only")
-            for i in module.imports if first_party(i.name)
-            and not (within(i.name, "applet") or i.name in (TOP, f"{TOP}.contract"))]
-    return out
+    return only(module, lambda n: within(n, "applet") or n in (TOP, CONTRACT),
+                "the applet imports gi, the standard library, the contract and "
+                "__version__ only")
 
 
 def contract_rule(module: Module) -> list[str]:
     """contract.py, shared by all three programs: the standard library only."""
-    out = outside_libraries(module)
-    out += [say(module, i, "the contract imports the standard library only")
-            for i in module.imports if first_party(i.name)]
-    return out
+    return only(module, lambda n: False, "the contract imports the standard library only")
 
 
 def cli_rule(module: Module) -> list[str]:
     """`phyllod` (cli.py) starts the daemon: anything but the clients."""
-    out = outside_libraries(module)
-    out += [say(module, i, "the daemon's command never imports the clients")
-            for i in module.imports if within(i.name, "ctl") or within(i.name, "applet")]
-    return out
+    return only(module, lambda n: not (within(n, "ctl") or within(n, "applet")),
+                "the daemon's command never imports the clients")
 
 
 def package_rule(module: Module) -> list[str]:
     """phyllod/__init__.py holds the version and a map: it imports nothing of phyllod."""
-    out = outside_libraries(module)
-    out += [say(module, i, "the package's __init__ imports nothing of phyllod")
-            for i in module.imports if first_party(i.name)]
-    return out
+    return only(module, lambda n: False, "the package's __init__ imports nothing of phyllod")
 
 
 RULES: dict[str, Callable[[Module], list[str]]] = {
@@ -271,62 +260,31 @@ def problems(module: Module) -> list[str]:
 MODULES = read_modules(PACKAGE)
 
 
-def check(rule: Callable[[Module], list[str]], module: Module) -> None:
-    found = rule(module)
+#: Each room's rule, by the name its test cases carry.
+RULE_NAMES = {
+    "core": "core is pure",
+    "host": "a host adapter imports core only, never another adapter",
+    "bus": "bus imports core and the contract only",
+    "service": "a service part never imports a sibling",
+    "ctl": "phyllodctl imports the contract, not the daemon",
+    "applet": "the applet imports gi, the standard library and the contract",
+    "contract": "the contract imports the standard library only",
+    "cli": "the daemon's command never imports the clients",
+    "package": "the package's __init__ imports nothing",
+    "none": "every module is in a room",
+}
+
+
+@pytest.mark.parametrize("module", MODULES,
+                         ids=[f"{RULE_NAMES[m.room]}: {m.name}" for m in MODULES])
+def test_the_rule_of_its_room(module: Module):
+    """One case per module, under its room's rule (RULES); the message names the import."""
+    found = problems(module)
     if found:
         pytest.fail("\n".join(found), pytrace=False)
 
 
-def room(name: str) -> list[Module]:
-    return [m for m in MODULES if m.room == name]
-
-
-def by_name(modules: list[Module]) -> dict:
-    return {"argvalues": modules, "ids": [m.name for m in modules]}
-
-
-@pytest.mark.parametrize("module", **by_name(MODULES))
-def test_every_module_is_in_a_room(module: Module):
-    if module.room == "none":
-        pytest.fail("\n".join(problems(module)), pytrace=False)
-
-
-@pytest.mark.parametrize("module", **by_name(room("core")))
-def test_core_is_pure(module: Module):
-    check(core_rule, module)
-
-
-@pytest.mark.parametrize("module", **by_name(room("host")))
-def test_a_host_adapter_imports_core_only_never_another_adapter(module: Module):
-    check(host_rule, module)
-
-
-@pytest.mark.parametrize("module", **by_name(room("bus")))
-def test_bus_imports_core_and_the_contract_only(module: Module):
-    check(bus_rule, module)
-
-
-@pytest.mark.parametrize("module", **by_name(room("service")))
-def test_a_service_part_never_imports_a_sibling(module: Module):
-    check(service_rule, module)
-
-
-@pytest.mark.parametrize("module", **by_name(room("ctl")))
-def test_phyllodctl_imports_the_contract_not_the_daemon(module: Module):
-    check(ctl_rule, module)
-
-
-@pytest.mark.parametrize("module", **by_name(room("applet")))
-def test_the_applet_imports_gi_the_standard_library_and_the_contract(module: Module):
-    check(applet_rule, module)
-
-
-@pytest.mark.parametrize("module", **by_name(room("contract") + room("cli") + room("package")))
-def test_the_contract_cli_and_package_keep_to_their_imports(module: Module):
-    check(problems, module)
-
-
-@pytest.mark.parametrize("module", **by_name(MODULES))
+@pytest.mark.parametrize("module", MODULES, ids=[m.name for m in MODULES])
 def test_no_module_is_longer_than_450_lines(module: Module):
     if module.lines > MAX_LINES:
         pytest.fail(f"{module.name} has {module.lines} lines (at most {MAX_LINES}): split it",
