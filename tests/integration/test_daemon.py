@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 NO_USB = "cannot open directory '/sys/bus/usb/devices'"
 
 Start = Callable[..., tuple[DaemonProcess, NotifySocket]]
+StartOnWork = Callable[..., tuple[DaemonProcess, NotifySocket]]
 
 
 @pytest.fixture
@@ -58,13 +59,17 @@ def start_daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sta
         notify.close()
 
 
-def ready_on_work(start_daemon: Start, lv: libvirtd.PrivateLibvirtd, tb: testbed.UsbTestbed,
-                  policy: str = KEYBOARD_TO_WORK) -> tuple[DaemonProcess, NotifySocket]:
-    """phyllod on ``policy``, the guest 'work' running on the private libvirtd: READY."""
-    libvirtd.start_guest(lv.uri, "work")
-    daemon, notify = start_daemon(policy, lv.uri, tb)
-    notify.wait_for("READY=1")
-    return daemon, notify
+@pytest.fixture
+def ready_on_work(start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
+                  usb_testbed: testbed.UsbTestbed) -> StartOnWork:
+    """Start phyllod on a policy (keyboards to 'work' unless given), with the guest
+    'work' running on the private libvirtd, and wait for READY=1."""
+    def start(policy: str = KEYBOARD_TO_WORK) -> tuple[DaemonProcess, NotifySocket]:
+        libvirtd.start_guest(private_libvirtd.uri, "work")
+        daemon, notify = start_daemon(policy, private_libvirtd.uri, usb_testbed)
+        notify.wait_for("READY=1")
+        return daemon, notify
+    return start
 
 
 def test_coldplug_attach_error_is_reported_retried_and_survived(
@@ -172,9 +177,9 @@ def test_restart_adopts_what_the_guest_holds_and_removes_stale_hostdevs(
 
 
 def test_libvirtd_restart_is_survived_and_resynced(
-        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
+        ready_on_work: StartOnWork, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
-    daemon, notify = ready_on_work(start_daemon, private_libvirtd, usb_testbed)
+    daemon, notify = ready_on_work()
     daemon.wait_log(r"connected to .*: 1 guests, 1 running")
     mark = daemon.mark()
     private_libvirtd.stop()
@@ -189,10 +194,9 @@ def test_libvirtd_restart_is_survived_and_resynced(
 
 
 def test_two_identical_devices_only_the_ruled_port_moves(
-        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
-        usb_testbed: testbed.UsbTestbed):
+        ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
     policy = '[[rule]]\nname = "left"\nmatch = { vendor = "0627", port = "1-2" }\nguest = "work"\n'
-    daemon, _ = ready_on_work(start_daemon, private_libvirtd, usb_testbed, policy)
+    daemon, _ = ready_on_work(policy)
     usb_testbed.plug("1-2", devnum=3)
     usb_testbed.plug("1-3", devnum=4)
     daemon.wait_log(r"attaching usb:1-2 .* \(bus 1 device 3\)")
@@ -202,9 +206,8 @@ def test_two_identical_devices_only_the_ruled_port_moves(
 
 
 def test_a_flapping_device_never_races_itself(
-        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
-        usb_testbed: testbed.UsbTestbed):
-    daemon, _ = ready_on_work(start_daemon, private_libvirtd, usb_testbed)
+        ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
+    daemon, _ = ready_on_work()
     last = 0
     for devnum in range(2, 42):
         usb_testbed.plug("1-2", devnum=devnum)
@@ -252,12 +255,11 @@ def _facts_reads(daemon: DaemonProcess) -> int:
 
 
 def test_one_plug_reads_the_host_facts_once(
-        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
-        usb_testbed: testbed.UsbTestbed):
+        ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
     """A plug is several uevents (the device, each interface): the host facts are read
     once for all of them before the decision, not once per event (in a slow VM one
     read costs ~0.3 s, and per event they held the attach back by a second)."""
-    daemon, _ = ready_on_work(start_daemon, private_libvirtd, usb_testbed)
+    daemon, _ = ready_on_work()
     before = _facts_reads(daemon)
     mark = daemon.mark()
     daemon.signal(signal.SIGSTOP)  # the uevents queue up, as they do behind a slow turn
