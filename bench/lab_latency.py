@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "lab" / "support"))
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "support"))  # policies
 
 import lab as harness  # noqa: E402
 from lab_phyllod import L2, LabPhyllod, wait_until  # noqa: E402

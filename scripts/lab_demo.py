@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "lab" / "support"))
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "support"))  # policies
 
 import lab as harness  # noqa: E402
 import lab_pci  # noqa: E402

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from desktop import Applet, Desktop, Session, missing_tools
 from gi.repository import GLib
+from guest_xml import driver_guest, node, usb_hostdev
 from phyllod_on_bus import DEVICE, MANAGER, ROOT, Phyllod
 
 pytestmark = pytest.mark.integration
@@ -266,6 +267,15 @@ def registered_item(desktop: Desktop) -> dict[str, str]:
         (r for r in desktop.watcher.records() if "service" in r), None))
 
 
+def in_the_tray(desktop: Desktop, applet: Callable[..., Applet]
+                ) -> tuple[Applet, dict[str, str], Session]:
+    """The applet started and its item registered with the watcher; a session on the
+    desktop's bus to read the item and its menu (the caller closes it)."""
+    app = applet()
+    item = registered_item(desktop)
+    return app, item, Session(desktop.address)
+
+
 def submenu_labels(session: Session, item: dict[str, str], label: str) -> list[str]:
     _menu, root = layout(session, item)
     return [e[1] for e in entries((0, {}, find(root, label)[2]))]
@@ -275,10 +285,8 @@ def test_tray_menu_over_dbusmenu_shows_devices_and_acts(desktop: Desktop, phyllo
                                                         applet: Callable[..., Applet]):
     desktop.start_watcher()
     phyllod.start()
-    app = applet()
-    item = registered_item(desktop)
+    app, item, session = in_the_tray(desktop, applet)
     assert item["path"] == "/org/ayatana/NotificationItem/phyllod_applet"
-    session = Session(desktop.address)
     try:
         entry = "QEMU USB Keyboard (usb:1-2): "
         wait(lambda: session.get(item["service"], item["path"], SNI, "IconName") == "phyllod")
@@ -347,9 +355,7 @@ def test_phyllod_stopped_and_started_again(desktop: Desktop, phyllod: Phyllod,
                                            applet: Callable[..., Applet]):
     desktop.start_watcher()
     phyllod.start()
-    app = applet()
-    item = registered_item(desktop)
-    session = Session(desktop.address)
+    app, item, session = in_the_tray(desktop, applet)
     try:
         def top() -> list[str]:
             return [e[1] for e in entries(layout(session, item)[1])]
@@ -377,9 +383,7 @@ def test_phyllod_stopped_and_started_again(desktop: Desktop, phyllod: Phyllod,
 def test_applet_started_before_phyllod_and_without_a_system_bus(
         desktop: Desktop, phyllod: Phyllod, applet: Callable[..., Applet]):
     desktop.start_watcher()
-    app = applet()
-    item = registered_item(desktop)
-    session = Session(desktop.address)
+    app, item, session = in_the_tray(desktop, applet)
     try:
         first = entries(layout(session, item)[1])[0][1]
         assert first == "phyllod is not running"
@@ -453,23 +457,9 @@ def test_screenshot_of_menu_and_question(desktop: Desktop, phyllod: Phyllod,
 #     already in its guest (a hostdev with phyllod's alias), as after a restart.
 #     ("detached" needs a detach that works: unit-tested, and real in the lab.)
 
-TEST_NODE = """\
-<node>
-  <domain type='test'>
-    <name>test</name>
-    <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
-    <memory>1048576</memory>
-    <vcpu>1</vcpu>
-    <os><type>hvm</type></os>
-    <devices>
-      <hostdev mode='subsystem' type='usb' managed='yes'>
-        <source><vendor id='0x1050'/><product id='0x0407'/><address bus='1' device='7'/></source>
-        <alias name='ua-phyllod-usb1-3-7'/>
-      </hostdev>
-    </devices>
-  </domain>
-</node>
-"""
+TEST_NODE = node(driver_guest(
+    "test", uuid="6695eb01-f6a4-8304-79aa-97f2502e193f", memory=1048576, vcpu=1,
+    hostdevs=(usb_hostdev("1050", "0407", bus=1, device=7, alias="ua-phyllod-usb1-3-7"),)))
 
 
 class PhyllodOnNode(Phyllod):
@@ -527,9 +517,7 @@ def test_polkit_refusal_is_a_notification_and_the_call_allowed_interaction(
         desktop: Desktop, phyllod: Phyllod, mock_polkit, applet: Callable[..., Applet]):
     desktop.start_watcher()
     phyllod.start()
-    app = applet()
-    item = registered_item(desktop)
-    session = Session(desktop.address)
+    app, item, session = in_the_tray(desktop, applet)
     try:
         entry = "QEMU USB Keyboard (usb:1-2): "
         wait(lambda: "Attach to test" in submenu_labels(session, item, entry))

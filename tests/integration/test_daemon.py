@@ -20,13 +20,15 @@ import libvirtd
 import pytest
 import testbed
 from daemon_process import DaemonProcess, NotifySocket, child_env
+from guest_xml import driver_guest, node, qemu_guest, usb_hostdev
+from policies import KEYBOARD_TO_WORK, rule
 
 pytestmark = pytest.mark.integration
 
-KBD_TO_WORK = '[[rule]]\nname = "keyboard"\nmatch = { vendor = "0627" }\nguest = "work"\n'
 NO_USB = "cannot open directory '/sys/bus/usb/devices'"
 
 Start = Callable[..., tuple[DaemonProcess, NotifySocket]]
+StartOnWork = Callable[..., tuple[DaemonProcess, NotifySocket]]
 
 
 @pytest.fixture
@@ -57,12 +59,25 @@ def start_daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sta
         notify.close()
 
 
+@pytest.fixture
+def ready_on_work(start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
+                  usb_testbed: testbed.UsbTestbed) -> StartOnWork:
+    """Start phyllod on a policy (keyboards to 'work' unless given), with the guest
+    'work' running on the private libvirtd, and wait for READY=1."""
+    def start(policy: str = KEYBOARD_TO_WORK) -> tuple[DaemonProcess, NotifySocket]:
+        libvirtd.start_guest(private_libvirtd.uri, "work")
+        daemon, notify = start_daemon(policy, private_libvirtd.uri, usb_testbed)
+        notify.wait_for("READY=1")
+        return daemon, notify
+    return start
+
+
 def test_coldplug_attach_error_is_reported_retried_and_survived(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
     libvirtd.start_guest(private_libvirtd.uri, "work")
     usb_testbed.plug("1-2", devnum=5)
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
     notify.wait_for("READY=1")
     daemon.wait_log(r"usb:1-2 \(0627:0001 QEMU QEMU USB Keyboard\) present at start")
     daemon.wait_log(r"attaching usb:1-2 .* to work by rule .keyboard.: libvirt attachDeviceFlags")
@@ -84,8 +99,8 @@ def test_pending_until_the_guest_runs_and_back_when_it_stops(
         start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
     conn = libvirt.open(private_libvirtd.uri)
-    dom = conn.defineXML(libvirtd.GUEST_XML.format(name="work"))
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
+    dom = conn.defineXML(qemu_guest("work"))
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, private_libvirtd.uri, usb_testbed)
     notify.wait_for("READY=1")
     usb_testbed.plug("1-2", devnum=5)
     daemon.wait_log(r"usb:1-2 .*: pending guest=work: guest 'work' is not running")
@@ -108,11 +123,10 @@ def test_pending_until_the_guest_runs_and_back_when_it_stops(
 
 def test_broken_policy_reload_keeps_the_previous_one(
         start_daemon: Start, usb_testbed: testbed.UsbTestbed):
-    daemon, notify = start_daemon(KBD_TO_WORK, "test:///default", usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, "test:///default", usb_testbed)
     notify.wait_for("READY=1")
     policy_file = start_daemon.policy_dir / "10-test.toml"  # type: ignore[attr-defined]
-    policy_file.write_text(KBD_TO_WORK + '\n[[rule]]\nname = "bad"\nmatch = { vendor = "xyz" }\n'
-                           'guest = "work"\n')
+    policy_file.write_text(KEYBOARD_TO_WORK + "\n" + rule("bad", 'vendor = "xyz"', guest="work"))
     mark = daemon.mark()
     daemon.signal(signal.SIGHUP)
     daemon.wait_log(rf"policy: {policy_file}:8: rule 'bad': vendor must be 4 hex digits",
@@ -122,7 +136,7 @@ def test_broken_policy_reload_keeps_the_previous_one(
     # The previous policy still decides.
     usb_testbed.plug("1-2", devnum=5)
     daemon.wait_log(r"usb:1-2 .*: pending guest=work: no guest 'work' is defined", start=mark)
-    policy_file.write_text(KBD_TO_WORK.replace('"work"', '"test"'))
+    policy_file.write_text(KEYBOARD_TO_WORK.replace('"work"', '"test"'))
     mark = daemon.mark()
     daemon.signal(signal.SIGHUP)
     daemon.wait_log(r"policy: 1 rules from 1 files", start=mark)
@@ -144,26 +158,9 @@ def test_policy_broken_at_start_moves_nothing(
     assert "attaching" not in daemon.log()
 
 
-NODE_XML = """\
-<node>
-  <domain type='test'>
-    <name>work</name>
-    <uuid>8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa</uuid>
-    <memory>65536</memory>
-    <os><type>hvm</type></os>
-    <devices>
-      <hostdev mode='subsystem' type='usb' managed='yes'>
-        <source><vendor id='0x0627'/><product id='0x0001'/><address bus='1' device='5'/></source>
-        <alias name='ua-phyllod-usb1-2-5'/>
-      </hostdev>
-      <hostdev mode='subsystem' type='usb' managed='yes'>
-        <source><vendor id='0x0627'/><product id='0x0001'/><address bus='1' device='9'/></source>
-        <alias name='ua-phyllod-usb1-3-9'/>
-      </hostdev>
-    </devices>
-  </domain>
-</node>
-"""
+NODE_XML = node(driver_guest("work", uuid="8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa", hostdevs=(
+    usb_hostdev("0627", "0001", bus=1, device=5, alias="ua-phyllod-usb1-2-5"),
+    usb_hostdev("0627", "0001", bus=1, device=9, alias="ua-phyllod-usb1-3-9"))))
 
 
 def test_restart_adopts_what_the_guest_holds_and_removes_stale_hostdevs(
@@ -172,7 +169,7 @@ def test_restart_adopts_what_the_guest_holds_and_removes_stale_hostdevs(
     node = tmp_path / "node.xml"
     node.write_text(NODE_XML)
     usb_testbed.plug("1-2", devnum=5)
-    daemon, notify = start_daemon(KBD_TO_WORK, f"test://{node}", usb_testbed)
+    daemon, notify = start_daemon(KEYBOARD_TO_WORK, f"test://{node}", usb_testbed)
     notify.wait_for("READY=1")
     daemon.wait_log(r"usb:1-2 .*: attached guest=work: attached to 'work' by rule 'keyboard'")
     daemon.wait_log(r"detaching ua-phyllod-usb1-3-9 from work \(the device is gone\)")
@@ -180,11 +177,9 @@ def test_restart_adopts_what_the_guest_holds_and_removes_stale_hostdevs(
 
 
 def test_libvirtd_restart_is_survived_and_resynced(
-        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
+        ready_on_work: StartOnWork, private_libvirtd: libvirtd.PrivateLibvirtd,
         usb_testbed: testbed.UsbTestbed):
-    libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
-    notify.wait_for("READY=1")
+    daemon, notify = ready_on_work()
     daemon.wait_log(r"connected to .*: 1 guests, 1 running")
     mark = daemon.mark()
     private_libvirtd.stop()
@@ -199,12 +194,9 @@ def test_libvirtd_restart_is_survived_and_resynced(
 
 
 def test_two_identical_devices_only_the_ruled_port_moves(
-        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
-        usb_testbed: testbed.UsbTestbed):
-    libvirtd.start_guest(private_libvirtd.uri, "work")
+        ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
     policy = '[[rule]]\nname = "left"\nmatch = { vendor = "0627", port = "1-2" }\nguest = "work"\n'
-    daemon, notify = start_daemon(policy, private_libvirtd.uri, usb_testbed)
-    notify.wait_for("READY=1")
+    daemon, _ = ready_on_work(policy)
     usb_testbed.plug("1-2", devnum=3)
     usb_testbed.plug("1-3", devnum=4)
     daemon.wait_log(r"attaching usb:1-2 .* \(bus 1 device 3\)")
@@ -214,11 +206,8 @@ def test_two_identical_devices_only_the_ruled_port_moves(
 
 
 def test_a_flapping_device_never_races_itself(
-        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
-        usb_testbed: testbed.UsbTestbed):
-    libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
-    notify.wait_for("READY=1")
+        ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
+    daemon, _ = ready_on_work()
     last = 0
     for devnum in range(2, 42):
         usb_testbed.plug("1-2", devnum=devnum)
@@ -266,14 +255,11 @@ def _facts_reads(daemon: DaemonProcess) -> int:
 
 
 def test_one_plug_reads_the_host_facts_once(
-        start_daemon: Start, private_libvirtd: libvirtd.PrivateLibvirtd,
-        usb_testbed: testbed.UsbTestbed):
+        ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
     """A plug is several uevents (the device, each interface): the host facts are read
     once for all of them before the decision, not once per event (in a slow VM one
     read costs ~0.3 s, and per event they held the attach back by a second)."""
-    libvirtd.start_guest(private_libvirtd.uri, "work")
-    daemon, notify = start_daemon(KBD_TO_WORK, private_libvirtd.uri, usb_testbed)
-    notify.wait_for("READY=1")
+    daemon, _ = ready_on_work()
     before = _facts_reads(daemon)
     mark = daemon.mark()
     daemon.signal(signal.SIGSTOP)  # the uevents queue up, as they do behind a slow turn

@@ -41,6 +41,7 @@ import pytest
 import testbed
 from daemon_process import DaemonProcess, NotifySocket, child_env
 from libvirtd import frozen
+from policies import KEYBOARD_TO_WORK
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -48,7 +49,6 @@ NO_USB = "cannot open directory '/sys/bus/usb/devices'"
 ROOT = Path(__file__).resolve().parents[2]
 HAS_FAULT_POINTS = (ROOT / "phyllod" / "service" / "fault_points.py").exists()
 
-KEYBOARD_RULE = '[[rule]]\nname = "keyboard"\nmatch = { vendor = "0627" }\nguest = "work"\n'
 ASK_FOR_KEYS = '\n[[rule]]\nname = "keys"\nmatch = { vendor = "1050" }\naction = "ask"\n'
 
 
@@ -56,7 +56,7 @@ def policy(debounce: float | None = 0) -> str:
     """Keyboards go to 'work'; unplugs are believed after ``debounce`` seconds
     (``[settings] debounce``; None: phyllod's default window, 1 s)."""
     settings = "" if debounce is None else f"[settings]\ndebounce = {debounce}\n\n"
-    return settings + KEYBOARD_RULE
+    return settings + KEYBOARD_TO_WORK
 
 
 # ---------------------------------------------------------------- the rig
@@ -312,6 +312,19 @@ def plug_keyboard(tb: testbed.UsbTestbed, port: str = "1-2", devnum: int = 5,
     tb.plug(port, devnum=devnum, product=product)
 
 
+@contextlib.contextmanager
+def attach_held_in_libvirtd(rig: Rig, devnum: int) -> Iterator[int]:
+    """libvirtd frozen, the keyboard plugged as ``devnum`` and its attach issued,
+    waiting in libvirtd's socket; yields the log mark from before the plug."""
+    d = rig.daemon
+    mark = d.mark()
+    with frozen(rig.lv):
+        plug_keyboard(rig.tb, devnum=devnum)
+        d.wait_log(rf"attaching usb:1-2 .*\(bus 1 device {devnum}\)", start=mark)
+        time.sleep(0.05)  # the call is written to the socket
+        yield mark
+
+
 def plug_mouse(tb: testbed.UsbTestbed, port: str = "1-3", devnum: int = 6) -> None:
     """A device no rule matches."""
     tb.plug(port, devnum=devnum, vendor="046d", product="c52b",
@@ -383,11 +396,7 @@ def test_libvirtd_restarts_idle_and_mid_attach_are_resynced(rig: Rig, reliabilit
     # and SIGKILL every other time).
     mid, ended = [], set()
     for devnum in range(10, 10 + n):
-        mark = d.mark()
-        with frozen(rig.lv):
-            plug_keyboard(rig.tb, devnum=devnum)
-            d.wait_log(rf"attaching usb:1-2 .*\(bus 1 device {devnum}\)", start=mark)
-            time.sleep(0.05)  # the call is written to the socket
+        with attach_held_in_libvirtd(rig, devnum) as mark:
             stop = rig.lv.kill if devnum % 2 else functools.partial(_terminate_frozen, rig.lv)
             mid.append(_restart_libvirtd(rig, stop, mark)[0])
         ended.add(d.wait_log(r"attach usb:1-2 to work failed: (.*?) \[", start=mark).group(1))
@@ -429,11 +438,7 @@ def test_guest_destroyed_mid_attach_ends_pending_then_retried(rig: Rig, reliabil
     to_pending, to_retry, destroy_took = [], [], []
     call_errors: set[str] = set()
     for devnum in range(10, 10 + n):
-        mark = d.mark()
-        with frozen(rig.lv):
-            plug_keyboard(rig.tb, devnum=devnum)
-            d.wait_log(rf"attaching usb:1-2 .*\(bus 1 device {devnum}\)", start=mark)
-            time.sleep(0.05)
+        with attach_held_in_libvirtd(rig, devnum) as mark:
             # virsh destroy, queued behind phyllod's attach in the frozen libvirtd.
             destroy = threading.Thread(target=dom.destroy)
             t0 = time.monotonic()
@@ -475,11 +480,7 @@ def test_device_unplugged_mid_attach_ends_gone(rig: Rig, reliability, debounce):
     plug_mouse(rig.tb)
     gone_after = []
     for devnum in range(10, 10 + n):
-        mark = d.mark()
-        with frozen(rig.lv):
-            plug_keyboard(rig.tb, devnum=devnum)
-            d.wait_log(rf"attaching usb:1-2 .*\(bus 1 device {devnum}\)", start=mark)
-            time.sleep(0.05)
+        with attach_held_in_libvirtd(rig, devnum) as mark:
             t0 = time.monotonic()
             rig.tb.unplug("1-2")
             d.wait_log(r"usb:1-2 .* (unplugged|vanished)", start=mark)

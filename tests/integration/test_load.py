@@ -27,6 +27,7 @@ import pytest
 from daemon_process import DaemonProcess, NotifySocket, child_env
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+from guest_xml import driver_guest, node
 from phyllod_on_bus import DEVICE, NAME, ROOT, Phyllod
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -80,12 +81,8 @@ MEMORY = re.compile(r"memory: (?:traced (\d+) KiB \(peak (\d+) KiB\), )?rss ([\d
 
 def node_xml(guests: int) -> str:
     """A libvirt test driver file: ``guests`` domains, running (the driver's default)."""
-    domains = "".join(
-        f"  <domain type='test'>\n    <name>g{n:02d}</name>\n"
-        f"    <uuid>6c0a9f3e-0000-4000-8000-{n:012d}</uuid>\n"
-        f"    <memory>65536</memory>\n    <os><type>hvm</type></os>\n  </domain>\n"
-        for n in range(1, guests + 1))
-    return f"<node>\n{domains}</node>\n"
+    return node(*(driver_guest(f"g{n:02d}", uuid=f"6c0a9f3e-0000-4000-8000-{n:012d}")
+                  for n in range(1, guests + 1)))
 
 
 class LoadedPhyllod(Phyllod):

@@ -21,7 +21,10 @@ from collections.abc import Iterator
 import libvirt
 import libvirtd
 import pytest
+from daemon_process import DaemonProcess
+from guest_xml import driver_guest, usb_hostdev
 from phyllod_on_bus import Phyllod, poll
+from policies import KEYBOARD_TO_WORK
 
 from phyllod.host.libvirt_client import _ensure_event_thread
 
@@ -158,23 +161,10 @@ def test_a_hub_carrying_the_only_keyboard_is_refused_and_says_which(phyllod: Phy
 
 # ---------------------------------------------------------------- a guest letting go
 
-KEYBOARD_TO_WORK = '[[rule]]\nname = "keyboard"\nmatch = { vendor = "0627" }\nguest = "work"\n'
-
 #: A guest of the served test driver whose own XML holds the fixture's keyboard
 #: (usb:1-2, device 5) under phyllod's alias: each run starts holding it.
-WORK_HOLDING_THE_KEYBOARD = """\
-<domain type='test'>
-  <name>work</name>
-  <memory>65536</memory>
-  <os><type>hvm</type></os>
-  <devices>
-    <hostdev mode='subsystem' type='usb' managed='yes'>
-      <source><vendor id='0x0627'/><product id='0x0001'/><address bus='1' device='5'/></source>
-      <alias name='ua-phyllod-usb1-2-5'/>
-    </hostdev>
-  </devices>
-</domain>
-"""
+WORK_HOLDING_THE_KEYBOARD = driver_guest("work", hostdevs=(
+    usb_hostdev("0627", "0001", bus=1, device=5, alias="ua-phyllod-usb1-2-5"),))
 
 
 class Work:
@@ -228,6 +218,16 @@ def _seen(phyllod: Phyllod, port: str, devnum: int, start: int) -> None:
     phyllod.proc.wait_line(f"usb:{port} (046d:c52b", start)
 
 
+def _holding_the_keyboard(phyllod: Phyllod, work: Work) -> DaemonProcess:
+    """phyllod started on 'keyboards to work' with 'work' holding the keyboard: attached."""
+    (phyllod.policy_dir / "10.toml").write_text(KEYBOARD_TO_WORK)
+    phyllod.start(uri=work.uri)
+    assert phyllod.proc is not None
+    d = phyllod.proc
+    d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): attached guest=work")
+    return d
+
+
 @pytest.mark.parametrize("order", ["stopped, then the bind", "the bind, then stopped"])
 def test_a_guest_stopping_lets_go_of_its_device_it_is_no_reset(phyllod: Phyllod, work: Work,
                                                                 order: str):
@@ -235,11 +235,7 @@ def test_a_guest_stopping_lets_go_of_its_device_it_is_no_reset(phyllod: Phyllod,
     the host. Whichever comes first, the bind or libvirt's STOPPED, phyllod sends no
     detach to the stopping guest, and the next run holds the device once, with no
     detach and attach again (the blink a stale "taken back" mark made)."""
-    (phyllod.policy_dir / "10.toml").write_text(KEYBOARD_TO_WORK)
-    phyllod.start(uri=work.uri)
-    assert phyllod.proc is not None
-    d = phyllod.proc
-    d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): attached guest=work")
+    d = _holding_the_keyboard(phyllod, work)
     start = d.mark()
     if order == "stopped, then the bind":
         # phyllod has libvirt's STOPPED; its re-read of the guest waits in a frozen
@@ -275,11 +271,7 @@ def test_a_host_driver_taking_a_device_from_a_running_guest_is_a_reset(phyllod: 
     """The same bind while the guest runs on and still holds the device: after the
     grace window phyllod re-reads the guest, calls it a reset on the host and
     detaches the dead hostdev to attach it again (the test driver refuses)."""
-    (phyllod.policy_dir / "10.toml").write_text(KEYBOARD_TO_WORK)
-    phyllod.start(uri=work.uri)
-    assert phyllod.proc is not None
-    d = phyllod.proc
-    d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): attached guest=work")
+    d = _holding_the_keyboard(phyllod, work)
     start = d.mark()
     _usbhid_binds(phyllod)
     d.wait_line("the host's usbhid took it back while in 'work' (a reset on the host?)", start)

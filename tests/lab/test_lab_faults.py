@@ -1,6 +1,6 @@
 """SIGKILL of phyllod at each step of a real attach and detach, then a restart (L1/L2).
 
-The daemon's fault points (phyllod/fault_points.py, armed by a file in
+The daemon's fault points (phyllod/service/fault_points.py, armed by a file in
 $PHYLLOD_FAULT_DIR, set by a drop-in for the packaged unit) hold phyllod at
 an exact step: before the libvirt call, while it runs (the call completes,
 phyllod never sees its result), and after it returned but before phyllod
@@ -15,18 +15,11 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from lab_phyllod import DROPIN_DIR, L2, LabPhyllod, keyboard_alias
+from lab_phyllod import DROPIN_DIR, KBD_TO_L2, L2, LabPhyllod, keyboard_alias
 
 pytestmark = [pytest.mark.lab, pytest.mark.reliability]
 
 FAULTS = "/var/lib/phyllod/faults"
-KBD_TO_L2 = f"""\
-[[rule]]
-name = "keyboards go to {L2}"
-match = {{ vendor = "0627", product = "0001" }}
-guest = "{L2}"
-"""
-
 
 @pytest.fixture
 def faulty(lab_phyllod: LabPhyllod) -> Iterator[LabPhyllod]:
@@ -87,10 +80,7 @@ def test_sigkill_during_an_attach_then_restart(faulty: LabPhyllod, point: str, r
 @pytest.mark.parametrize("point", ["detach-before", "detach-running", "detach-returned"])
 def test_sigkill_during_a_detach_then_restart(faulty: LabPhyllod, point: str, reliability):
     p = faulty
-    p.start(KBD_TO_L2)
-    p.plug("kbd1", port=1)
-    alias = keyboard_alias(p.lab, port=1)
-    p.wait_in_l2(alias)
+    alias = p.keyboard_in_l2()
     p.sh(f"touch {FAULTS}/{point}")
     # A manual detach: the override is written before anything moves.
     p.lab.run("systemd-run --no-block phyllodctl detach usb:1-1")

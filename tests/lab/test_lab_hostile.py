@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from lab_phyllod import L2, LabPhyllod, keyboard_alias, wait_until
+from lab_phyllod import STICKS_TO_L2, LabPhyllod, keyboard_alias, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.reliability]
 
@@ -31,12 +31,7 @@ def test_a_hostile_serial_neither_injects_nor_escapes(lab_phyllod: LabPhyllod, r
         p.lab.qmp("blockdev-add", **{"node-name": "evil0", "driver": "raw",
                                      "file": {"driver": "file", "filename": str(image)}})
         try:
-            p.start(f"""\
-[[rule]]
-name = "sticks go to {L2}"
-match = {{ vendor = "46f4" }}
-guest = "{L2}"
-""")
+            p.start(STICKS_TO_L2)
             p.lab.qmp("device_add", driver="usb-storage", bus="xhci.0", port="4",
                       drive="evil0", serial=HOSTILE, id="evil1")
             p.plugged.append("evil1")

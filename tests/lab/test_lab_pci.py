@@ -19,16 +19,13 @@ import lab_pci
 import pytest
 from lab_pci import L2_LINUX, XHCI2, l1_driver, l2_pci_view, l2_usb_view, wait_l1_driver
 from lab_phyllod import LabPhyllod, wait_until
+from policies import rule
 
 pytestmark = pytest.mark.lab
 
 E1000E = "8086:10d3"
-NIC_TO_L2 = f"""\
-[[rule]]
-name = "the e1000e goes to {L2_LINUX}"
-match = {{ vendor = "8086", product = "10d3" }}
-guest = "{L2_LINUX}"
-"""
+NIC_TO_L2 = rule(f"the e1000e goes to {L2_LINUX}", 'vendor = "8086", product = "10d3"',
+                 guest=L2_LINUX)
 
 
 @pytest.fixture(scope="module")

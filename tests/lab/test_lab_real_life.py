@@ -18,16 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_phyllod import L2, LabPhyllod, keyboard_alias, wait_until
+from lab_phyllod import L2, STICKS_TO_L2, LabPhyllod, keyboard_alias, wait_until
 
 pytestmark = pytest.mark.lab
-
-KBD_TO_L2 = f"""\
-[[rule]]
-name = "keyboards go to {L2}"
-match = {{ vendor = "0627", product = "0001" }}
-guest = "{L2}"
-"""
 
 
 def _count(pattern: str, text: str) -> int:
@@ -57,10 +50,7 @@ def _unplug_hub(p: LabPhyllod, hub: str, behind: list[str]) -> None:
 
 def test_sleep_takes_usb_devices_back_and_resume_returns_them(lab_phyllod: LabPhyllod):
     p = lab_phyllod
-    p.start(KBD_TO_L2)
-    p.plug("kbd1", port=1)
-    alias = keyboard_alias(p.lab, port=1)
-    p.wait_in_l2(alias)
+    alias = p.keyboard_in_l2()
     p.wait_journal(r"attached usb:1-1 to l2")
     p.lab.suspend_resume()  # a real S3 of L1
     p.wait_journal(r"the host resumed; attaching devices again")
@@ -131,10 +121,7 @@ def test_what_is_behind_a_hub_follows_and_a_kvm_switch_burst_converges(lab_phyll
 
 def test_a_reset_in_l1_keeps_the_device_in_l2(lab_phyllod: LabPhyllod):
     p = lab_phyllod
-    p.start(KBD_TO_L2)
-    p.plug("kbd1", port=2)
-    alias = keyboard_alias(p.lab, port=2)
-    p.wait_in_l2(alias)
+    alias = p.keyboard_in_l2(port=2)
 
     # De- and re-authorizing the device in L1: the kernel configures it again
     # and L1's usbhid binds, taking it from L2's QEMU (whose view goes stale).
@@ -223,12 +210,7 @@ def test_a_mounted_usb_disk_stays_on_the_host_until_unmounted(lab_phyllod: LabPh
                        lambda: p.lab.run("test -b /dev/disk/by-label/labstick")[0] == 0, 60)
             p.sh("mkdir -p /mnt/labstick && mount /dev/disk/by-label/labstick /mnt/labstick")
             try:
-                p.start(f"""\
-[[rule]]
-name = "sticks go to {L2}"
-match = {{ vendor = "46f4" }}
-guest = "{L2}"
-""")
+                p.start(STICKS_TO_L2)
                 out = _explain(p, "usb:2-4")
                 assert "state: denied" in out, out
                 assert re.search(r"usb:2-4 holds /mnt/labstick \(sd[a-z]\) on the host; "

@@ -11,31 +11,17 @@ import re
 from pathlib import Path
 
 import pytest
-from lab_phyllod import DROPIN_DIR, L2, UNIT, LabPhyllod, keyboard_alias, wait_until
+from lab_phyllod import DROPIN_DIR, L2, UNIT, LabPhyllod, wait_until
+from policies import rule
 
 from phyllod.host.systemd_glue import MessageId
 
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-KBD_TO_L2 = f"""\
-[[rule]]
-name = "keyboards to l2"
-match = {{ vendor = "0627" }}
-guest = "{L2}"
-"""
-STICKS_STAY = """\
-[[rule]]
-name = "sticks stay"
-match = { interface_class = "08" }
-action = "deny"
-"""
-BROKEN = """\
-[[rule]]
-name = "broken"
-match = { colour = "red" }
-guest = "l2"
-"""
+KBD_TO_L2 = rule("keyboards to l2", 'vendor = "0627"', guest=L2)
+STICKS_STAY = rule("sticks stay", 'interface_class = "08"', action="deny")
+BROKEN = rule("broken", 'colour = "red"', guest="l2")
 #: The highest exposure systemd-analyze may give the unit (docs/hardening.md).
 MAX_EXPOSURE = 1.5
 
@@ -91,10 +77,7 @@ def test_status_text_is_phyllods_status(lab_phyllod: LabPhyllod):
 
 def test_a_crash_is_restarted_by_systemd_and_adopts(lab_phyllod: LabPhyllod):
     p = lab_phyllod
-    p.start(KBD_TO_L2)
-    p.plug("kbd1", port=1)
-    alias = keyboard_alias(p.lab, port=1)
-    p.wait_in_l2(alias)
+    alias = p.keyboard_in_l2(KBD_TO_L2)
     restarts = int(_show(p, "NRestarts"))
     p.mark_journal()
     p.kill()
@@ -106,12 +89,12 @@ def test_a_crash_is_restarted_by_systemd_and_adopts(lab_phyllod: LabPhyllod):
 
 
 def _sends_watchdog_pings() -> bool:
-    return any("WATCHDOG=1" in f.read_text() for f in (REPO / "phyllod").glob("*.py"))
+    return any("WATCHDOG=1" in f.read_text() for f in (REPO / "phyllod").rglob("*.py"))
 
 
 def test_a_hung_loop_is_killed_and_restarted_by_the_watchdog(lab_phyllod: LabPhyllod):
     if not _sends_watchdog_pings():
-        pytest.skip("phyllod sends no WATCHDOG=1 yet (grep -n WATCHDOG phyllod/*.py finds "
+        pytest.skip("phyllod sends no WATCHDOG=1 yet (grep -rn WATCHDOG phyllod/ finds "
                     "nothing): with WatchdogSec= set systemd would kill a healthy phyllod")
     p = lab_phyllod
     # SIGSTOP leaves the watchdog's SIGABRT pending: TimeoutAbortSec= bounds
@@ -171,10 +154,7 @@ def test_the_hardened_unit_scores_as_documented(lab_phyllod: LabPhyllod):
 def test_journal_answers_what_happened_to_my_guest(lab_phyllod: LabPhyllod):
     """Structured fields and MESSAGE_IDs, read back with journalctl as a person would."""
     p = lab_phyllod
-    p.start(KBD_TO_L2)
-    p.plug("kbd1", port=1)
-    alias = keyboard_alias(p.lab, port=1)
-    p.wait_in_l2(alias)
+    p.keyboard_in_l2(KBD_TO_L2)
     attached = p.sh(f"journalctl -u {UNIT} PHYLLOD_GUEST={L2} MESSAGE_ID={MessageId.ATTACHED} "
                     "-o cat --no-pager")
     assert re.search(rf"attached usb:1-1 to {L2} in \d+ ms", attached), attached

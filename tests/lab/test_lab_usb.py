@@ -11,17 +11,11 @@ import re
 import time
 
 import pytest
-from lab_phyllod import L2, LabPhyllod, keyboard_alias
+from lab_phyllod import KBD_TO_L2, L2, LabPhyllod, keyboard_alias
+from policies import rule
 
 pytestmark = pytest.mark.lab
 
-
-KBD_TO_L2 = f"""\
-[[rule]]
-name = "keyboards go to {L2}"
-match = {{ vendor = "0627", product = "0001" }}
-guest = "{L2}"
-"""
 
 
 def test_coldplug_lands_in_the_guest(lab_phyllod: LabPhyllod):
@@ -34,10 +28,7 @@ def test_coldplug_lands_in_the_guest(lab_phyllod: LabPhyllod):
 
 
 def test_hotplug_unplug_replug(lab_phyllod: LabPhyllod):
-    lab_phyllod.start(KBD_TO_L2)
-    lab_phyllod.plug("kbd1", port=2)
-    first = keyboard_alias(lab_phyllod.lab, port=2)
-    lab_phyllod.wait_in_l2(first)
+    first = lab_phyllod.keyboard_in_l2(port=2)
     lab_phyllod.unplug("kbd1")
     lab_phyllod.wait_not_in_l2(first)
     assert lab_phyllod.l2_hostdev_aliases() == [], "no stale hostdev left in L2"
@@ -69,10 +60,7 @@ def test_guest_stop_returns_the_device_and_start_brings_it_back(lab_phyllod: Lab
     it, is no reset on the host: no detach is sent to the stopping L2, and its next
     run gets the keyboard with one attach (no detach and attach again: a blink)."""
     p = lab_phyllod
-    p.start(KBD_TO_L2)
-    p.plug("kbd1", port=1)
-    alias = keyboard_alias(p.lab, port=1)
-    p.wait_in_l2(alias)
+    alias = p.keyboard_in_l2()
     p.wait_journal(rf"attached usb:1-1 to {L2}")
     p.mark_journal()
     p.virsh(f"destroy {L2}")
@@ -90,10 +78,7 @@ def test_guest_stop_returns_the_device_and_start_brings_it_back(lab_phyllod: Lab
 
 
 def test_sigkill_and_restart_adopts_without_attaching_twice(lab_phyllod: LabPhyllod):
-    lab_phyllod.start(KBD_TO_L2)
-    lab_phyllod.plug("kbd1", port=1)
-    alias = keyboard_alias(lab_phyllod.lab, port=1)
-    lab_phyllod.wait_in_l2(alias)
+    alias = lab_phyllod.keyboard_in_l2()
     lab_phyllod.kill()
     lab_phyllod.start(KBD_TO_L2)
     lab_phyllod.wait_journal(rf"usb:1-1 .*: attached guest={L2}: attached to '{L2}' by rule")
@@ -102,13 +87,8 @@ def test_sigkill_and_restart_adopts_without_attaching_twice(lab_phyllod: LabPhyl
 
 
 def test_deny_keeps_the_device_on_the_host(lab_phyllod: LabPhyllod):
-    lab_phyllod.start(f"""\
-[[rule]]
-name = "no keyboards in guests"
-match = {{ vendor = "0627" }}
-action = "deny"
-
-{KBD_TO_L2}""")
+    lab_phyllod.start(rule("no keyboards in guests", 'vendor = "0627"', action="deny") + "\n"
+                      + KBD_TO_L2)
     lab_phyllod.plug("kbd1", port=1)
     lab_phyllod.wait_journal(r"usb:1-1 .*: denied: denied by rule 'no keyboards in guests'")
     lab_phyllod.wait_host_driver("1-1:1.0", "usbhid")

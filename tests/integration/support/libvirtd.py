@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
+from guest_xml import qemu_guest
 
 _BINDS = {
     "/etc/libvirt": "etc",
@@ -51,20 +52,6 @@ cgroup_controllers = [ ]
 remember_owner = 0
 """
 
-#: A guest that boots nothing: enough for QEMU to run and hold USB devices.
-GUEST_XML = """\
-<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='q35'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <controller type='usb' model='qemu-xhci' index='0' ports='15'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
 
 
 def clean_env() -> dict[str, str]:
@@ -178,7 +165,7 @@ def frozen(lv: PrivateLibvirtd) -> Iterator[int]:
 def start_guest(uri: str, name: str) -> None:
     conn = libvirt.open(uri)
     try:
-        dom = conn.defineXML(GUEST_XML.format(name=name))
+        dom = conn.defineXML(qemu_guest(name))
         dom.create()
     finally:
         conn.close()

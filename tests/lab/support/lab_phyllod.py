@@ -21,7 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from policies import rule
+
 L2 = "l2"
+#: Keyboards (QEMU's usb-kbd, 0627:0001) go to L2: the policy most lab tests run on.
+KBD_TO_L2 = rule(f"keyboards go to {L2}", 'vendor = "0627", product = "0001"', guest=L2)
+#: USB sticks (QEMU's usb-storage, 46f4:0001) go to L2.
+STICKS_TO_L2 = rule(f"sticks go to {L2}", 'vendor = "46f4"', guest=L2)
 UNIT = "phyllod"
 #: Where tests put their own drop-ins for the packaged unit (watchdog timing).
 DROPIN_DIR = f"/etc/systemd/system/{UNIT}.service.d"
@@ -146,6 +152,15 @@ class LabPhyllod:
             raise AssertionError(f"{e}\n--- phyllod's journal ---\n{self.journal()}") from None
 
     # ------------------------------------------------------------ devices
+
+    def keyboard_in_l2(self, policy: str = KBD_TO_L2, port: int = 1) -> str:
+        """Start on ``policy``, plug a keyboard (``kbd1``) into ``port`` and wait
+        until L2 holds it; returns its alias."""
+        self.start(policy)
+        self.plug("kbd1", port=port)
+        alias = keyboard_alias(self.lab, port=port)
+        self.wait_in_l2(alias)
+        return alias
 
     def plug(self, qdev_id: str, port: int, driver: str = "usb-kbd") -> None:
         """QMP device_add into L1's xHCI, as a person plugs hardware in."""
