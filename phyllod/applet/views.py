@@ -12,12 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-NAME = "me.phyllo.Phyllod1"
-ROOT = "/me/phyllo/Phyllod1"
-MANAGER = "me.phyllo.Phyllod1.Manager"
-DEVICE = "me.phyllo.Phyllod1.Device"
-GUEST = "me.phyllo.Phyllod1.Guest"
-REQUEST = "me.phyllo.Phyllod1.Request"
+from phyllod.contract import DEVICE_IFACE, GUEST_IFACE, MANAGER_IFACE, REQUEST_IFACE
 
 Properties = Mapping[str, Any]
 #: One object's interfaces and their properties, as the bus adapter reads them.
@@ -137,14 +132,14 @@ class Snapshot:
         devices, guests, requests = [], [], []
         manager: Properties = {}
         for path, interfaces in objects.items():
-            if DEVICE in interfaces:
-                devices.append(DeviceView.from_properties(path, interfaces[DEVICE]))
-            if GUEST in interfaces:
-                guests.append(GuestView.from_properties(path, interfaces[GUEST]))
-            if REQUEST in interfaces:
-                requests.append(RequestView.from_properties(path, interfaces[REQUEST]))
-            if MANAGER in interfaces:
-                manager = interfaces[MANAGER]
+            if DEVICE_IFACE in interfaces:
+                devices.append(DeviceView.from_properties(path, interfaces[DEVICE_IFACE]))
+            if GUEST_IFACE in interfaces:
+                guests.append(GuestView.from_properties(path, interfaces[GUEST_IFACE]))
+            if REQUEST_IFACE in interfaces:
+                requests.append(RequestView.from_properties(path, interfaces[REQUEST_IFACE]))
+            if MANAGER_IFACE in interfaces:
+                manager = interfaces[MANAGER_IFACE]
         return cls(connected=True,
                    devices=tuple(sorted(devices, key=lambda d: (d.id, d.path))),
                    guests=tuple(sorted(guests, key=lambda g: g.name)),

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from phyllod import __version__
+from phyllod.bus import polkit
 from phyllod.bus.logind import SleepWatcher
 from phyllod.bus.service import BusError, BusService, Snapshot
 from phyllod.core.errors import (
@@ -224,7 +225,7 @@ class Daemon:
         self._generation = 0
         self._reconciled = asyncio.Event()
         self._manual: set[str] = set()
-        self.bus = (BusService(config.bus, self, self._on_bus_lost)
+        self.bus = (BusService(config.bus, self, self._on_bus_lost, polkit.Authority())
                     if config.bus != "none" else None)
         self.sleep_watcher = (SleepWatcher(config.bus, self._on_prepare_for_sleep)
                               if config.bus != "none" else None)
@@ -1124,11 +1125,13 @@ class Daemon:
             self.bus.publish(self._snapshot())
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(self.devices, self.assignments, self.guests, self.overrides,
-                        __version__, self.host.iommu_enabled, self.policy_errors,
-                        self.policy.files if self.policy else (), self.config.uri,
-                        dict(self.remembered), dict(self.requests),
-                        self.policy.settings.ask_timeout if self.policy else DEFAULT_ASK_TIMEOUT)
+        return Snapshot(
+            devices=self.devices, assignments=self.assignments, guests=self.guests,
+            overrides=self.overrides, version=__version__,
+            iommu_enabled=self.host.iommu_enabled, policy_errors=self.policy_errors,
+            policy_files=self.policy.files if self.policy else (), libvirt_uri=self.config.uri,
+            remembered=dict(self.remembered), requests=dict(self.requests),
+            ask_timeout=self.policy.settings.ask_timeout if self.policy else DEFAULT_ASK_TIMEOUT)
 
     def _notify_status(self) -> None:
         counts: dict[State, int] = {}
