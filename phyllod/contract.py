@@ -101,30 +101,38 @@ MANAGER_PROPERTIES: Final[Mapping[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class Method:
-    """A method's arguments and reply as D-Bus signatures; ``mutates`` if polkit decides."""
+    """A method: its arguments' names and D-Bus signatures, its reply's signature,
+    and whether it changes anything (then polkit decides; phyllodctl and the
+    applet let polkit ask for a password)."""
 
-    takes: str
+    args: tuple[tuple[str, str], ...] = ()
     returns: str = ""
     mutates: bool = False
 
+    @property
+    def takes(self) -> str:
+        """The arguments' signature, as a message carries it (``ss``)."""
+        return "".join(signature for _, signature in self.args)
 
+
+_DEVICE_ARG = ("device", "s")
 MANAGER_METHODS: Final[Mapping[str, Method]] = {
-    "GetDevice": Method("s", "o"),
-    "Explain": Method("s", "s"),
-    "GetIommuGroups": Method("", "a(ua(ssssss))"),
-    "Attach": Method("ss", mutates=True),
-    "Detach": Method("s", mutates=True),
-    "ClearOverride": Method("s", mutates=True),
-    "Forget": Method("s", mutates=True),
-    "Reload": Method("", mutates=True),
+    "GetDevice": Method((_DEVICE_ARG,), "o"),
+    "Explain": Method((_DEVICE_ARG,), "s"),
+    "GetIommuGroups": Method((), "a(ua(ssssss))"),
+    "Attach": Method((_DEVICE_ARG, ("guest", "s")), mutates=True),
+    "Detach": Method((_DEVICE_ARG,), mutates=True),
+    "ClearOverride": Method((_DEVICE_ARG,), mutates=True),
+    "Forget": Method((_DEVICE_ARG,), mutates=True),
+    "Reload": Method((), mutates=True),
 }
 DEVICE_METHODS: Final[Mapping[str, Method]] = {
-    "Attach": Method("s", mutates=True),
-    "Detach": Method("", mutates=True),
-    "ClearOverride": Method("", mutates=True),
+    "Attach": Method((("guest", "s"),), mutates=True),
+    "Detach": Method((), mutates=True),
+    "ClearOverride": Method((), mutates=True),
 }
 REQUEST_METHODS: Final[Mapping[str, Method]] = {
-    "Answer": Method("sb", mutates=True),
+    "Answer": Method((("guest", "s"), ("remember", "b")), mutates=True),
 }
 
 #: Each interface's (properties, methods), for the checks that keep them in step.

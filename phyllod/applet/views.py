@@ -19,7 +19,8 @@ Properties = Mapping[str, Any]
 ObjectProperties = Mapping[str, Properties]
 
 
-def _s(props: Properties, key: str) -> str:
+def _text(props: Properties, key: str) -> str:
+    """A string property, "" when absent (an older phyllod may not have it)."""
     value = props.get(key, "")
     return value if isinstance(value, str) else str(value)
 
@@ -48,15 +49,16 @@ class DeviceView:
     @classmethod
     def from_properties(cls, path: str, props: Properties) -> DeviceView:
         return cls(
-            path=path, id=_s(props, "Id"), name=_s(props, "Name"),
-            vendor=_s(props, "Vendor"), product=_s(props, "Product"),
-            state=_s(props, "State") or "host", guest=_s(props, "Guest"),
-            rule=_s(props, "Rule"), reason=_s(props, "Reason"),
-            override=_s(props, "Override"), override_guest=_s(props, "OverrideGuest"),
-            identity=_s(props, "Identity") or _s(props, "Id"),
+            path=path, id=_text(props, "Id"), name=_text(props, "Name"),
+            vendor=_text(props, "Vendor"), product=_text(props, "Product"),
+            state=_text(props, "State") or "host", guest=_text(props, "Guest"),
+            rule=_text(props, "Rule"), reason=_text(props, "Reason"),
+            override=_text(props, "Override"), override_guest=_text(props, "OverrideGuest"),
+            identity=_text(props, "Identity") or _text(props, "Id"),
             remembered=bool(props.get("Remembered", False)),
-            remembered_guest=_s(props, "RememberedGuest"),
-            vendor_db=_s(props, "VendorFromDatabase"), model_db=_s(props, "ModelFromDatabase"))
+            remembered_guest=_text(props, "RememberedGuest"),
+            vendor_db=_text(props, "VendorFromDatabase"),
+            model_db=_text(props, "ModelFromDatabase"))
 
     @property
     def title(self) -> str:
@@ -84,8 +86,8 @@ class GuestView:
 
     @classmethod
     def from_properties(cls, path: str, props: Properties) -> GuestView:
-        return cls(path=path, name=_s(props, "Name"), uuid=_s(props, "UUID"),
-                   state=_s(props, "State") or "other")
+        return cls(path=path, name=_text(props, "Name"), uuid=_text(props, "UUID"),
+                   state=_text(props, "State") or "other")
 
     @property
     def running(self) -> bool:
@@ -107,10 +109,10 @@ class RequestView:
     @classmethod
     def from_properties(cls, path: str, props: Properties) -> RequestView:
         candidates = props.get("Candidates", ())
-        return cls(path=path, device=_s(props, "Device"), device_id=_s(props, "DeviceId"),
-                   description=_s(props, "Description") or _s(props, "DeviceId"),
+        return cls(path=path, device=_text(props, "Device"), device_id=_text(props, "DeviceId"),
+                   description=_text(props, "Description") or _text(props, "DeviceId"),
                    candidates=tuple(str(c) for c in candidates),
-                   deadline_us=int(props.get("Deadline", 0) or 0), rule=_s(props, "Rule"))
+                   deadline_us=int(props.get("Deadline", 0) or 0), rule=_text(props, "Rule"))
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,8 @@ class Snapshot:
                    devices=tuple(sorted(devices, key=lambda d: (d.id, d.path))),
                    guests=tuple(sorted(guests, key=lambda g: g.name)),
                    requests=tuple(sorted(requests, key=_request_order)),
-                   policy_status=_s(manager, "PolicyStatus") or "ok",
-                   policy_error=_s(manager, "PolicyError"), manager=dict(manager))
+                   policy_status=_text(manager, "PolicyStatus") or "ok",
+                   policy_error=_text(manager, "PolicyError"), manager=dict(manager))
 
     @property
     def running_guests(self) -> tuple[str, ...]:

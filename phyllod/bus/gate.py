@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from dbus_fast import DBusError, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
-from phyllod.bus.objects import ObjectTree, Stats
+from phyllod.bus.objects import ObjectTree
 from phyllod.bus.strings import (
     MAX_ARGUMENT,
     MAX_EXPLAIN,
@@ -212,13 +212,10 @@ class Gate:
     """The message handler in front of phyllod's objects, and the Manager's read calls."""
 
     def __init__(self, *, bus: MessageBus, tree: ObjectTree, ops: Operations,
-                 authority: Authorizer, stats: Stats,
-                 spawn: Callable[[Awaitable[None]], None]) -> None:
-        self.bus = bus
-        self.tree = tree
-        self.ops = ops
-        self.authority = authority
-        self.stats = stats
+                 authority: Authorizer, spawn: Callable[[Awaitable[None]], None]) -> None:
+        """``spawn`` runs a coroutine as a task the service holds on to until it ends."""
+        self.bus, self.tree, self.ops, self.authority = bus, tree, ops, authority
+        self.stats = tree.stats  # one set of counts for the whole service
         self._spawn = spawn
         #: GetManagedObjects calls waiting, by caller: (serial, path), answered in turn.
         self._object_reads: dict[str, deque[tuple[int, str]]] = {}

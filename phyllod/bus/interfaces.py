@@ -3,15 +3,17 @@
 Properties are read-only and come from contract.py's tables: each object holds
 a dict of current values, replaced as a whole, and emits PropertiesChanged for
 what changed. The read methods answer through :class:`ManagerCalls`. The
-mutating methods are declared for introspection only: the gate (gate.py)
-takes every mutating call before dbus-fast dispatches it, so a body that is
-ever reached refuses, and no call can slip past authorization.
+mutating methods (contract.py's ``mutates``) are declared, from the contract,
+for introspection only: the gate (gate.py) takes every mutating call before
+dbus-fast dispatches it, so a body that is ever reached refuses, and no call
+can slip past authorization.
 
 Signatures are dbus-fast's classic string annotations (``-> "s"``), which every
 dbus-fast release understands (Debian 12 ships 1.84); so this module has no
 ``from __future__ import annotations``, which would quote them once more.
 """
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -20,14 +22,12 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, m
 
 from phyllod.contract import (
     DEVICE_IFACE,
-    DEVICE_PROPERTIES,
     GUEST_IFACE,
-    GUEST_PROPERTIES,
     MANAGER_IFACE,
-    MANAGER_PROPERTIES,
     NOT_AUTHORIZED,
     REQUEST_IFACE,
-    REQUEST_PROPERTIES,
+    TABLES,
+    Method,
 )
 from phyllod.core.safety.pci import TableRow
 
@@ -71,55 +71,52 @@ class Published(ServiceInterface):
         return {k: Variant(self.SIGNATURES[k], v) for k, v in self.values.items()}
 
 
-def _properties(interface: str, props: Mapping[str, str]
-                ) -> Callable[[type[Published]], type[Published]]:
-    """Class decorator: ``interface`` with read-only properties ``props`` (name → signature)."""
+def _refusing(name: str, declared: Method) -> Any:
+    """The mutating method ``name``, declared with the contract's arguments; it refuses
+    if ever reached, since the gate serves every mutating call."""
+    def refuse(self: Published, *args: Any) -> None:
+        raise DBusError(NOT_AUTHORIZED, "this call did not pass authorization")
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    refuse.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", positional),
+         *(inspect.Parameter(arg, positional, annotation=signature)
+           for arg, signature in declared.args)], return_annotation=None)
+    refuse.__name__ = name
+    return method(name=name)(refuse)
+
+
+def _contract(interface: str) -> Callable[[type[Published]], type[Published]]:
+    """Class decorator: ``interface`` with contract.py's read-only properties and its
+    mutating methods (the read methods are the class's own)."""
     def declare(cls: type[Published]) -> type[Published]:
+        props, methods = TABLES[interface]
         cls.INTERFACE = interface
         cls.SIGNATURES = props
         for name, signature in props.items():
             setattr(cls, name, _read(name, signature))
+        for name, declared in methods.items():
+            if declared.mutates:
+                setattr(cls, name, _refusing(name, declared))
         return cls
     return declare
 
 
-def _refuse() -> None:
-    """Mutating methods are served by the gate; reaching a body means it was bypassed."""
-    raise DBusError(NOT_AUTHORIZED, "this call did not pass authorization")
-
-
-@_properties(DEVICE_IFACE, DEVICE_PROPERTIES)
+@_contract(DEVICE_IFACE)
 class DeviceInterface(Published):
     """One present device: identity, where it is and why (docs/dbus-api.md)."""
 
-    @method()
-    def Attach(self, guest: "s") -> None:
-        _refuse()
 
-    @method()
-    def Detach(self) -> None:
-        _refuse()
-
-    @method()
-    def ClearOverride(self) -> None:
-        _refuse()
-
-
-@_properties(GUEST_IFACE, GUEST_PROPERTIES)
+@_contract(GUEST_IFACE)
 class GuestInterface(Published):
     """One defined guest and the present devices it holds."""
 
 
-@_properties(REQUEST_IFACE, REQUEST_PROPERTIES)
+@_contract(REQUEST_IFACE)
 class RequestInterface(Published):
     """A question to the person at the machine: where does this newly plugged device go?"""
 
-    @method()
-    def Answer(self, guest: "s", remember: "b") -> None:
-        _refuse()
 
-
-@_properties(MANAGER_IFACE, MANAGER_PROPERTIES)
+@_contract(MANAGER_IFACE)
 class ManagerInterface(Published):
     """The daemon as a whole: policy and libvirt status, and calls by device name."""
 
@@ -138,23 +135,3 @@ class ManagerInterface(Published):
     @method()
     def GetIommuGroups(self) -> "a(ua(ssssss))":
         return self._calls.iommu_groups()
-
-    @method()
-    def Attach(self, device: "s", guest: "s") -> None:
-        _refuse()
-
-    @method()
-    def Detach(self, device: "s") -> None:
-        _refuse()
-
-    @method()
-    def ClearOverride(self, device: "s") -> None:
-        _refuse()
-
-    @method()
-    def Forget(self, device: "s") -> None:
-        _refuse()
-
-    @method()
-    def Reload(self) -> None:
-        _refuse()

@@ -96,7 +96,8 @@ class Authority:
         self.stats = Stats()
         self._callers: Counter[str] = Counter()  # checks waiting for polkit, by caller
         self._users: Counter[int] = Counter()  # the same, by uid (root's not counted)
-        self._left: dict[str, asyncio.Future[None]] = {}
+        #: Per caller with checks waiting: done once it leaves the bus.
+        self._gone: dict[str, asyncio.Future[None]] = {}
         self._ids = itertools.count(1)
 
     def attach(self, bus: MessageBus) -> None:
@@ -127,7 +128,7 @@ class Authority:
         if uid != 0:
             self._admit(sender, uid)
         if not self._callers[sender]:
-            self._left[sender] = asyncio.get_running_loop().create_future()
+            self._gone[sender] = asyncio.get_running_loop().create_future()
             self._match(sender, "AddMatch")
         self._callers[sender] += 1
         if uid != 0:
@@ -140,7 +141,7 @@ class Authority:
             self._callers[sender] -= 1
             if not self._callers[sender]:
                 del self._callers[sender]
-                self._left.pop(sender).cancel()
+                self._gone.pop(sender).cancel()
                 self._match(sender, "RemoveMatch")
             if uid != 0:
                 self._users[uid] -= 1
@@ -177,7 +178,7 @@ class Authority:
         if (msg.message_type is MessageType.SIGNAL and msg.member == NAME_OWNER_CHANGED
                 and msg.sender == DBUS_NAME and msg.signature == "sss"
                 and not msg.body[2]):
-            left = self._left.get(msg.body[0])
+            left = self._gone.get(msg.body[0])
             if left is not None and not left.done():
                 left.set_result(None)
 
@@ -227,7 +228,7 @@ class Authority:
         """``msg``'s reply, unless it takes longer than ``timeout`` or ``sender`` leaves."""
         assert self.bus is not None, "attach() first"
         call = asyncio.ensure_future(self.bus.call(msg))
-        left = self._left.get(sender)
+        left = self._gone.get(sender)
         done, _ = await asyncio.wait({call} if left is None else {call, left}, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if call in done:

@@ -124,7 +124,7 @@ class BusService:
         self.bus = bus
         self.authority.attach(bus)
         gate = Gate(bus=bus, tree=self.tree, ops=self.ops, authority=self.authority,
-                    stats=self.stats, spawn=self._spawn)
+                    spawn=self._spawn)
         bus.add_message_handler(gate.handle)
         self.tree.export(bus, ManagerInterface(gate, manager_values(snapshot)), snapshot)
         reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)

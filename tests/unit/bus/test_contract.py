@@ -33,12 +33,14 @@ DECLARED: dict[str, Published] = {
     contract.MANAGER_IFACE: ManagerInterface(None, {}),  # type: ignore[arg-type]
 }
 
-Members = tuple[dict[str, str], dict[str, tuple[str, str]], set[str]]
+Arguments = tuple[tuple[str, str], ...]
+Members = tuple[dict[str, str], dict[str, tuple[Arguments, str]], set[str]]
 
 
 def shipped(interface: str) -> Members:
     """(properties, methods, signals) of ``dbus/<interface>.xml``: {name: signature},
-    {name: (in, out)}, {name}; every property read-only."""
+    {name: (((argument, signature), ...), reply signature)}, {name}; every property
+    read-only."""
     root = ET.parse(DBUS / f"{interface}.xml").getroot()
     (element,) = root.findall("interface")
     assert element.get("name") == interface
@@ -50,14 +52,15 @@ def shipped(interface: str) -> Members:
     for m in element.findall("method"):
         args = m.findall("arg")
         methods[m.get("name") or ""] = (
-            "".join(a.get("type") or "" for a in args if a.get("direction", "in") == "in"),
+            tuple((a.get("name") or "", a.get("type") or "") for a in args
+                  if a.get("direction", "in") == "in"),
             "".join(a.get("type") or "" for a in args if a.get("direction") == "out"))
     return props, methods, {s.get("name") or "" for s in element.findall("signal")}
 
 
 def in_contract(interface: str) -> Members:
     props, methods = contract.TABLES[interface]
-    return dict(props), {n: (m.takes, m.returns) for n, m in methods.items()}, set()
+    return dict(props), {n: (m.args, m.returns) for n, m in methods.items()}, set()
 
 
 def declared(interface: str) -> Members:
@@ -65,7 +68,8 @@ def declared(interface: str) -> Members:
     found = DECLARED[interface].introspect()
     assert all(p.access is PropertyAccess.READ for p in found.properties)
     return ({p.name: p.signature for p in found.properties},
-            {m.name: (m.in_signature, m.out_signature) for m in found.methods},
+            {m.name: (tuple((a.name or "", a.signature) for a in m.in_args), m.out_signature)
+             for m in found.methods},
             {s.name for s in found.signals})
 
 
