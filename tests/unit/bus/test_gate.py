@@ -82,26 +82,22 @@ class FakeAuthority:
 
 
 class FakeOperations:
+    """Records each operation the gate runs, as (operation, *arguments)."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
-
-    def explain(self, device_id: str) -> str:
-        return device_id
-
-    def iommu_groups(self) -> list:
-        return []
-
-    async def set_override(self, device_id: str, override: Override | None) -> None:
-        self.calls.append(("override", device_id, override))
 
     def reload_policy(self) -> None:
         self.calls.append(("reload",))
 
-    async def answer(self, number: int, guest: str, remember: bool) -> None:
-        self.calls.append(("answer", number, guest, remember))
+    async def set_override(self, *args: Any) -> None:
+        self.calls.append(("override", *args))
 
-    async def forget(self, identity: str) -> None:
-        self.calls.append(("forget", identity))
+    async def answer(self, *args: Any) -> None:
+        self.calls.append(("answer", *args))
+
+    async def forget(self, *args: Any) -> None:
+        self.calls.append(("forget", *args))
 
 
 def snapshot() -> Snapshot:
