@@ -20,20 +20,21 @@ gi.require_version("Gtk", "3.0")
 from gi.repository import GLib, Gtk  # noqa: E402
 
 from phyllod import __version__  # noqa: E402
-from phyllod.applet.actions import (  # noqa: E402
-    Action,
+from phyllod.applet.bus import ObjectProps, PhyllodBus  # noqa: E402
+from phyllod.applet.commands import (  # noqa: E402
     Answer,
+    Command,
     call_for,
     describe,
     device_of,
     parse_answer_key,
 )
-from phyllod.applet.bus import ObjectProps, PhyllodBus  # noqa: E402
 from phyllod.applet.menu import build_menu, tray_icon  # noqa: E402
 from phyllod.applet.notices import NoticeTracker, error_notice, request_notice  # noqa: E402
 from phyllod.applet.notifier import Notifier  # noqa: E402
 from phyllod.applet.tray import Tray  # noqa: E402
-from phyllod.applet.views import DEVICE, REQUEST, DeviceView, RequestView, Snapshot  # noqa: E402
+from phyllod.applet.views import DeviceView, RequestView, Snapshot  # noqa: E402
+from phyllod.contract import BUS_NAME, DEVICE_IFACE, REQUEST_IFACE  # noqa: E402
 
 log = logging.getLogger("phyllod.applet")
 
@@ -47,7 +48,7 @@ class App:
     def __init__(self, icon_theme_path: str | None) -> None:
         self.tracker = NoticeTracker()
         self.notifier = Notifier()
-        self.tray = Tray(self.act, icon_theme_path)
+        self.tray = Tray(self.carry_out, icon_theme_path)
         self.bus = PhyllodBus(on_ready=self._ready, on_added=self._added,
                               on_removed=self._removed, on_changed=self._changed,
                               on_owner=self._owner, on_unreachable=self._unreachable)
@@ -68,26 +69,26 @@ class App:
         already open is still waiting for the person, so it is asked.
         """
         owner = self.bus.owner
-        log.info("watching me.phyllo.Phyllod1 (owner %s)", owner or "none: phyllod is not running")
+        log.info("watching %s (owner %s)", BUS_NAME, owner or "none: phyllod is not running")
         for path, interfaces in self.bus.objects().items():
-            if DEVICE in interfaces:
-                self.tracker.observe(DeviceView.from_properties(path, interfaces[DEVICE]),
+            if DEVICE_IFACE in interfaces:
+                self.tracker.observe(DeviceView.from_properties(path, interfaces[DEVICE_IFACE]),
                                      quiet=True)
-            if REQUEST in interfaces:
-                self._ask(RequestView.from_properties(path, interfaces[REQUEST]))
+            if REQUEST_IFACE in interfaces:
+                self._ask(RequestView.from_properties(path, interfaces[REQUEST_IFACE]))
         self.schedule_refresh()
 
     def _added(self, path: str, interfaces: ObjectProps) -> None:
-        if DEVICE in interfaces:
-            self._device_changed(DeviceView.from_properties(path, interfaces[DEVICE]))
-        if REQUEST in interfaces:
-            self._ask(RequestView.from_properties(path, interfaces[REQUEST]))
+        if DEVICE_IFACE in interfaces:
+            self._device_changed(DeviceView.from_properties(path, interfaces[DEVICE_IFACE]))
+        if REQUEST_IFACE in interfaces:
+            self._ask(RequestView.from_properties(path, interfaces[REQUEST_IFACE]))
         self.schedule_refresh()
 
     def _removed(self, path: str, interfaces: ObjectProps, owner_gone: bool) -> None:
-        if DEVICE in interfaces and not owner_gone:
-            self.tracker.forget(DeviceView.from_properties(path, interfaces[DEVICE]).id)
-        if REQUEST in interfaces:
+        if DEVICE_IFACE in interfaces and not owner_gone:
+            self.tracker.forget(DeviceView.from_properties(path, interfaces[DEVICE_IFACE]).id)
+        if REQUEST_IFACE in interfaces:
             self.notifier.close(path)
             # Kept a moment longer than the request: its answer's reply comes after.
             GLib.timeout_add_seconds(60, self._forget_request, path)
@@ -99,10 +100,10 @@ class App:
 
     def _changed(self, path: str, interface: str) -> None:
         interfaces = self.bus.objects().get(path, {})
-        if interface == DEVICE and DEVICE in interfaces:
-            self._device_changed(DeviceView.from_properties(path, interfaces[DEVICE]))
-        elif interface == REQUEST and REQUEST in interfaces:
-            self._ask(RequestView.from_properties(path, interfaces[REQUEST]))
+        if interface == DEVICE_IFACE and DEVICE_IFACE in interfaces:
+            self._device_changed(DeviceView.from_properties(path, interfaces[DEVICE_IFACE]))
+        elif interface == REQUEST_IFACE and REQUEST_IFACE in interfaces:
+            self._ask(RequestView.from_properties(path, interfaces[REQUEST_IFACE]))
         self.schedule_refresh()
 
     def _owner(self, owner: str | None) -> None:
@@ -125,18 +126,18 @@ class App:
         def answer(key: str) -> None:
             parsed = parse_answer_key(key)
             if parsed is not None:
-                self.act(Answer(request.path, *parsed))
+                self.carry_out(Answer(request.path, *parsed))
 
         self.notifier.show(request_notice(request), tag=request.path, on_action=answer)
 
     # Out.
 
-    def act(self, action: Action) -> None:
-        """Carry out a menu entry's or notification button's action; errors become notices."""
-        tag = device_of(action, self._request_devices)
-        self.bus.call(call_for(action),
+    def carry_out(self, command: Command) -> None:
+        """Carry out a menu entry's or notification button's command; errors become notices."""
+        tag = device_of(command, self._request_devices)
+        self.bus.call(call_for(command),
                       lambda name, message: self.notifier.show(
-                          error_notice(describe(action), name, message), tag=tag))
+                          error_notice(describe(command), name, message), tag=tag))
 
     def schedule_refresh(self) -> None:
         """Rebuild the menu once the current burst of signals has been handled."""

@@ -18,8 +18,8 @@ from typing import Any
 
 from gi.repository import Gio, GLib
 
-from phyllod.applet.actions import Call
-from phyllod.applet.views import NAME, ROOT
+from phyllod.applet.commands import Call
+from phyllod.contract import BUS_NAME, ROOT, SERVICE_UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class PhyllodBus:
         # notify into fewer positional arguments than the C signature has.
         Gio.DBusObjectManagerClient.new(
             connection=connection, flags=Gio.DBusObjectManagerClientFlags.DO_NOT_AUTO_START,
-            name=NAME, object_path=ROOT, get_proxy_type_func=None, cancellable=None,
+            name=BUS_NAME, object_path=ROOT, get_proxy_type_func=None, cancellable=None,
             callback=self._got_client)
 
     def _got_client(self, _source: object, result: Gio.AsyncResult) -> None:
@@ -137,7 +137,7 @@ class PhyllodBus:
              on_done: Callable[[], None] | None = None) -> None:
         """Send ``call``; ``on_error(name, message)`` if phyllod (or the bus) refuses it."""
         if self.client is None:
-            on_error("org.freedesktop.DBus.Error.ServiceUnknown", "not connected to the bus")
+            on_error(SERVICE_UNKNOWN, "not connected to the bus")
             return
         flags = (Gio.DBusCallFlags.ALLOW_INTERACTIVE_AUTHORIZATION
                  | Gio.DBusCallFlags.NO_AUTO_START)
@@ -157,7 +157,7 @@ class PhyllodBus:
 
         log.info("calling %s.%s%r on %s", call.interface, call.method, call.args, call.path)
         self.client.get_connection().call(
-            bus_name=NAME, object_path=call.path, interface_name=call.interface,
+            bus_name=BUS_NAME, object_path=call.path, interface_name=call.interface,
             method_name=call.method, parameters=GLib.Variant(call.signature, call.args),
             reply_type=None, flags=flags, timeout_msec=CALL_TIMEOUT_MS, cancellable=None,
             callback=done)

@@ -1,4 +1,4 @@
-"""The tray menu and icon as data: which entries, with which labels and actions.
+"""The tray menu and icon as data: which entries, with which labels and commands.
 
 :mod:`.tray` renders a list of :class:`Entry` as a Gtk.Menu (exported over
 dbusmenu by AppIndicator); everything a person sees in the menu is decided
@@ -10,7 +10,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-from phyllod.applet.actions import Action, Answer, Attach, ClearOverride, Forget, KeepOnHost
+from phyllod.applet.commands import Answer, Attach, ClearOverride, Command, Forget, KeepOnHost
 from phyllod.applet.views import DeviceView, RequestView, Snapshot
 
 NOT_RUNNING = "phyllod is not running"
@@ -21,16 +21,16 @@ WRAP = 60
 
 @dataclass(frozen=True)
 class Entry:
-    """One menu item: a label, and an action or a submenu (or neither: information)."""
+    """One menu item: a label, and a command or a submenu (or neither: information)."""
 
     label: str
-    action: Action | None = None
+    command: Command | None = None
     children: tuple[Entry, ...] = ()
     separator: bool = False
 
     @property
     def sensitive(self) -> bool:
-        return self.action is not None or bool(self.children)
+        return self.command is not None or bool(self.children)
 
 
 SEPARATOR = Entry("", separator=True)
@@ -85,16 +85,16 @@ def device_entries(device: DeviceView, running_guests: tuple[str, ...]) -> tuple
         info += _info("Manual override", f"{device.override}{target}")
     if device.remembered:
         info += _info("Remembered answer", device.remembered_guest or "keep on the host")
-    actions = [Entry(f"Attach to {guest}", Attach(device.path, guest))
+    commands = [Entry(f"Attach to {guest}", Attach(device.path, guest))
                for guest in running_guests
                if not (device.state == "attached" and device.guest == guest)]
     if device.state != "host" or device.override != "host":
-        actions.append(Entry("Keep on the host", KeepOnHost(device.path)))
+        commands.append(Entry("Keep on the host", KeepOnHost(device.path)))
     if device.override:
-        actions.append(Entry("Let the policy decide", ClearOverride(device.path)))
+        commands.append(Entry("Let the policy decide", ClearOverride(device.path)))
     if device.remembered:
-        actions.append(Entry("Forget remembered answer", Forget(device.identity)))
-    return (*info, SEPARATOR, *actions) if actions else tuple(info)
+        commands.append(Entry("Forget remembered answer", Forget(device.identity)))
+    return (*info, SEPARATOR, *commands) if commands else tuple(info)
 
 
 def request_entries(request: RequestView) -> tuple[Entry, ...]:

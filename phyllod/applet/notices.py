@@ -23,7 +23,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from phyllod.applet.actions import answer_key
+from phyllod.applet.commands import answer_key
 from phyllod.applet.views import DeviceView, RequestView
 
 SAFETY_PREFIX = "not safe to pass"

@@ -17,7 +17,7 @@ gi.require_version("AyatanaAppIndicator3", "0.1")
 from gi.repository import AyatanaAppIndicator3 as AppIndicator  # noqa: E402
 from gi.repository import Gtk  # noqa: E402
 
-from phyllod.applet.actions import Action  # noqa: E402
+from phyllod.applet.commands import Command  # noqa: E402
 from phyllod.applet.menu import Entry, TrayIcon  # noqa: E402
 
 ID = "phyllod-applet"
@@ -26,9 +26,9 @@ ID = "phyllod-applet"
 class Tray:
     """One AppIndicator whose menu is rebuilt from scratch on every change (it is small)."""
 
-    def __init__(self, on_action: Callable[[Action], None],
+    def __init__(self, on_command: Callable[[Command], None],
                  icon_theme_path: str | None = None) -> None:
-        self._on_action = on_action
+        self._on_command = on_command
         self.indicator = AppIndicator.Indicator.new(
             ID, "phyllod-offline", AppIndicator.IndicatorCategory.HARDWARE)
         if icon_theme_path:
@@ -60,7 +60,7 @@ class Tray:
                 submenu = Gtk.Menu()
                 self._fill(submenu, entry.children)
                 item.set_submenu(submenu)
-            elif entry.action is not None:
-                action = entry.action
-                item.connect("activate", lambda _item, a=action: self._on_action(a))
+            elif entry.command is not None:
+                command = entry.command
+                item.connect("activate", lambda _item, c=command: self._on_command(c))
             menu.append(item)

@@ -12,19 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-NAME = "me.phyllo.Phyllod1"
-ROOT = "/me/phyllo/Phyllod1"
-MANAGER = "me.phyllo.Phyllod1.Manager"
-DEVICE = "me.phyllo.Phyllod1.Device"
-GUEST = "me.phyllo.Phyllod1.Guest"
-REQUEST = "me.phyllo.Phyllod1.Request"
+from phyllod.contract import DEVICE_IFACE, GUEST_IFACE, MANAGER_IFACE, REQUEST_IFACE
 
 Properties = Mapping[str, Any]
 #: One object's interfaces and their properties, as the bus adapter reads them.
 ObjectProperties = Mapping[str, Properties]
 
 
-def _s(props: Properties, key: str) -> str:
+def _text(props: Properties, key: str) -> str:
+    """A string property, "" when absent (an older phyllod may not have it)."""
     value = props.get(key, "")
     return value if isinstance(value, str) else str(value)
 
@@ -53,15 +49,16 @@ class DeviceView:
     @classmethod
     def from_properties(cls, path: str, props: Properties) -> DeviceView:
         return cls(
-            path=path, id=_s(props, "Id"), name=_s(props, "Name"),
-            vendor=_s(props, "Vendor"), product=_s(props, "Product"),
-            state=_s(props, "State") or "host", guest=_s(props, "Guest"),
-            rule=_s(props, "Rule"), reason=_s(props, "Reason"),
-            override=_s(props, "Override"), override_guest=_s(props, "OverrideGuest"),
-            identity=_s(props, "Identity") or _s(props, "Id"),
+            path=path, id=_text(props, "Id"), name=_text(props, "Name"),
+            vendor=_text(props, "Vendor"), product=_text(props, "Product"),
+            state=_text(props, "State") or "host", guest=_text(props, "Guest"),
+            rule=_text(props, "Rule"), reason=_text(props, "Reason"),
+            override=_text(props, "Override"), override_guest=_text(props, "OverrideGuest"),
+            identity=_text(props, "Identity") or _text(props, "Id"),
             remembered=bool(props.get("Remembered", False)),
-            remembered_guest=_s(props, "RememberedGuest"),
-            vendor_db=_s(props, "VendorFromDatabase"), model_db=_s(props, "ModelFromDatabase"))
+            remembered_guest=_text(props, "RememberedGuest"),
+            vendor_db=_text(props, "VendorFromDatabase"),
+            model_db=_text(props, "ModelFromDatabase"))
 
     @property
     def title(self) -> str:
@@ -89,8 +86,8 @@ class GuestView:
 
     @classmethod
     def from_properties(cls, path: str, props: Properties) -> GuestView:
-        return cls(path=path, name=_s(props, "Name"), uuid=_s(props, "UUID"),
-                   state=_s(props, "State") or "other")
+        return cls(path=path, name=_text(props, "Name"), uuid=_text(props, "UUID"),
+                   state=_text(props, "State") or "other")
 
     @property
     def running(self) -> bool:
@@ -112,10 +109,10 @@ class RequestView:
     @classmethod
     def from_properties(cls, path: str, props: Properties) -> RequestView:
         candidates = props.get("Candidates", ())
-        return cls(path=path, device=_s(props, "Device"), device_id=_s(props, "DeviceId"),
-                   description=_s(props, "Description") or _s(props, "DeviceId"),
+        return cls(path=path, device=_text(props, "Device"), device_id=_text(props, "DeviceId"),
+                   description=_text(props, "Description") or _text(props, "DeviceId"),
                    candidates=tuple(str(c) for c in candidates),
-                   deadline_us=int(props.get("Deadline", 0) or 0), rule=_s(props, "Rule"))
+                   deadline_us=int(props.get("Deadline", 0) or 0), rule=_text(props, "Rule"))
 
 
 @dataclass(frozen=True)
@@ -137,20 +134,20 @@ class Snapshot:
         devices, guests, requests = [], [], []
         manager: Properties = {}
         for path, interfaces in objects.items():
-            if DEVICE in interfaces:
-                devices.append(DeviceView.from_properties(path, interfaces[DEVICE]))
-            if GUEST in interfaces:
-                guests.append(GuestView.from_properties(path, interfaces[GUEST]))
-            if REQUEST in interfaces:
-                requests.append(RequestView.from_properties(path, interfaces[REQUEST]))
-            if MANAGER in interfaces:
-                manager = interfaces[MANAGER]
+            if DEVICE_IFACE in interfaces:
+                devices.append(DeviceView.from_properties(path, interfaces[DEVICE_IFACE]))
+            if GUEST_IFACE in interfaces:
+                guests.append(GuestView.from_properties(path, interfaces[GUEST_IFACE]))
+            if REQUEST_IFACE in interfaces:
+                requests.append(RequestView.from_properties(path, interfaces[REQUEST_IFACE]))
+            if MANAGER_IFACE in interfaces:
+                manager = interfaces[MANAGER_IFACE]
         return cls(connected=True,
                    devices=tuple(sorted(devices, key=lambda d: (d.id, d.path))),
                    guests=tuple(sorted(guests, key=lambda g: g.name)),
                    requests=tuple(sorted(requests, key=_request_order)),
-                   policy_status=_s(manager, "PolicyStatus") or "ok",
-                   policy_error=_s(manager, "PolicyError"), manager=dict(manager))
+                   policy_status=_text(manager, "PolicyStatus") or "ok",
+                   policy_error=_text(manager, "PolicyError"), manager=dict(manager))
 
     @property
     def running_guests(self) -> tuple[str, ...]:

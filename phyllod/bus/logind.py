@@ -26,18 +26,17 @@ import logging
 import os
 from collections.abc import Callable
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from phyllod.bus import compat  # noqa: F401  (before any message is read)
+from phyllod.bus.connect import open_bus
+from phyllod.contract import DBUS_NAME, DBUS_PATH, NAME_OWNER_CHANGED, PROPERTIES
 
 log = logging.getLogger("phyllod")
 
 LOGIND = "org.freedesktop.login1"
 PATH = "/org/freedesktop/login1"
 MANAGER = "org.freedesktop.login1.Manager"
-_DBUS = "org.freedesktop.DBus"
-_PROPERTIES = "org.freedesktop.DBus.Properties"
 
 #: Arguments of Inhibit(what, who, why, mode).
 WHAT = "sleep"
@@ -51,20 +50,12 @@ DEFAULT_MAX_DELAY = 5.0
 # The sender is matched by the bus, so only logind's PrepareForSleep is routed here.
 _PREPARE_RULE = (f"type='signal',sender='{LOGIND}',path='{PATH}',"
                  f"interface='{MANAGER}',member='PrepareForSleep'")
-_OWNER_RULE = (f"type='signal',sender='{_DBUS}',path='/org/freedesktop/DBus',"
-               f"interface='{_DBUS}',member='NameOwnerChanged',arg0='{LOGIND}'")
+_OWNER_RULE = (f"type='signal',sender='{DBUS_NAME}',path='{DBUS_PATH}',"
+               f"interface='{DBUS_NAME}',member='{NAME_OWNER_CHANGED}',arg0='{LOGIND}'")
 
 
 class LogindError(Exception):
     """A call to logind or the bus failed; the message says which and why."""
-
-
-def _message_bus(bus: str) -> MessageBus:
-    """An unconnected bus, able to receive file descriptors (the inhibitor is one)."""
-    if bus in ("system", "session"):
-        bus_type = BusType.SYSTEM if bus == "system" else BusType.SESSION
-        return MessageBus(bus_type=bus_type, negotiate_unix_fd=True)
-    return MessageBus(bus_address=bus, negotiate_unix_fd=True)
 
 
 def _close_fds(reply: Message | None) -> None:
@@ -125,7 +116,8 @@ class SleepWatcher:
         if self._bus is not None or self._closed:
             raise RuntimeError("SleepWatcher.start() may be called only once")
         try:
-            bus = await _message_bus(self._address).connect()
+            # Able to receive file descriptors: the inhibitor is one.
+            bus = await open_bus(self._address, unix_fds=True)
         except Exception as e:  # dbus-fast raises OSError, AuthError, InvalidAddressError, …
             log.warning("sleep: cannot connect to the %s bus (%s); devices stay attached "
                         "across suspend", self._address, e)
@@ -208,8 +200,8 @@ class SleepWatcher:
         return reply
 
     async def _add_match(self, rule: str) -> None:
-        await self._call(Message(destination=_DBUS, path="/org/freedesktop/DBus",
-                                 interface=_DBUS, member="AddMatch", signature="s",
+        await self._call(Message(destination=DBUS_NAME, path=DBUS_PATH,
+                                 interface=DBUS_NAME, member="AddMatch", signature="s",
                                  body=[rule]))
 
     async def _inhibit(self) -> int:
@@ -235,7 +227,7 @@ class SleepWatcher:
         """Read InhibitDelayMaxUSec once; without it the default stays (not fatal)."""
         try:
             reply = await self._call(Message(destination=LOGIND, path=PATH,
-                                             interface=_PROPERTIES, member="Get",
+                                             interface=PROPERTIES, member="Get",
                                              signature="ss",
                                              body=[MANAGER, "InhibitDelayMaxUSec"]))
         except Exception as e:
@@ -260,7 +252,7 @@ class SleepWatcher:
                 self._on_prepare(before)
             except Exception:
                 log.exception("sleep: the PrepareForSleep handler failed")
-        elif (msg.member == "NameOwnerChanged" and msg.sender == _DBUS
+        elif (msg.member == NAME_OWNER_CHANGED and msg.sender == DBUS_NAME
               and msg.signature == "sss" and msg.body[0] == LOGIND):
             # A restarted logind reloads its inhibitors from /run, so the fd
             # stays valid: nothing to do but follow the new unique name.

@@ -27,31 +27,27 @@ from dataclasses import dataclass
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from phyllod.contract import (
+    DBUS_ERROR_PREFIX,
+    DBUS_NAME,
+    DBUS_PATH,
+    NAME_HAS_NO_OWNER,
+    NAME_OWNER_CHANGED,
+    SERVICE_UNKNOWN,
+)
 from phyllod.core.errors import Busy, NotAuthorized
 
 log = logging.getLogger("phyllod")
 
-#: Actions declared in dbus/me.phyllo.phyllod.policy.
-ATTACH = "me.phyllo.phyllod.attach"
-ATTACH_PCI = "me.phyllo.phyllod.attach-pci"
-DETACH = "me.phyllo.phyllod.detach"
-RELOAD = "me.phyllo.phyllod.reload"
-ANSWER = "me.phyllo.phyllod.answer"
-
 _POLKIT = "org.freedesktop.PolicyKit1"
 _AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
 _AUTHORITY = "org.freedesktop.PolicyKit1.Authority"
-_DBUS = {"destination": "org.freedesktop.DBus", "path": "/org/freedesktop/DBus",
-         "interface": "org.freedesktop.DBus"}
+_DBUS = {"destination": DBUS_NAME, "path": DBUS_PATH, "interface": DBUS_NAME}
 _ALLOW_USER_INTERACTION = 0x1
 #: Errors meaning "no polkit here" rather than "polkit said no".
-_ABSENT = {
-    "org.freedesktop.DBus.Error.ServiceUnknown",
-    "org.freedesktop.DBus.Error.NameHasNoOwner",
-    "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
-}
+_ABSENT = {SERVICE_UNKNOWN, NAME_HAS_NO_OWNER, DBUS_ERROR_PREFIX + "Spawn.ServiceNotFound"}
 #: The caller is gone: no one to authorize.
-_GONE = {"org.freedesktop.DBus.Error.NameHasNoOwner"}
+_GONE = {NAME_HAS_NO_OWNER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +83,26 @@ class Stats:
 
 
 class Authority:
-    """Asks polkit (or, without it, the bus for the caller's uid) before every change."""
+    """Asks polkit (or, without it, the bus for the caller's uid) before every change.
 
-    def __init__(self, bus: MessageBus, limits: Limits = DEFAULT_LIMITS) -> None:
-        self.bus = bus
+    Made by the daemon's root and handed to the bus service, which
+    attaches it to its connection (:meth:`attach`): checks go out on the connection
+    whose callers they are about.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.bus: MessageBus | None = None
         self.limits = limits
         self.stats = Stats()
         self._callers: Counter[str] = Counter()  # checks waiting for polkit, by caller
         self._users: Counter[int] = Counter()  # the same, by uid (root's not counted)
-        self._left: dict[str, asyncio.Future[None]] = {}
+        #: Per caller with checks waiting: done once it leaves the bus.
+        self._gone: dict[str, asyncio.Future[None]] = {}
         self._ids = itertools.count(1)
+
+    def attach(self, bus: MessageBus) -> None:
+        """Check over ``bus`` from now on, and hear there when callers leave."""
+        self.bus = bus
         bus.add_message_handler(self._on_message)
 
     @property
@@ -104,18 +110,25 @@ class Authority:
         """Checks waiting for polkit now, root's included."""
         return sum(self._callers.values())
 
-    async def check(self, sender: str, action: str, interactive: bool,
+    def stats_line(self) -> str:
+        """Its counts, for SIGUSR1's log line: what polkit checks wait."""
+        st = self.stats
+        return (f"polkit: {self.in_flight} checks waiting, {st.asked} asked, {st.root} root, "
+                f"{st.busy} busy, {st.timed_out} timed out, {st.caller_left} callers left")
+
+    async def check(self, sender: str, polkit_id: str, interactive: bool,
                     details: Mapping[str, str]) -> None:
-        """Return if ``sender`` may perform ``action``; raise NotAuthorized or Busy otherwise.
+        """Return if ``sender`` may do ``polkit_id`` (a polkit action id, contract.POLKIT_*);
+        raise NotAuthorized or Busy otherwise.
 
         ``details`` reach polkit's prompt (``$(device)`` in the action's
         message) and rules (``action.lookup("device")``).
         """
-        uid = await self._uid(sender, action)
+        uid = await self._uid(sender, polkit_id)
         if uid != 0:
             self._admit(sender, uid)
         if not self._callers[sender]:
-            self._left[sender] = asyncio.get_running_loop().create_future()
+            self._gone[sender] = asyncio.get_running_loop().create_future()
             self._match(sender, "AddMatch")
         self._callers[sender] += 1
         if uid != 0:
@@ -123,12 +136,12 @@ class Authority:
         else:
             self.stats.root += 1
         try:
-            await self._ask(sender, uid, action, interactive, details)
+            await self._ask(sender, uid, polkit_id, interactive, details)
         finally:
             self._callers[sender] -= 1
             if not self._callers[sender]:
                 del self._callers[sender]
-                self._left.pop(sender).cancel()
+                self._gone.pop(sender).cancel()
                 self._match(sender, "RemoveMatch")
             if uid != 0:
                 self._users[uid] -= 1
@@ -155,33 +168,33 @@ class Authority:
         rule is in force before polkit is asked; polkit refuses the check of a
         caller that left before that.
         """
-        rule = (f"type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-                f"member='NameOwnerChanged',arg0='{sender}'")
-        if self.bus.connected:
+        rule = (f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_NAME}',"
+                f"member='{NAME_OWNER_CHANGED}',arg0='{sender}'")
+        if self.bus is not None and self.bus.connected:
             self.bus.send(Message(**_DBUS, member=member, signature="s", body=[rule],
                                   flags=MessageFlag.NO_REPLY_EXPECTED))
 
     def _on_message(self, msg: Message) -> None:
-        if (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"
-                and msg.sender == "org.freedesktop.DBus" and msg.signature == "sss"
+        if (msg.message_type is MessageType.SIGNAL and msg.member == NAME_OWNER_CHANGED
+                and msg.sender == DBUS_NAME and msg.signature == "sss"
                 and not msg.body[2]):
-            left = self._left.get(msg.body[0])
+            left = self._gone.get(msg.body[0])
             if left is not None and not left.done():
                 left.set_result(None)
 
-    async def _uid(self, sender: str, action: str) -> int:
+    async def _uid(self, sender: str, polkit_id: str) -> int:
         reply = await self._call(Message(**_DBUS, member="GetConnectionUnixUser",
                                          signature="s", body=[sender]), sender,
-                                 self.limits.timeout, action)
+                                 self.limits.timeout, polkit_id)
         if reply.message_type is MessageType.ERROR:
             if reply.error_name in _GONE:
                 self.stats.caller_left += 1
-                raise NotAuthorized(f"not authorized for {action}: the caller left the bus")
-            raise NotAuthorized(f"not authorized for {action}: the bus could not tell who "
+                raise NotAuthorized(f"not authorized for {polkit_id}: the caller left the bus")
+            raise NotAuthorized(f"not authorized for {polkit_id}: the bus could not tell who "
                                 f"is calling ({reply.error_name})")
         return int(reply.body[0])
 
-    async def _ask(self, sender: str, uid: int, action: str, interactive: bool,
+    async def _ask(self, sender: str, uid: int, polkit_id: str, interactive: bool,
                    details: Mapping[str, str]) -> None:
         cancellation_id = f"phyllod-{next(self._ids)}"
         self.stats.asked += 1
@@ -189,32 +202,33 @@ class Authority:
         reply = await self._call(Message(
             destination=_POLKIT, path=_AUTHORITY_PATH, interface=_AUTHORITY,
             member="CheckAuthorization", signature="(sa{sv})sa{ss}us",
-            body=[["system-bus-name", {"name": Variant("s", sender)}], action, dict(details),
+            body=[["system-bus-name", {"name": Variant("s", sender)}], polkit_id, dict(details),
                   _ALLOW_USER_INTERACTION if interactive else 0, cancellation_id],
-        ), sender, timeout, action, cancellation_id)
+        ), sender, timeout, polkit_id, cancellation_id)
         if reply.message_type is MessageType.ERROR:
             if reply.error_name in _ABSENT:
                 if uid == 0:
-                    log.debug("polkit is not running; %s allowed for root", action)
+                    log.debug("polkit is not running; %s allowed for root", polkit_id)
                     return
-                raise NotAuthorized(f"not authorized for {action}: polkit is not running, "
+                raise NotAuthorized(f"not authorized for {polkit_id}: polkit is not running, "
                                     "so only root may change anything")
             text = str(reply.body[0]) if reply.body else ""
             hint = (" (install me.phyllo.phyllod.policy in /usr/share/polkit-1/actions)"
                     if "not registered" in text else "")
-            raise NotAuthorized(f"polkit could not check {action}: {reply.error_name}: "
+            raise NotAuthorized(f"polkit could not check {polkit_id}: {reply.error_name}: "
                                 f"{text[:500]}{hint}")
         authorized, challenge, _details = reply.body[0]
         if not authorized:
             hint = " (authentication is required and no agent answered)" if challenge else ""
-            raise NotAuthorized(f"not authorized to {action.rsplit('.', 1)[-1]}: "
-                                f"polkit denied {action}{hint}")
+            raise NotAuthorized(f"not authorized to {polkit_id.rsplit('.', 1)[-1]}: "
+                                f"polkit denied {polkit_id}{hint}")
 
-    async def _call(self, msg: Message, sender: str, timeout: float, action: str,
+    async def _call(self, msg: Message, sender: str, timeout: float, polkit_id: str,
                     cancellation_id: str = "") -> Message:
         """``msg``'s reply, unless it takes longer than ``timeout`` or ``sender`` leaves."""
+        assert self.bus is not None, "attach() first"
         call = asyncio.ensure_future(self.bus.call(msg))
-        left = self._left.get(sender)
+        left = self._gone.get(sender)
         done, _ = await asyncio.wait({call} if left is None else {call, left}, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if call in done:
@@ -233,11 +247,11 @@ class Authority:
         if left is not None and left in done:
             self.stats.caller_left += 1
             log.info("%s: the caller %s left the bus; its authorization check was cancelled",
-                     action, sender)
-            raise NotAuthorized(f"not authorized for {action}: the caller left the bus")
+                     polkit_id, sender)
+            raise NotAuthorized(f"not authorized for {polkit_id}: the caller left the bus")
         self.stats.timed_out += 1
-        log.warning("%s: no answer within %.0f s for %s; the check was cancelled", action,
+        log.warning("%s: no answer within %.0f s for %s; the check was cancelled", polkit_id,
                     timeout, sender)
-        raise NotAuthorized(f"not authorized for {action}: no answer from "
+        raise NotAuthorized(f"not authorized for {polkit_id}: no answer from "
                             f"{'polkit' if cancellation_id else 'the bus'} within "
                             f"{timeout:.0f} s; nothing was done")

@@ -13,11 +13,11 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
+from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, InvalidAddressError
 
-from phyllod.bus import compat  # noqa: F401  (before any message is read)
+from phyllod.bus.connect import describe, open_bus
 from phyllod.contract import (
     BUS_NAME,
     DBUS_NAME,
@@ -51,35 +51,22 @@ def unwrap(value: Any) -> Any:
     return value
 
 
-def _describe(bus: str) -> str:
-    """``the system bus`` or ``bus unix:path=…``, for messages."""
-    return f"the {bus} bus" if bus in ("system", "session") else f"bus {bus}"
-
-
-def _message_bus(bus: str) -> MessageBus:
-    """An unconnected bus for ``system``, ``session`` or a D-Bus address."""
-    if bus in ("system", "session"):
-        return MessageBus(bus_type=BusType.SYSTEM if bus == "system" else BusType.SESSION)
-    return MessageBus(bus_address=bus)
-
-
 async def connect(bus: str) -> MessageBus:
     """Connect to ``system``, ``session`` or a D-Bus address (``unix:path=/tmp/x/bus``).
 
-    dbus-fast resolves the address in the constructor (and before 5.0 connected
-    there too, so both steps share one ``try``): a malformed ``--bus`` is a usage
-    error, but an unset session address only means there is no session bus.
+    A malformed ``--bus`` is a usage error, but an unset session address only
+    means there is no session bus.
     """
     try:
-        return await _message_bus(bus).connect()
+        return await open_bus(bus)
     except InvalidAddressError as e:
         if bus == "session":
             raise CtlError(ExitCode.UNREACHABLE, f"no session bus: {e}") from None
-        raise CtlError(ExitCode.USAGE, f"invalid address for {_describe(bus)}: {e}") from None
+        raise CtlError(ExitCode.USAGE, f"invalid address for {describe(bus)}: {e}") from None
     except (OSError, EOFError, AuthError) as e:
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise CtlError(ExitCode.UNREACHABLE,
-                       f"cannot connect to {_describe(bus)}: {reason}") from None
+                       f"cannot connect to {describe(bus)}: {reason}") from None
 
 
 class Client:

@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from phyllod.contract import BUS_NAME
-
-PHYLLOD_ERROR = "me.phyllo.Phyllod1.Error."
-DBUS_ERROR = "org.freedesktop.DBus.Error."
+from phyllod.contract import (
+    ACCESS_DENIED,
+    BUS_NAME,
+    DBUS_ERROR_PREFIX,
+    DISCONNECTED,
+    INTERACTIVE_AUTHORIZATION_REQUIRED,
+    NAME_HAS_NO_OWNER,
+    NO_SERVER,
+    NO_SUCH_DEVICE,
+    NO_SUCH_GUEST,
+    NO_SUCH_REQUEST,
+    NOT_AUTHORIZED,
+    SERVICE_UNKNOWN,
+)
 
 
 class ExitCode(IntEnum):
@@ -35,16 +45,16 @@ exit status:
   5  phyllod is not running, or the bus cannot be reached"""
 
 _BY_NAME: dict[str, ExitCode] = {
-    PHYLLOD_ERROR + "NoSuchDevice": ExitCode.NOT_FOUND,
-    PHYLLOD_ERROR + "NoSuchGuest": ExitCode.NOT_FOUND,
-    PHYLLOD_ERROR + "NoSuchRequest": ExitCode.NOT_FOUND,
-    PHYLLOD_ERROR + "NotAuthorized": ExitCode.NOT_AUTHORIZED,
-    DBUS_ERROR + "AccessDenied": ExitCode.NOT_AUTHORIZED,
-    DBUS_ERROR + "InteractiveAuthorizationRequired": ExitCode.NOT_AUTHORIZED,
-    DBUS_ERROR + "ServiceUnknown": ExitCode.UNREACHABLE,
-    DBUS_ERROR + "NameHasNoOwner": ExitCode.UNREACHABLE,
-    DBUS_ERROR + "Disconnected": ExitCode.UNREACHABLE,
-    DBUS_ERROR + "NoServer": ExitCode.UNREACHABLE,
+    NO_SUCH_DEVICE: ExitCode.NOT_FOUND,
+    NO_SUCH_GUEST: ExitCode.NOT_FOUND,
+    NO_SUCH_REQUEST: ExitCode.NOT_FOUND,
+    NOT_AUTHORIZED: ExitCode.NOT_AUTHORIZED,
+    ACCESS_DENIED: ExitCode.NOT_AUTHORIZED,
+    INTERACTIVE_AUTHORIZATION_REQUIRED: ExitCode.NOT_AUTHORIZED,
+    SERVICE_UNKNOWN: ExitCode.UNREACHABLE,
+    NAME_HAS_NO_OWNER: ExitCode.UNREACHABLE,
+    DISCONNECTED: ExitCode.UNREACHABLE,
+    NO_SERVER: ExitCode.UNREACHABLE,
 }
 
 
@@ -70,10 +80,10 @@ def error_from_dbus(error_name: str, text: str) -> CtlError:
     people and are shown as they are.
     """
     code = exit_code_for(error_name)
-    if error_name in (DBUS_ERROR + "ServiceUnknown", DBUS_ERROR + "NameHasNoOwner"):
+    if error_name in (SERVICE_UNKNOWN, NAME_HAS_NO_OWNER):
         return CtlError(code, f"phyllod is not running (nobody owns {BUS_NAME} on this bus)")
     if code is ExitCode.UNREACHABLE:
         return CtlError(code, f"cannot reach phyllod: {text or error_name}")
-    if error_name.startswith(DBUS_ERROR) and code is ExitCode.NOT_AUTHORIZED:
+    if error_name.startswith(DBUS_ERROR_PREFIX) and code is ExitCode.NOT_AUTHORIZED:
         return CtlError(code, f"not authorized: {text or error_name}")
     return CtlError(code, text or error_name)

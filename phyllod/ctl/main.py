@@ -31,13 +31,19 @@ from datetime import datetime
 from typing import Any
 
 from phyllod import __version__
-from phyllod.contract import DEVICE_IFACE, MANAGER_IFACE, REQUEST_IFACE, REQUESTS, ROOT
+from phyllod.contract import (
+    DEVICE_IFACE,
+    DEVICE_PROPERTIES,
+    MANAGER_IFACE,
+    MANAGER_PROPERTIES,
+    REQUEST_IFACE,
+    ROOT,
+    request_path,
+)
 from phyllod.ctl.bus import Client, connect
 from phyllod.ctl.errors import EXIT_CODES_HELP, CtlError, ExitCode
 from phyllod.ctl.monitor import MATCH_RULES, Event, Labels, event_for, human_line, json_line
 from phyllod.ctl.output import (
-    DEVICE_PROPERTIES,
-    MANAGER_PROPERTIES,
     device_table,
     devices,
     escape,
@@ -204,7 +210,7 @@ async def answer(client: Client, args: argparse.Namespace) -> Iterable[str]:
     if not number.isdigit():
         raise CtlError(ExitCode.USAGE, f"a request is named by its number "
                                        f"(phyllodctl requests), not {args.request!r}")
-    await client.call(f"{REQUESTS}/{int(number)}", REQUEST_IFACE, "Answer", "sb",
+    await client.call(request_path(int(number)), REQUEST_IFACE, "Answer", "sb",
                       ["" if args.host else args.guest, args.remember], mutation=True)
     return []
 

@@ -22,24 +22,25 @@ from phyllod.contract import (
     DBUS_NAME,
     DEVICE_IFACE,
     GUEST_IFACE,
+    INTERFACES,
     MANAGER_IFACE,
+    NAME_OWNER_CHANGED,
     OBJECT_MANAGER,
     PROPERTIES,
+    PROPERTIES_CHANGED,
     REQUEST_IFACE,
     ROOT,
 )
 from phyllod.ctl.output import ManagedObjects, device_name, escape
 
-OURS = (DEVICE_IFACE, GUEST_IFACE, MANAGER_IFACE, REQUEST_IFACE)
-
 # sender= makes the bus deliver only what the owner of phyllod's name sends, so
 # no other client on the bus can forge monitor events.
 MATCH_RULES = (
     f"type='signal',sender='{BUS_NAME}',path='{ROOT}',interface='{OBJECT_MANAGER}'",
-    f"type='signal',sender='{BUS_NAME}',interface='{PROPERTIES}',member='PropertiesChanged',"
-    f"path_namespace='{ROOT}'",
-    f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_NAME}',member='NameOwnerChanged',"
-    f"arg0='{BUS_NAME}'",
+    f"type='signal',sender='{BUS_NAME}',interface='{PROPERTIES}',"
+    f"member='{PROPERTIES_CHANGED}',path_namespace='{ROOT}'",
+    f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_NAME}',"
+    f"member='{NAME_OWNER_CHANGED}',arg0='{BUS_NAME}'",
 )
 
 
@@ -92,7 +93,7 @@ def added(labels: Labels, now: datetime, path: str,
           ifaces: Mapping[str, Mapping[str, Any]]) -> Event | None:
     """``InterfacesAdded``: a device was plugged or a guest defined."""
     labels.learn(path, ifaces)
-    interface = next((i for i in OURS if i in ifaces), None)
+    interface = next((i for i in INTERFACES if i in ifaces), None)
     if interface is None:
         return None
     return Event(now, "added", labels.label(path, interface), path, interface, ifaces[interface])
@@ -100,7 +101,7 @@ def added(labels: Labels, now: datetime, path: str,
 
 def removed(labels: Labels, now: datetime, path: str, ifaces: Sequence[str]) -> Event | None:
     """``InterfacesRemoved``: a device was unplugged or a guest undefined."""
-    interface = next((i for i in OURS if i in ifaces), None)
+    interface = next((i for i in INTERFACES if i in ifaces), None)
     if interface is None:
         return None
     event = Event(now, "removed", labels.label(path, interface), path, interface)
@@ -111,7 +112,7 @@ def removed(labels: Labels, now: datetime, path: str, ifaces: Sequence[str]) -> 
 def changed(labels: Labels, now: datetime, path: str, interface: str,
             props: Mapping[str, Any], invalidated: Sequence[str]) -> Event | None:
     """``PropertiesChanged`` on one of phyllod's interfaces (others are not ours)."""
-    if interface not in OURS:
+    if interface not in INTERFACES:
         return None
     if interface == GUEST_IFACE and props.get("Name"):
         labels.by_path[path] = f"guest {props['Name']}"  # a renamed guest
@@ -206,12 +207,13 @@ def event_for(labels: Labels, now: datetime, path: str, interface: str, member: 
               body: Sequence[Any]) -> Event | None:
     """The event a signal (matched by :data:`MATCH_RULES`) stands for, if any."""
     match interface, member, *body:
-        case (names.OBJECT_MANAGER, "InterfacesAdded", str(obj), dict(ifaces)):
+        case (names.OBJECT_MANAGER, names.INTERFACES_ADDED, str(obj), dict(ifaces)):
             return added(labels, now, obj, ifaces)
-        case (names.OBJECT_MANAGER, "InterfacesRemoved", str(obj), list(ifaces)):
+        case (names.OBJECT_MANAGER, names.INTERFACES_REMOVED, str(obj), list(ifaces)):
             return removed(labels, now, obj, ifaces)
-        case (names.PROPERTIES, "PropertiesChanged", str(iface), dict(props), list(invalidated)):
+        case (names.PROPERTIES, names.PROPERTIES_CHANGED, str(iface), dict(props),
+              list(invalidated)):
             return changed(labels, now, path, iface, props, invalidated)
-        case (names.DBUS_NAME, "NameOwnerChanged", str(name), str(), str(new_owner)):
+        case (names.DBUS_NAME, names.NAME_OWNER_CHANGED, str(name), str(), str(new_owner)):
             return owner_changed(now, name, new_owner)
     return None

@@ -17,20 +17,6 @@ from typing import Any
 
 from phyllod.contract import DEVICE_IFACE, GUEST_IFACE, REQUEST_IFACE
 
-# The contract's order, so `show` reads like the documentation; unknown (newer)
-# properties follow in name order.
-DEVICE_PROPERTIES = (
-    "Id", "Subsystem", "Vendor", "Product", "Serial", "Manufacturer", "Name", "Port",
-    "Address", "Bus", "DeviceNumber", "DeviceClass", "InterfaceClasses", "Driver",
-    "IommuGroup", "State", "Guest", "Rule", "Reason", "Override", "OverrideGuest",
-    "Identity", "Remembered", "RememberedGuest", "VendorFromDatabase", "ModelFromDatabase",
-    "SerialDoubt",
-)
-MANAGER_PROPERTIES = (
-    "Version", "IommuEnabled", "PolicyStatus", "PolicyError", "PolicyFiles", "LibvirtUri",
-    "LibvirtConnected", "Remembered", "AskTimeout",
-)
-
 # A table cell longer than this is cut: one 64 KiB product name must not push
 # every other column off the screen (`show` and --json give the whole value).
 MAX_CELL_WIDTH = 40
@@ -137,9 +123,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], legend: bool = 
     ]
 
 
-def key_value(props: Mapping[str, Any], order: Sequence[str],
+def key_value(props: Mapping[str, Any], order: Collection[str],
               multiline: Collection[str] = ()) -> list[str]:
     """``Key: value`` lines, keys aligned, in ``order`` and then the rest by name.
+
+    ``order`` is one of contract.py's property tables, so ``show`` reads like the
+    documentation; unknown (newer) properties follow in name order.
 
     Values named in ``multiline`` (the daemon's own policy error report) keep their
     line breaks, continued under the value column; anywhere else a newline is

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from phyllod import __version__
+from phyllod.bus import polkit
 from phyllod.bus.logind import SleepWatcher
 from phyllod.bus.service import BusError, BusService, Snapshot
 from phyllod.core.model import HostFacts
@@ -164,8 +165,8 @@ class Daemon:
             facts=self.loop.facts, read_facts=self.loop.read_facts,
             choices=self.choices, loop=self.loop)
         # The bus: the daemon's face on D-Bus; losing it ends the daemon.
-        self.bus = (BusService(config.bus, self.operations, self._on_bus_lost)
-                    if on_bus else None)
+        self.bus = (BusService(config.bus, self.operations, self._on_bus_lost,
+                               polkit.Authority()) if on_bus else None)
 
     # ------------------------------------------------------------ what a turn sees and does
 

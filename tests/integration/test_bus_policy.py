@@ -25,8 +25,14 @@ from dbus_fast.annotations import DBusObjectPath, DBusStr
 from dbus_fast.errors import DBusError
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property
 
-from phyllod.bus import polkit
-from phyllod.bus import service as dbus_service
+from phyllod.bus import gate
+from phyllod.contract import (
+    POLKIT_ANSWER,
+    POLKIT_ATTACH,
+    POLKIT_ATTACH_PCI,
+    POLKIT_DETACH,
+    POLKIT_RELOAD,
+)
 from phyllod.core.model import Device, Subsystem
 
 BUS_NAME = "me.phyllo.Phyllod1"
@@ -261,10 +267,10 @@ async def test_mock_polkit_answers_per_set_allowed(
     bus = await MessageBus(bus_address=system_bus.address, bus_type=BusType.SYSTEM).connect()
     try:
         name = bus.unique_name
-        assert await check_authorization(bus, name, polkit.ATTACH) == (False, False)
-        mock_polkit.set_allowed([polkit.ATTACH])
-        assert await check_authorization(bus, name, polkit.ATTACH) == (True, False)
-        assert await check_authorization(bus, name, polkit.RELOAD) == (False, False)
+        assert await check_authorization(bus, name, POLKIT_ATTACH) == (False, False)
+        mock_polkit.set_allowed([POLKIT_ATTACH])
+        assert await check_authorization(bus, name, POLKIT_ATTACH) == (True, False)
+        assert await check_authorization(bus, name, POLKIT_RELOAD) == (False, False)
     finally:
         bus.disconnect()
 
@@ -298,14 +304,14 @@ async def test_real_polkit_authorizes_root_and_not_a_sessionless_user(
         assert holder.stdout is not None
         nobody = (await asyncio.to_thread(holder.stdout.readline)).strip()
         assert nobody.startswith(":"), "the connection held as nobody did not come up"
-        for action in (polkit.ATTACH, polkit.RELOAD):
+        for action in (POLKIT_ATTACH, POLKIT_RELOAD):
             assert await check_authorization(bus, bus.unique_name, action) == (True, False)
             # allow_any is auth_admin(_keep): not authorized, but a password would do.
             assert await check_authorization(bus, nobody, action) == (False, True), \
                 real_polkit.log()
         # answer: allow_any is "no", so no password helps someone outside the active session.
-        assert await check_authorization(bus, bus.unique_name, polkit.ANSWER) == (True, False)
-        assert await check_authorization(bus, nobody, polkit.ANSWER) == (False, False)
+        assert await check_authorization(bus, bus.unique_name, POLKIT_ANSWER) == (True, False)
+        assert await check_authorization(bus, nobody, POLKIT_ANSWER) == (False, False)
         # The control: an action the shipped file does not declare is an error for anyone.
         with pytest.raises(DBusError, match="is not registered"):
             await check_authorization(bus, bus.unique_name, "me.phyllo.phyllod.unknown")
@@ -342,29 +348,29 @@ def test_polkit_policy_declares_the_daemons_actions() -> None:
     assert root.tag == "policyconfig"
     assert root.findtext("vendor") == "phyllod"
     actions = {a.get("id"): a for a in root.iter("action")}
-    assert set(actions) == {polkit.ATTACH, polkit.ATTACH_PCI, polkit.DETACH, polkit.RELOAD,
-                            polkit.ANSWER}
+    assert set(actions) == {POLKIT_ATTACH, POLKIT_ATTACH_PCI, POLKIT_DETACH, POLKIT_RELOAD,
+                            POLKIT_ANSWER}
     # Every $(key) a message names is a detail phyllod passes for a device (polkit
     # would show "$(key)" as it is otherwise); reload concerns no device.
     device = Device(Subsystem.USB, "/sys/x", port="1-2", vendor="1050", product="0407")
-    passed = set(dbus_service._details(device, "work"))
+    passed = set(gate.details(device, "work"))
     for action_id, action in actions.items():
         assert action.findtext("description", "").strip()
         message = action.findtext("message", "").strip()
         assert message
         keys = set(re.findall(r"\$\((\w+)\)", message))
-        assert keys <= (set() if action_id == polkit.RELOAD else passed), (action_id, keys)
+        assert keys <= (set() if action_id == POLKIT_RELOAD else passed), (action_id, keys)
 
     def defaults(action_id: str) -> tuple[str | None, ...]:
         node = actions[action_id].find("defaults")
         assert node is not None
         return tuple(node.findtext(k) for k in ("allow_any", "allow_inactive", "allow_active"))
 
-    assert defaults(polkit.ATTACH) == ("auth_admin", "auth_admin", "yes")
-    assert defaults(polkit.ATTACH_PCI) == ("auth_admin", "auth_admin", "auth_admin_keep")
-    assert defaults(polkit.DETACH) == ("auth_admin", "auth_admin", "yes")
-    assert defaults(polkit.RELOAD) == ("auth_admin_keep",) * 3
-    assert defaults(polkit.ANSWER) == ("no", "no", "yes")
+    assert defaults(POLKIT_ATTACH) == ("auth_admin", "auth_admin", "yes")
+    assert defaults(POLKIT_ATTACH_PCI) == ("auth_admin", "auth_admin", "auth_admin_keep")
+    assert defaults(POLKIT_DETACH) == ("auth_admin", "auth_admin", "yes")
+    assert defaults(POLKIT_RELOAD) == ("auth_admin_keep",) * 3
+    assert defaults(POLKIT_ANSWER) == ("no", "no", "yes")
 
     def implies(action_id: str) -> set[str]:
         return {word for a in actions[action_id].iter("annotate")
@@ -372,8 +378,8 @@ def test_polkit_policy_declares_the_daemons_actions() -> None:
                 for word in (a.text or "").split()}
 
     # Who may put a device into a guest may take it back; PCI covers USB.
-    assert implies(polkit.ATTACH) == {polkit.DETACH}
-    assert implies(polkit.ATTACH_PCI) == {polkit.ATTACH, polkit.DETACH}
+    assert implies(POLKIT_ATTACH) == {POLKIT_DETACH}
+    assert implies(POLKIT_ATTACH_PCI) == {POLKIT_ATTACH, POLKIT_DETACH}
 
 
 def test_activation_file_hands_over_to_systemd() -> None:

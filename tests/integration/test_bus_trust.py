@@ -82,7 +82,8 @@ from daemon_process import child_env  # noqa: E402
 from phyllod_on_bus import Phyllod, poll  # noqa: E402
 
 from phyllod.bus import polkit  # noqa: E402
-from phyllod.bus.service import BusService, Snapshot, device_path  # noqa: E402
+from phyllod.bus.service import BusService, Snapshot  # noqa: E402
+from phyllod.contract import POLKIT_ATTACH, POLKIT_DETACH, device_path  # noqa: E402
 from phyllod.core.model import Assignment, Device, Guest, GuestState, State, Subsystem  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -135,7 +136,7 @@ def test_checks_that_never_finish_leave_room_for_everyone_and_are_cancelled(
         # The checks name the device and the guest, for the prompt and for rules.
         assert {c["details"]["device"] for c in checks} == {"usb:1-2"}
         assert {c["details"]["guest"] for c in checks} == {"test", ""}
-        assert {c["action"] for c in checks} == {polkit.ATTACH, polkit.DETACH}
+        assert {c["action"] for c in checks} == {POLKIT_ATTACH, POLKIT_DETACH}
         _stats(phyllod, f"polkit: {held} checks waiting")
 
         # Root steers phyllod all the same: its checks count against no limit.
@@ -228,7 +229,7 @@ async def _busctl(bus: private_bus.PrivateSystemBus, *args: str, nobody: bool = 
 async def _service(bus: private_bus.PrivateSystemBus, snapshot: Snapshot,
                    limits: polkit.Limits = LIMITS) -> tuple[BusService, FakeOperations]:
     ops = FakeOperations()
-    service = BusService(bus.address, ops, lambda: None, limits)
+    service = BusService(bus.address, ops, lambda: None, polkit.Authority(limits))
     await service.connect(snapshot)
     return service, ops
 

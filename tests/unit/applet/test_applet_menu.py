@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from phyllod.applet.actions import Answer, Attach, ClearOverride, Forget, KeepOnHost
+from phyllod.applet.commands import Answer, Attach, ClearOverride, Forget, KeepOnHost
 from phyllod.applet.menu import NOT_RUNNING, Entry, build_menu, device_label, tray_icon
-from phyllod.applet.views import DEVICE, GUEST, MANAGER, REQUEST, ROOT, Snapshot
+from phyllod.applet.views import Snapshot
+from phyllod.contract import DEVICE_IFACE as DEVICE
+from phyllod.contract import GUEST_IFACE as GUEST
+from phyllod.contract import MANAGER_IFACE as MANAGER
+from phyllod.contract import REQUEST_IFACE as REQUEST
+from phyllod.contract import ROOT
 
 KBD = "/me/phyllo/Phyllod1/devices/usb_1_2"
 REQ = "/me/phyllo/Phyllod1/requests/1"
@@ -35,7 +40,7 @@ def labels(entries: tuple[Entry, ...]) -> list[str]:
 
 
 def actions(entries: tuple[Entry, ...]) -> dict[str, object]:
-    return {e.label: e.action for e in entries if e.action is not None}
+    return {e.label: e.command for e in entries if e.command is not None}
 
 
 def test_not_running_is_one_entry_and_the_offline_icon():

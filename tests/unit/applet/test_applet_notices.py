@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from phyllod.applet.actions import (
+from phyllod.applet.commands import (
     Answer,
     Attach,
     ClearOverride,
@@ -28,7 +28,10 @@ from phyllod.applet.notices import (
     markup_escaped,
     request_notice,
 )
-from phyllod.applet.views import DEVICE, MANAGER, REQUEST, DeviceView, RequestView
+from phyllod.applet.views import DeviceView, RequestView
+from phyllod.contract import DEVICE_IFACE as DEVICE
+from phyllod.contract import MANAGER_IFACE as MANAGER
+from phyllod.contract import REQUEST_IFACE as REQUEST
 
 KBD = "/me/phyllo/Phyllod1/devices/usb_1_2"
 REQ = "/me/phyllo/Phyllod1/requests/3"

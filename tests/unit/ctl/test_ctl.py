@@ -13,13 +13,19 @@ from dbus_fast import Message, MessageFlag, MessageType, Variant
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phyllod.contract import DEVICE_IFACE, GUEST_IFACE, MANAGER_IFACE, OBJECT_MANAGER, ROOT
+from phyllod.contract import (
+    DEVICE_IFACE,
+    DEVICE_PROPERTIES,
+    GUEST_IFACE,
+    MANAGER_IFACE,
+    OBJECT_MANAGER,
+    ROOT,
+)
 from phyllod.ctl import main as ctl
 from phyllod.ctl.bus import MUTATION_TIMEOUT, Client, unwrap
 from phyllod.ctl.errors import CtlError, ExitCode, error_from_dbus, exit_code_for
 from phyllod.ctl.monitor import Labels, event_for, human_line, json_line
 from phyllod.ctl.output import (
-    DEVICE_PROPERTIES,
     MAX_CELL_WIDTH,
     device_table,
     devices,

@@ -1,9 +1,10 @@
-"""What a click asks phyllod to do: one D-Bus method call per action.
+"""What a click asks phyllod to do: one D-Bus method call per command.
 
-Menu entries and notification buttons both carry an :class:`Action`; the bus
+Menu entries and notification buttons both carry a :data:`Command`; the bus
 adapter turns it into the call with :func:`call_for`. Keeping the mapping here
 means the tests check exactly which method, object and arguments a button
-sends, without a bus.
+sends, without a bus. (A command is not a policy action: "action" is the
+policy's verb, attach/ignore/deny/ask.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from phyllod.applet.views import DEVICE, MANAGER, REQUEST, ROOT
+from phyllod.contract import DEVICE_IFACE, MANAGER_IFACE, REQUEST_IFACE, ROOT
 
 
 @dataclass(frozen=True)
@@ -63,28 +64,28 @@ class Answer:
     remember: bool = False
 
 
-Action = Attach | KeepOnHost | ClearOverride | Forget | Answer
+Command = Attach | KeepOnHost | ClearOverride | Forget | Answer
 
 
-def call_for(action: Action) -> Call:
-    """The D-Bus call that carries out ``action`` (docs/dbus-api.md)."""
-    match action:
+def call_for(command: Command) -> Call:
+    """The D-Bus call that carries out ``command`` (docs/dbus-api.md)."""
+    match command:
         case Attach(device, guest):
-            return Call(device, DEVICE, "Attach", "(s)", (guest,))
+            return Call(device, DEVICE_IFACE, "Attach", "(s)", (guest,))
         case KeepOnHost(device):
-            return Call(device, DEVICE, "Detach", "()", ())
+            return Call(device, DEVICE_IFACE, "Detach", "()", ())
         case ClearOverride(device):
-            return Call(device, DEVICE, "ClearOverride", "()", ())
+            return Call(device, DEVICE_IFACE, "ClearOverride", "()", ())
         case Forget(identity):
-            return Call(ROOT, MANAGER, "Forget", "(s)", (identity,))
+            return Call(ROOT, MANAGER_IFACE, "Forget", "(s)", (identity,))
         case Answer(request, guest, remember):
-            return Call(request, REQUEST, "Answer", "(sb)", (guest, remember))
-    raise TypeError(f"not an action: {action!r}")
+            return Call(request, REQUEST_IFACE, "Answer", "(sb)", (guest, remember))
+    raise TypeError(f"not a command: {command!r}")
 
 
-def describe(action: Action) -> str:
+def describe(command: Command) -> str:
     """A few words naming what was attempted, for an error notification's summary."""
-    match action:
+    match command:
         case Attach(_, guest):
             return f"attach to {guest}"
         case KeepOnHost():
@@ -96,17 +97,17 @@ def describe(action: Action) -> str:
         case Answer(_, guest, remember):
             where = f"send to {guest}" if guest else "keep on the host"
             return f"always {where}" if remember else where
-    raise TypeError(f"not an action: {action!r}")
+    raise TypeError(f"not a command: {command!r}")
 
 
-def device_of(action: Action, request_devices: Mapping[str, str]) -> str | None:
-    """The device object an action is about (an answer's through its request), if any.
+def device_of(command: Command, request_devices: Mapping[str, str]) -> str | None:
+    """The device object a command is about (an answer's through its request), if any.
 
     A refusal is shown in the place of that device's last notification, so
     that "could not be passed" from the state change and "could not attach"
     from the call do not pile up as two bubbles about one thing.
     """
-    match action:
+    match command:
         case Attach(device) | KeepOnHost(device) | ClearOverride(device):
             return device
         case Answer(request):
@@ -114,7 +115,8 @@ def device_of(action: Action, request_devices: Mapping[str, str]) -> str | None:
     return None
 
 
-# Notification action keys: the notification server hands back only a string.
+# Notification action keys (the Desktop Notifications spec's word for a button):
+# the notification server hands back only a string.
 
 def answer_key(guest: str, remember: bool) -> str:
     """The notification action key for an answer (``send:work``, ``always-host``)."""
