@@ -55,8 +55,9 @@ HOST_SHARED = frozenset({"phyllod.host.safe_read"})
 #: One adapter written in two files: the second is a part of the first, and
 #: only the first may import it.
 HOST_ADAPTER_PARTS = {"phyllod.host.sysfs_acs": "phyllod.host.sysfs"}
-#: What service/ parts share that is no part: the fault-injection seams.
-SERVICE_SHARED = frozenset({"phyllod.service.fault_points"})
+#: What service/ parts share that is no part (no state, no decisions): the
+#: fault-injection seams and the journal fields of the daemon's log records.
+SERVICE_SHARED = frozenset({"phyllod.service.fault_points", "phyllod.service.journal"})
 SERVICE_ROOT = "phyllod.service.root"
 CONTRACT = "phyllod.contract"
 FOLDERS = ("core", "host", "bus", "service", "ctl", "applet")
