@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 
 from phyllod.core.model import Device, Guest, GuestState, Hostdev, Subsystem
-from phyllod.core.policy import Policy, parse_policy_text
+from phyllod.core.policy import Policy
+from phyllod.core.policy_parser import parse_policy_text
 from phyllod.core.reconcile import World, reconcile
 
 

@@ -38,13 +38,13 @@ from phyllod.bus.strings import (
     MAX_ARGUMENT,
     MAX_EXPLAIN,
     PremarshalledReply,
-    bounded,
     fit,
     guard_writer,
     marshal_body,
     oversized,
 )
 from phyllod.core import errors
+from phyllod.core.bounds import bounded, excerpt
 from phyllod.core.model import (
     Assignment,
     Device,
@@ -658,7 +658,7 @@ class BusService:
             if found:
                 raise errors.NoSuchDevice(f"{ref} matches {len(found)} devices "
                                           f"({', '.join(found)}); name one by its id")
-        raise errors.NoSuchDevice(f"no present device is named {errors.excerpt(ref)}")
+        raise errors.NoSuchDevice(f"no present device is named {excerpt(ref)}")
 
     def device(self, device_id: str) -> Device:
         assert self.snapshot is not None
@@ -667,7 +667,7 @@ class BusService:
     def device_at(self, path: str) -> str:
         device_id = self._device_ids.get(path)
         if device_id is None:
-            raise errors.NoSuchDevice(f"the device {errors.excerpt(path)} is gone")
+            raise errors.NoSuchDevice(f"the device {excerpt(path)} is gone")
         return device_id
 
     def identity_of(self, device_id: str) -> str:
@@ -681,7 +681,7 @@ class BusService:
             return ref
         g = find_guest(ref, guests)
         if g is None:
-            raise errors.NoSuchGuest(f"no guest named {errors.excerpt(ref)} is defined")
+            raise errors.NoSuchGuest(f"no guest named {excerpt(ref)} is defined")
         return g.name
 
     def current_guest(self, device_id: str) -> str:
@@ -692,7 +692,7 @@ class BusService:
     def request_at(self, path: str) -> int:
         number = self._request_numbers.get(path)
         if number is None:
-            raise errors.NoSuchRequest(f"the request {errors.excerpt(path)} was answered, "
+            raise errors.NoSuchRequest(f"the request {excerpt(path)} was answered, "
                                        "expired or withdrawn")
         return number
 

@@ -35,6 +35,7 @@ from typing import TypeVar
 from phyllod import __version__
 from phyllod.bus.logind import SleepWatcher
 from phyllod.bus.service import BusError, BusService, Snapshot
+from phyllod.core.bounds import excerpt
 from phyllod.core.errors import (
     Busy,
     Denied,
@@ -42,7 +43,6 @@ from phyllod.core.errors import (
     NoSuchDevice,
     NoSuchGuest,
     NoSuchRequest,
-    excerpt,
 )
 from phyllod.core.explain import explain
 from phyllod.core.guest_runs import (
@@ -68,14 +68,8 @@ from phyllod.core.model import (
     State,
     Subsystem,
 )
-from phyllod.core.policy import (
-    DEFAULT_ASK_TIMEOUT,
-    DEFAULT_DEBOUNCE,
-    Action,
-    Policy,
-    PolicyError,
-    load_policy_dir,
-)
+from phyllod.core.policy import DEFAULT_ASK_TIMEOUT, DEFAULT_DEBOUNCE, Action, Policy
+from phyllod.core.policy_parser import PolicyError
 from phyllod.core.reconcile import (
     Attach,
     Detach,
@@ -93,6 +87,7 @@ from phyllod.core.reconcile import (
 from phyllod.core.safety.pci import TableRow, iommu_table, safety
 from phyllod.core.serial_trust import carry_choices, with_identities
 from phyllod.host.libvirt_client import LibvirtClient, LibvirtError
+from phyllod.host.policy_files import load_policy_dir
 from phyllod.host.state_store import (
     StateError,
     StateWriter,

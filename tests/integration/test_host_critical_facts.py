@@ -20,8 +20,9 @@ from gi.repository import UMockdev
 from pci_tree import Fn
 
 from phyllod.core.model import Device, Subsystem
-from phyllod.core.safety.pci import Risk, pci_verdict
+from phyllod.core.safety.pci import pci_verdict
 from phyllod.core.safety.usb import usb_verdict
+from phyllod.core.safety.verdict import Risk
 from phyllod.host.sysfs import block_mounts, host_keyboards, mounted_pci, read_host_facts
 
 pytestmark = [pytest.mark.integration,

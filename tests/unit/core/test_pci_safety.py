@@ -10,17 +10,13 @@ from hypothesis import strategies as st
 
 from phyllod.core.model import HostFacts, PciFunction
 from phyllod.core.safety.pci import (
-    OPT_IN,
-    Finding,
-    Level,
-    Risk,
-    Verdict,
     bus_mates,
     group_members,
     iommu_table,
     pci_verdict,
     safety,
 )
+from phyllod.core.safety.verdict import OPT_IN, Finding, Level, Risk, Verdict
 
 NIC = "0000:03:00.0"
 PORT = "0000:00:1c.0"

@@ -4,14 +4,9 @@ import pytest
 from factories import usb
 
 from phyllod.core.model import Device, Subsystem
-from phyllod.core.policy import (
-    Action,
-    PolicyError,
-    load_policy,
-    load_policy_dir,
-    parse_policy_text,
-    policy_files,
-)
+from phyllod.core.policy import Action
+from phyllod.core.policy_parser import PolicyError, parse_policy_text
+from phyllod.host.policy_files import load_policy, load_policy_dir, policy_files
 
 DESK = """\
 # a comment

@@ -7,10 +7,12 @@ from factories import guest, held, host, pci, policy, usb
 
 from phyllod.core.guest_runs import HostBind, Run
 from phyllod.core.model import HostFacts, PciFunction, State
-from phyllod.core.policy import OnSleep, parse_policy_text
+from phyllod.core.policy import OnSleep
+from phyllod.core.policy_parser import parse_policy_text
 from phyllod.core.reconcile import Attach, Detach, Sleep, World, reconcile
-from phyllod.core.safety.pci import Risk, pci_verdict
+from phyllod.core.safety.pci import pci_verdict
 from phyllod.core.safety.usb import usb_verdict
+from phyllod.core.safety.verdict import Risk
 
 KBD = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
 

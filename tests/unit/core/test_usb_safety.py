@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from phyllod.core.model import Device, HostFacts, Subsystem
-from phyllod.core.safety.pci import Risk
 from phyllod.core.safety.usb import usb_verdict
+from phyllod.core.safety.verdict import Risk
 
 USB1 = "/sys/devices/pci0000:00/0000:00:14.0/usb1"
 HUB = f"{USB1}/1-1"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from phyllod.core.model import Device, Guest, GuestState, Hostdev, HostFacts, PciFunction, Subsystem
-from phyllod.core.policy import Policy, Settings, parse_policy_text
+from phyllod.core.policy import Policy, Settings
+from phyllod.core.policy_parser import parse_policy_text
 
 
 def usb(port: str = "1-2", devnum: int = 5, vendor: str = "0627", product: str = "0001",
