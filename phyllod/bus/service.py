@@ -54,8 +54,8 @@ from phyllod.core.model import (
     Request,
     State,
     Subsystem,
+    find_guest,
 )
-from phyllod.core.reconcile import find_guest
 from phyllod.core.safety.pci import TableRow
 
 log = logging.getLogger("phyllod")

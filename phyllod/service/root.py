@@ -67,10 +67,9 @@ from phyllod.core.model import (
     Request,
     State,
     Subsystem,
+    find_guest,
 )
-from phyllod.core.policy import DEFAULT_ASK_TIMEOUT, DEFAULT_DEBOUNCE, Action, Policy
-from phyllod.core.policy_parser import PolicyError
-from phyllod.core.reconcile import (
+from phyllod.core.plan import (
     Attach,
     Detach,
     Failure,
@@ -80,10 +79,11 @@ from phyllod.core.reconcile import (
     Question,
     Sleep,
     World,
-    find_guest,
-    reconcile,
     record_failure,
 )
+from phyllod.core.policy import DEFAULT_ASK_TIMEOUT, DEFAULT_DEBOUNCE, Action, Policy
+from phyllod.core.policy_parser import PolicyError
+from phyllod.core.reconcile import reconcile
 from phyllod.core.safety.pci import TableRow, iommu_table, safety
 from phyllod.core.serial_trust import carry_choices, with_identities
 from phyllod.host.libvirt_client import LibvirtClient, LibvirtError
@@ -797,7 +797,8 @@ class Daemon:
         if self.guests is None:
             self._drop_bind(slot)  # libvirt is away: its return resyncs every guest
             return
-        checked = HostBind(bind.run, bind.guest, bind.alias, bind.driver, checked=True)
+        checked = HostBind(run=bind.run, guest=bind.guest, alias=bind.alias, driver=bind.driver,
+                           checked=True)
         d = self._on_slot(slot)
         if d is not None and judge_bind(checked, self._guest_of(bind),
                                         self.ending) is BindVerdict.TAKEN_BACK:
@@ -895,7 +896,7 @@ class Daemon:
             return
         self.slept |= {device_id for device_id, a in plan.assignments.items()
                        if a.state is State.SLEEPING}
-        leaving = any(isinstance(action, Detach) for action in plan.actions) or any(
+        leaving = any(isinstance(action, Detach) for action in plan.steps) or any(
             a.state is State.DETACHING for a in plan.assignments.values())
         if not leaving:
             self._let_sleep()
@@ -986,10 +987,13 @@ class Daemon:
         if self.guests is not None:
             current = {run_of(g) for g in self.guests.values()}
             self.ending = {r for r in self.ending if r in current}
-        world = World(self.devices, self.guests, self.inflight, self.failures, loop.time(),
-                      self.overrides, self._facts(), self.asks, self.remembered,
-                      frozenset(self.inserted), self.sleep, dict(self.vanished),
-                      dict(self.binds), frozenset(self.ending))
+        world = World(devices=self.devices, guests=self.guests, inflight=self.inflight,
+                      failures=self.failures, now=loop.time(),
+                      overrides=self.overrides, host=self._facts(), asks=self.asks,
+                      remembered=self.remembered,
+                      inserted=frozenset(self.inserted), sleep=self.sleep,
+                      vanished=dict(self.vanished),
+                      binds=dict(self.binds), ending=frozenset(self.ending))
         plan = reconcile(self.policy, world)
         for slot in plan.let_go:
             self._let_go(slot)
@@ -1007,7 +1011,7 @@ class Daemon:
             self._wake = None
         if self._stopping:
             return
-        for action in plan.actions:
+        for action in plan.steps:
             # The guest run the call goes to: a failure is counted against it alone.
             run = run_of((self.guests or {}).get(action.guest))
             if isinstance(action, Attach):
@@ -1057,8 +1061,9 @@ class Daemon:
         number = self._next_request
         self._next_request += 1
         deadline = time.time_ns() // 1000 + timeout * 1_000_000
-        self.requests[number] = Request(number, d.id, d.describe(), q.candidates, deadline,
-                                        q.rule)
+        self.requests[number] = Request(number=number, device_id=d.id, description=d.describe(),
+                                        candidates=q.candidates, deadline_usec=deadline,
+                                        rule=q.rule)
         self._request_timers[number] = asyncio.get_running_loop().call_later(
             timeout, self._expire, number)
         self.asks[d.id] = Ask(AskOutcome.PENDING, candidates=q.candidates)
@@ -1161,7 +1166,7 @@ class Daemon:
         fields = _fields(d.id, a.guest, a.rule, State.ATTACHING)
         source = (f"managed, host {d.address}" if d.subsystem is Subsystem.PCI
                   else f"bus {d.busnum} device {d.devnum}")
-        by = a.source or (f"by rule '{a.rule}'" if a.rule else "by a manual override")
+        by = a.decided_by or (f"by rule '{a.rule}'" if a.rule else "by a manual override")
         log.info("attaching %s to %s %s: libvirt attachDeviceFlags (%s)",
                  d.describe(), a.guest, by, source, **fields)
         started = time.monotonic()

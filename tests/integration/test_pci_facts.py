@@ -92,11 +92,11 @@ def test_laptop_facts(tb):
     assert not got.acs_override
     assert set(got.functions) == {f.address for f in LAPTOP}
     assert got.functions[WIFI.address] == PciFunction(
-        WIFI.address, vendor="8086", device="2723", subsystem_vendor="8086",
+        address=WIFI.address, vendor="8086", device="2723", subsystem_vendor="8086",
         subsystem_device="0084", class_code="028000", driver="iwlwifi", iommu_group=2,
         reset_method="flr bus", parent=WIFI_PORT.address)
     assert got.functions[GPU.address] == PciFunction(
-        GPU.address, vendor="10de", device="1f91", subsystem_vendor="17aa",
+        address=GPU.address, vendor="10de", device="1f91", subsystem_vendor="17aa",
         subsystem_device="2233", class_code="030000", driver="nouveau", iommu_group=3,
         boot_vga=True, reset_method="bus", parent=GPU_PORT.address)
     for spec in LAPTOP:
@@ -207,7 +207,7 @@ def test_sriov_virtual_functions(tb):
     assert pci_function(SYS, vfs[1].address) is None
     tree.add([vfs[1]])
     assert pci_function(SYS, vfs[1].address) == PciFunction(
-        "0000:05:10.2", vendor="8086", device="10ed", subsystem_vendor="17aa",
+        address="0000:05:10.2", vendor="8086", device="10ed", subsystem_vendor="17aa",
         subsystem_device="2233", class_code="020000", driver="ixgbevf", iommu_group=9,
         physfn="0000:05:00.0", reset_method="flr", parent=port.address)
     got = facts(mounts="")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from factories import guest, held, pci, policy, usb
 
 from phyllod.core.model import Ask, AskOutcome, GuestState, Override, OverrideKind, State
+from phyllod.core.plan import Attach, Detach, Question, World
 from phyllod.core.policy import Action, Unmatched
-from phyllod.core.reconcile import Attach, Detach, Question, World, reconcile
+from phyllod.core.reconcile import reconcile
 
 ASK = policy('[[rule]]\nname="audio"\nmatch={vendor="0627"}\naction="ask"\n'
              'guest=["work", "media"]\n')
@@ -18,7 +19,7 @@ DENY_AND_ASK = policy('[[rule]]\nname="no storage"\nmatch={vendor="0627", produc
 
 
 def world(devices=(), guests=(), **kw) -> World:
-    return World({d.id: d for d in devices}, {g.name: g for g in guests}, **kw)
+    return World(devices={d.id: d for d in devices}, guests={g.name: g for g in guests}, **kw)
 
 
 def answered(guest_name: str) -> Ask:
@@ -41,7 +42,7 @@ def test_inserted_device_is_asked_with_running_candidates_only():
     guests = [guest("work"), guest("media", GuestState.SHUTOFF), guest("other")]
     plan = reconcile(ASK, world([d], guests, inserted=frozenset({d.id})))
     assert plan.questions == (Question(d.id, "audio", ("work",)),)
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert a.state is State.ASKING and a.rule == "audio"
     assert "'work' or the host" in a.reason
@@ -65,7 +66,7 @@ def test_no_candidate_running_means_no_request():
     assert plan.assignments[d.id].state is State.HOST
     later = reconcile(ASK, world([d], [guest("work")],
                                  asks={d.id: Ask(AskOutcome.UNASKED)}))
-    assert later.questions == () and later.actions == ()
+    assert later.questions == () and later.steps == ()
     assert "none of its guests was running" in later.assignments[d.id].reason
 
 
@@ -73,10 +74,10 @@ def test_pending_waits_and_expired_stays_on_host():
     d = usb()
     pending = Ask(AskOutcome.PENDING, candidates=("work",))
     plan = reconcile(ASK, world([d], [guest("work")], asks={d.id: pending}))
-    assert plan.questions == () and plan.actions == ()
+    assert plan.questions == () and plan.steps == ()
     assert plan.assignments[d.id].state is State.ASKING
     plan = reconcile(ASK, world([d], [guest("work")], asks={d.id: Ask(AskOutcome.EXPIRED)}))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert a.state is State.HOST and "no answer before the deadline" in a.reason
 
@@ -84,11 +85,12 @@ def test_pending_waits_and_expired_stays_on_host():
 def test_answer_attaches_and_says_so():
     d = usb()
     plan = reconcile(ASK, world([d], [guest("work")], asks={d.id: answered("work")}))
-    assert plan.actions == (Attach(d.slot, d, "work", "audio", source="by your answer"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="audio",
+                                 decided_by="by your answer"),)
     assert "by your answer" in plan.assignments[d.id].reason
     plan = reconcile(ASK, world([d], [guest("work", hostdevs=(held(d),))],
                                 asks={d.id: answered("work")}))
-    assert plan.actions == () and plan.assignments[d.id].state is State.ATTACHED
+    assert plan.steps == () and plan.assignments[d.id].state is State.ATTACHED
 
 
 def test_remembered_answer_applies_without_asking_even_at_start():
@@ -96,11 +98,12 @@ def test_remembered_answer_applies_without_asking_even_at_start():
     plan = reconcile(ASK, world([d], [guest("work")], remembered={d.identity: "work"},
                                 inserted=frozenset({d.id})))
     assert plan.questions == ()
-    assert plan.actions == (Attach(d.slot, d, "work", "audio", source="by a remembered answer"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="audio",
+                                 decided_by="by a remembered answer"),)
     assert "by a remembered answer" in plan.assignments[d.id].reason
     host = reconcile(ASK, world([d], [guest("work")], remembered={d.identity: ""},
                                 inserted=frozenset({d.id})))
-    assert host.questions == () and host.actions == ()
+    assert host.questions == () and host.steps == ()
     a = host.assignments[d.id]
     assert a.state is State.HOST and a.reason == "kept on the host by a remembered answer"
 
@@ -109,17 +112,17 @@ def test_host_answer_removes_our_hostdev_but_not_a_persons():
     d = usb()
     ours = guest("work", hostdevs=(held(d),))
     plan = reconcile(ASK, world([d], [ours], asks={d.id: answered("")}))
-    assert len(plan.actions) == 1 and isinstance(plan.actions[0], Detach)
+    assert len(plan.steps) == 1 and isinstance(plan.steps[0], Detach)
     theirs = guest("work", hostdevs=(held(d, owned=False),))
     plan = reconcile(ASK, world([d], [theirs], asks={d.id: answered("")}))
-    assert plan.actions == ()
+    assert plan.steps == ()
 
 
 def test_unanswered_device_in_a_guest_is_left_there():
     """After a restart an answered (not remembered) device is in a guest: do not pull it."""
     d = usb()
     plan = reconcile(ASK, world([d], [guest("work", hostdevs=(held(d),))]))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert a.state is State.ATTACHED and "until someone answers" in a.reason
 
@@ -128,18 +131,18 @@ def test_deny_and_override_win_over_answers():
     d = usb()
     plan = reconcile(DENY_AND_ASK, world([d], [guest("work")], asks={d.id: answered("work")},
                                          inserted=frozenset({d.id})))
-    assert plan.actions == () and plan.questions == ()
+    assert plan.steps == () and plan.questions == ()
     assert plan.assignments[d.id].state is State.DENIED
     plan = reconcile(ASK, world([d], [guest("work"), guest("media")],
                                 asks={d.id: answered("work")},
                                 overrides={d.identity: Override(OverrideKind.ATTACH, "media")}))
-    assert plan.actions == (Attach(d.slot, d, "media", ""),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="media", rule=""),)
 
 
 def test_pci_safety_wins_over_an_answer():
     d = pci()  # in host() facts nothing is known: no IOMMU, so not safe
     plan = reconcile(UNMATCHED_ASK, world([d], [guest("work")], asks={d.id: answered("work")}))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert a.state is State.DENIED and a.reason.startswith("not safe to pass")
 
@@ -154,7 +157,7 @@ def test_unmatched_ask_asks_about_inserted_devices_only():
 
 def test_disconnected_keeps_answers_pending():
     d = usb()
-    plan = reconcile(ASK, World({d.id: d}, None, asks={d.id: answered("work")}))
+    plan = reconcile(ASK, World(devices={d.id: d}, guests=None, asks={d.id: answered("work")}))
     a = plan.assignments[d.id]
     assert (a.state, a.guest) == (State.PENDING, "work")
 

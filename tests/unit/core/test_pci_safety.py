@@ -26,7 +26,7 @@ AUDIO = "0000:03:00.1"
 
 def fn(address: str, class_code: str = "020000", driver: str = "e1000e", group: int | None = 7,
        **kw: object) -> PciFunction:
-    return PciFunction(address, vendor="8086", device="10d3", class_code=class_code,
+    return PciFunction(address=address, vendor="8086", device="10d3", class_code=class_code,
                        driver=driver, iommu_group=group, **kw)  # type: ignore[arg-type]
 
 

@@ -7,9 +7,10 @@ from factories import guest, held, host, pci, policy, usb
 
 from phyllod.core.guest_runs import HostBind, Run
 from phyllod.core.model import HostFacts, PciFunction, State
+from phyllod.core.plan import Attach, Detach, Sleep, World
 from phyllod.core.policy import OnSleep
 from phyllod.core.policy_parser import parse_policy_text
-from phyllod.core.reconcile import Attach, Detach, Sleep, World, reconcile
+from phyllod.core.reconcile import reconcile
 from phyllod.core.safety.pci import pci_verdict
 from phyllod.core.safety.usb import usb_verdict
 from phyllod.core.safety.verdict import Risk
@@ -18,7 +19,7 @@ KBD = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
 
 
 def world(devices=(), guests=(), **kw) -> World:
-    return World({d.id: d for d in devices}, {g.name: g for g in guests}, **kw)
+    return World(devices={d.id: d for d in devices}, guests={g.name: g for g in guests}, **kw)
 
 
 # ------------------------------------------------------------------ policy keys
@@ -75,8 +76,9 @@ def test_going_to_sleep_detaches_usb_devices_phyllod_placed_and_keeps_pci():
     g = guest("work", hostdevs=(held(kbd), replace(held(nic), subsystem=nic.subsystem,
                                                    address=nic.address, alias=nic.alias)))
     plan = reconcile(p, world([kbd, nic], [g], sleep=Sleep(), host=host(nic)))
-    assert plan.actions == (Detach(kbd.slot, "work", held(kbd), "the host is going to sleep",
-                                   kbd.id),)
+    assert plan.steps == (Detach(slot=kbd.slot, guest="work", hostdev=held(kbd),
+                                 why="the host is going to sleep",
+                                   device_id=kbd.id),)
     assert plan.assignments[kbd.id].state is State.DETACHING
     assert plan.assignments[nic.id].state is State.ATTACHED
 
@@ -84,7 +86,7 @@ def test_going_to_sleep_detaches_usb_devices_phyllod_placed_and_keeps_pci():
 def test_asleep_nothing_is_attached_and_the_reason_says_why():
     d = usb()
     plan = reconcile(KBD, world([d], [guest("work")], sleep=Sleep()))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert (a.state, a.guest) == (State.SLEEPING, "work")
     assert a.reason == "detached for sleep, waiting for the host to resume"
@@ -95,20 +97,20 @@ def test_keep_rule_and_hand_placed_hostdevs_stay_through_sleep():
     keep = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n'
                   'on_sleep="keep"\n')
     plan = reconcile(keep, world([d], [guest("work", hostdevs=(held(d),))], sleep=Sleep()))
-    assert plan.actions == () and plan.assignments[d.id].state is State.ATTACHED
+    assert plan.steps == () and plan.assignments[d.id].state is State.ATTACHED
     plan = reconcile(KBD, world([d], [guest("work", hostdevs=(held(d, owned=False),))],
                                 sleep=Sleep()))
-    assert plan.actions == () and plan.assignments[d.id].state is State.ATTACHED
+    assert plan.steps == () and plan.assignments[d.id].state is State.ATTACHED
 
 
 def test_after_resume_devices_settle_then_each_is_attached():
     d, e = usb("1-2"), usb("1-3", devnum=6)
     waking = world([d, e], [guest("work")], sleep=Sleep(waking_until=10.0), now=9.0)
     plan = reconcile(KBD, waking)
-    assert plan.actions == () and plan.wake_at == 10.0
+    assert plan.steps == () and plan.wake_at == 10.0
     assert plan.assignments[d.id].reason.startswith("back from sleep; attaching it again once")
     plan = reconcile(KBD, replace(waking, now=10.0, sleep=None))
-    assert {a.slot for a in plan.actions if isinstance(a, Attach)} == {d.slot, e.slot}
+    assert {a.slot for a in plan.steps if isinstance(a, Attach)} == {d.slot, e.slot}
 
 
 # ------------------------------------------------------------------ vanished, broken, reset
@@ -117,21 +119,23 @@ def test_a_vanished_device_moves_nothing_until_its_window_ends():
     d = usb()
     plan = reconcile(KBD, world([d], [guest("work", hostdevs=(held(d),))],
                                 vanished={d.id: 4.0}, now=3.0))
-    assert plan.actions == () and plan.wake_at == 4.0
+    assert plan.steps == () and plan.wake_at == 4.0
     a = plan.assignments[d.id]
     assert (a.state, a.guest) == (State.ATTACHED, "work")
     assert a.reason == "vanished from the host; waiting 1.0s for it to return (debounce)"
     plan = reconcile(KBD, world([d], [guest("work")], vanished={d.id: 4.0}, now=3.0))
-    assert plan.actions == () and plan.assignments[d.id].state is State.HOST
+    assert plan.steps == () and plan.assignments[d.id].state is State.HOST
 
 
 def test_a_device_its_guest_lost_is_detached_to_be_attached_again():
     d = usb()
     work = guest("work", hostdevs=(held(d),))
-    bind = HostBind(Run(work.uuid, work.run), "work", d.alias, "usbhid", checked=True)
+    bind = HostBind(run=Run(work.uuid, work.run), guest="work", alias=d.alias, driver="usbhid",
+                    checked=True)
     plan = reconcile(KBD, world([d], [work], binds={d.slot: bind}))
-    assert plan.actions == (Detach(d.slot, "work", held(d), "its guest lost it to a reset on "
-                                   "the host; attaching it again", d.id),)
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=held(d),
+                                 why="its guest lost it to a reset on "
+                                   "the host; attaching it again", device_id=d.id),)
     assert plan.let_go == ()
 
 
@@ -140,8 +144,8 @@ def test_reset_before_attach_is_carried_to_the_attach_and_port_below_is_said():
     p = policy('[[rule]]\nname="desk"\nmatch={port_below="1-2"}\nguest="work"\n'
                'reset_before_attach=true\n')
     plan = reconcile(p, world([d], [guest("work")]))
-    assert plan.actions == (Attach(d.slot, d, "work", "desk", reset=True,
-                                   source="by rule 'desk' (behind port 1-2)"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="desk", reset=True,
+                                   decided_by="by rule 'desk' (behind port 1-2)"),)
     assert plan.assignments[d.id].reason == ("attaching to 'work' by rule 'desk' "
                                              "(behind port 1-2)")
 
@@ -162,7 +166,7 @@ def test_a_usb_device_holding_a_mount_is_refused_and_names_it():
     assert verdict.reason() == "usb:1-5 holds /mnt (sda1) on the host; unmount it first"
     p = policy('[[rule]]\nname="stick"\nmatch={vendor="0781"}\nguest="work"\n')
     plan = reconcile(p, world([STICK], [guest("work")], host=facts))
-    assert plan.actions == ()
+    assert plan.steps == ()
     assert plan.assignments[STICK.id].state is State.DENIED
     assert usb_verdict(usb("1-50"), facts).ok, "1-50 is not below 1-5"
 
@@ -187,9 +191,11 @@ def test_a_hub_carrying_the_only_keyboard_is_refused_unless_the_rule_accepts_it(
 
 
 def test_a_usb_controller_carrying_the_only_keyboard_is_an_opt_in_pci_risk():
-    xhci = PciFunction("0000:00:14.0", "8086", "a36d", class_code="0c0330", driver="xhci_hcd",
+    xhci = PciFunction(address="0000:00:14.0", vendor="8086", device="a36d", class_code="0c0330",
+                       driver="xhci_hcd",
                        iommu_group=3, reset_method="flr")
-    facts = HostFacts(True, functions={xhci.address: xhci}, groups={3: (xhci.address,)},
+    facts = HostFacts(iommu_enabled=True, functions={xhci.address: xhci},
+                      groups={3: (xhci.address,)},
                       keyboards={KEYBOARD_PATH: "QEMU USB Keyboard"})
     verdict = pci_verdict(xhci.address, facts)
     assert [f.risk for f in verdict.blocking] == [Risk.HOST_KEYBOARD]
@@ -201,9 +207,10 @@ def test_a_usb_controller_carrying_the_only_keyboard_is_an_opt_in_pci_risk():
 @pytest.mark.parametrize(("reset_method", "blocked"), [("", True), (None, False),
                                                        ("flr bus", False)])
 def test_a_pci_function_without_a_reset_method_is_refused_unless_accepted(reset_method, blocked):
-    nic = PciFunction("0000:03:00.0", "8086", "10d3", class_code="020000", driver="e1000e",
+    nic = PciFunction(address="0000:03:00.0", vendor="8086", device="10d3", class_code="020000",
+                      driver="e1000e",
                       iommu_group=7, reset_method=reset_method)
-    facts = HostFacts(True, functions={nic.address: nic}, groups={7: (nic.address,)})
+    facts = HostFacts(iommu_enabled=True, functions={nic.address: nic}, groups={7: (nic.address,)})
     verdict = pci_verdict(nic.address, facts)
     assert (not verdict.ok) is blocked
     if blocked:

@@ -15,28 +15,20 @@ from phyllod.core.model import (
     State,
     Subsystem,
 )
-from phyllod.core.reconcile import (
-    BACKOFF,
-    Attach,
-    Detach,
-    Operation,
-    OpKind,
-    World,
-    reconcile,
-    record_failure,
-)
+from phyllod.core.plan import BACKOFF, Attach, Detach, Operation, OpKind, World, record_failure
+from phyllod.core.reconcile import reconcile
 
 KBD_TO_WORK = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
 
 
 def world(devices=(), guests=(), **kw) -> World:
-    return World({d.id: d for d in devices}, {g.name: g for g in guests}, **kw)
+    return World(devices={d.id: d for d in devices}, guests={g.name: g for g in guests}, **kw)
 
 
 def test_attach_when_guest_runs():
     d = usb()
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work")]))
-    assert plan.actions == (Attach(d.slot, d, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="kbd"),)
     a = plan.assignments[d.id]
     assert (a.state, a.guest, a.rule) == (State.ATTACHING, "work", "kbd")
 
@@ -45,14 +37,14 @@ def test_already_held_is_adopted_not_attached_twice():
     d = usb()
     for owned in (True, False):
         plan = reconcile(KBD_TO_WORK, world([d], [guest("work", hostdevs=(held(d, owned),))]))
-        assert plan.actions == ()
+        assert plan.steps == ()
         assert plan.assignments[d.id].state is State.ATTACHED
 
 
 def test_guest_not_running_or_not_defined_is_pending():
     d = usb()
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work", GuestState.SHUTOFF)]))
-    assert plan.actions == ()
+    assert plan.steps == ()
     assert plan.assignments[d.id].state is State.PENDING
     assert "not running" in plan.assignments[d.id].reason
     plan = reconcile(KBD_TO_WORK, world([d], [guest("other")]))
@@ -64,31 +56,34 @@ def test_target_by_uuid():
     g = guest("work", uuid="8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa")
     p = policy('[[rule]]\nname="k"\nmatch={port="1-2"}\n'
                'guest="8F1B2A6E-0D8E-4A57-9A1C-7F4BD1F0C2AA"\n')
-    assert reconcile(p, world([d], [g])).actions == (Attach(d.slot, d, "work", "k"),)
+    assert reconcile(p, world([d], [g])).steps == (Attach(slot=d.slot, device=d, guest="work",
+                                                          rule="k"),)
 
 
 def test_unplugged_device_leaves_its_guest():
     d = usb()
     g = guest("work", hostdevs=(held(d),))
     plan = reconcile(KBD_TO_WORK, world([], [g]))
-    assert plan.actions == (Detach(d.slot, "work", held(d), "the device is gone"),)
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=held(d),
+                                 why="the device is gone"),)
 
 
 def test_hostdevs_placed_by_hand_are_never_touched_when_stale():
     d = usb()
     g = guest("work", hostdevs=(held(d, owned=False),))
-    assert reconcile(KBD_TO_WORK, world([], [g])).actions == ()
+    assert reconcile(KBD_TO_WORK, world([], [g])).steps == ()
 
 
 def test_replug_removes_the_old_enumeration_first_then_attaches():
     old, new = usb(devnum=5), usb(devnum=9)
     g = guest("work", hostdevs=(held(old),))
     plan = reconcile(KBD_TO_WORK, world([new], [g]))
-    assert plan.actions == (Detach(old.slot, "work", held(old), "it came back with a new "
+    assert plan.steps == (Detach(slot=old.slot, guest="work", hostdev=held(old),
+                                 why="it came back with a new "
                                    "device number; removing the old one"),)
     assert plan.assignments[new.id].state is State.PENDING
     plan = reconcile(KBD_TO_WORK, world([new], [guest("work")]))
-    assert plan.actions == (Attach(new.slot, new, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=new.slot, device=new, guest="work", rule="kbd"),)
 
 
 def test_recycled_device_number_in_another_port_is_not_adopted():
@@ -96,15 +91,16 @@ def test_recycled_device_number_in_another_port_is_not_adopted():
     other = usb(port="1-3", devnum=5)
     g = guest("work", hostdevs=(held(old),))
     plan = reconcile(KBD_TO_WORK, world([other], [g]))
-    assert plan.actions == (Attach(other.slot, other, "work", "kbd"),
-                            Detach(old.slot, "work", held(old), "the device is gone"))
+    assert plan.steps == (Attach(slot=other.slot, device=other, guest="work", rule="kbd"),
+                            Detach(slot=old.slot, guest="work", hostdev=held(old),
+                                   why="the device is gone"))
 
 
 def test_two_identical_devices_only_the_ruled_port_moves():
     left, right = usb(port="1-2", devnum=3), usb(port="1-3", devnum=4)
     p = policy('[[rule]]\nname="left"\nmatch={vendor="0627", port="1-2"}\nguest="work"\n')
     plan = reconcile(p, world([left, right], [guest("work")]))
-    assert plan.actions == (Attach(left.slot, left, "work", "left"),)
+    assert plan.steps == (Attach(slot=left.slot, device=left, guest="work", rule="left"),)
     assert plan.assignments[right.id].state is State.HOST
 
 
@@ -112,11 +108,11 @@ def test_work_in_flight_is_never_repeated():
     d = usb()
     inflight = {d.slot: Operation(OpKind.ATTACH, "work", d.alias)}
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work")], inflight=inflight))
-    assert plan.actions == ()
+    assert plan.steps == ()
     assert plan.assignments[d.id].state is State.ATTACHING
     # Unplugged while attaching: the stale hostdev waits for the attach to end.
     g = guest("work", hostdevs=(held(d),))
-    assert reconcile(KBD_TO_WORK, world([], [g], inflight=inflight)).actions == ()
+    assert reconcile(KBD_TO_WORK, world([], [g], inflight=inflight)).steps == ()
 
 
 def test_deny_wins_even_over_a_hand_placed_hostdev():
@@ -124,18 +120,20 @@ def test_deny_wins_even_over_a_hand_placed_hostdev():
     p = policy('[[rule]]\nname="no"\nmatch={vendor="0627"}\naction="deny"\n')
     h = held(d, owned=False)
     plan = reconcile(p, world([d], [guest("work", hostdevs=(h,))]))
-    assert plan.actions == (Detach(d.slot, "work", h, "denied by rule 'no'", d.id),)
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=h, why="denied by rule 'no'",
+                                 device_id=d.id),)
     plan = reconcile(p, world([d], [guest("work")]))
-    assert plan.actions == () and plan.assignments[d.id].state is State.DENIED
+    assert plan.steps == () and plan.assignments[d.id].state is State.DENIED
 
 
 def test_rule_removed_sends_phyllods_devices_home_but_not_hand_placed_ones():
     d = usb()
     empty = policy("")
     plan = reconcile(empty, world([d], [guest("work", hostdevs=(held(d),))]))
-    assert plan.actions == (Detach(d.slot, "work", held(d), "no rule matches it any more", d.id),)
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=held(d),
+                                 why="no rule matches it any more", device_id=d.id),)
     plan = reconcile(empty, world([d], [guest("work", hostdevs=(held(d, owned=False),))]))
-    assert plan.actions == ()
+    assert plan.steps == ()
     assert plan.assignments[d.id].reason == "attached outside phyllod; no rule matches it"
 
 
@@ -145,15 +143,15 @@ def test_ignore_touches_nothing():
                '[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
     for hostdevs in ((), (held(d),)):
         plan = reconcile(p, world([d], [guest("work", hostdevs=hostdevs)]))
-        assert plan.actions == ()
+        assert plan.steps == ()
         assert plan.assignments[d.id].rule == "hands off"
 
 
 def test_moving_between_guests_detaches_first():
     d = usb()
     plan = reconcile(KBD_TO_WORK, world([d], [guest("play", hostdevs=(held(d),)), guest("work")]))
-    assert [type(a) for a in plan.actions] == [Detach]
-    assert plan.actions[0].guest == "play"
+    assert [type(a) for a in plan.steps] == [Detach]
+    assert plan.steps[0].guest == "play"
     assert plan.assignments[d.id].state is State.DETACHING
 
 
@@ -161,7 +159,7 @@ def test_held_by_hand_elsewhere_is_a_conflict_not_a_fight():
     d = usb()
     g = guest("play", hostdevs=(held(d, owned=False),))
     plan = reconcile(KBD_TO_WORK, world([d], [g, guest("work")]))
-    assert plan.actions == ()
+    assert plan.steps == ()
     assert plan.assignments[d.id].state is State.FAILED
     assert "held by guest 'play' outside phyllod" in plan.assignments[d.id].reason
 
@@ -177,13 +175,13 @@ def test_failures_back_off_then_give_up():
     first = record_failure(None, OpKind.ATTACH, "work", "e", now=0.0)
     w = world([d], [guest("work")], failures={d.slot: first}, now=BACKOFF[0] / 2)
     plan = reconcile(KBD_TO_WORK, w)
-    assert plan.actions == () and plan.wake_at == BACKOFF[0]
+    assert plan.steps == () and plan.wake_at == BACKOFF[0]
     assert plan.assignments[d.id].state is State.FAILED
     assert "attempt 1" in plan.assignments[d.id].reason
     plan = reconcile(KBD_TO_WORK, replace(w, now=BACKOFF[0]))
-    assert plan.actions == (Attach(d.slot, d, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="kbd"),)
     plan = reconcile(KBD_TO_WORK, replace(w, failures={d.slot: f}, now=1e9))
-    assert plan.actions == () and plan.wake_at is None
+    assert plan.steps == () and plan.wake_at is None
     assert "gave up" in plan.assignments[d.id].reason
 
 
@@ -191,13 +189,13 @@ def test_failure_for_another_guest_does_not_hold_back():
     d = usb()
     f = record_failure(None, OpKind.ATTACH, "play", "e", now=0.0)
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work")], failures={d.slot: f}))
-    assert plan.actions == (Attach(d.slot, d, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="kbd"),)
 
 
 def test_libvirt_unreachable_changes_nothing():
     d = usb()
-    plan = reconcile(KBD_TO_WORK, World({d.id: d}, None))
-    assert plan.actions == ()
+    plan = reconcile(KBD_TO_WORK, World(devices={d.id: d}, guests=None))
+    assert plan.steps == ()
     assert plan.assignments[d.id].reason == "libvirt is not connected"
 
 
@@ -212,8 +210,8 @@ def apply(guests: dict[str, Guest], actions) -> dict[str, Guest]:
     guests = dict(guests)
     for a in actions:
         if isinstance(a, Attach):
-            h = Hostdev(a.device.alias, a.device.vendor, a.device.product,
-                           a.device.busnum, a.device.devnum)
+            h = Hostdev(alias=a.device.alias, vendor=a.device.vendor, product=a.device.product,
+                           bus=a.device.busnum, device=a.device.devnum)
             g = guests[a.guest]
             guests[a.guest] = replace(g, hostdevs=(*g.hostdevs, h))
         else:
@@ -270,13 +268,13 @@ def test_reconcile_converges_without_double_attach(scenario):
     for _ in range(6):
         plan = reconcile(p, world(devices, guests.values(), overrides=overrides, asks=asks,
                                   remembered=remembered))
-        slots = [a.slot for a in plan.actions]
+        slots = [a.slot for a in plan.steps]
         assert len(slots) == len(set(slots)), "two actions for one slot"
-        if not plan.actions:
+        if not plan.steps:
             break
-        guests = apply(guests, plan.actions)
+        guests = apply(guests, plan.steps)
     else:
-        raise AssertionError(f"did not converge: {plan.actions}")
+        raise AssertionError(f"did not converge: {plan.steps}")
     present = {(d.slot, d.busnum, d.devnum) for d in devices}
     for g in guests.values():
         for h in g.hostdevs:
@@ -323,7 +321,7 @@ def test_without_a_usable_policy_nothing_moves():
     d, gone = usb(), usb(port="1-3")
     g = guest("work", hostdevs=(held(d), held(gone)))
     plan = reconcile(None, world([d], [g]))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert (a.state, a.guest) == (State.ATTACHED, "work") and "policy has errors" in a.reason
 
@@ -337,7 +335,7 @@ def attach_to(name: str) -> dict:
 def test_manual_attach_without_rule():
     d = usb()
     plan = reconcile(policy(""), world([d], [guest("work")], overrides=attach_to("work")))
-    assert plan.actions == (Attach(d.slot, d, "work", ""),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule=""),)
     a = plan.assignments[d.id]
     assert (a.state, a.guest, a.rule) == (State.ATTACHING, "work", "")
     assert a.reason == "attaching to 'work' by a manual override; no rule matches it"
@@ -348,7 +346,7 @@ def test_manual_attach_wins_over_a_rule_and_says_so():
     w = world([d], [guest("work", hostdevs=(held(d),)), guest("play")],
               overrides=attach_to("play"))
     plan = reconcile(KBD_TO_WORK, w)
-    (detach,) = plan.actions
+    (detach,) = plan.steps
     assert isinstance(detach, Detach) and detach.guest == "work"
     a = plan.assignments[d.id]
     assert a.state is State.DETACHING
@@ -356,17 +354,17 @@ def test_manual_attach_wins_over_a_rule_and_says_so():
     # Once out of work, it goes to play, and stays there at the next reconcile.
     plan = reconcile(KBD_TO_WORK, replace(w, guests={"work": guest("work"),
                                                     "play": guest("play")}))
-    assert plan.actions == (Attach(d.slot, d, "play", ""),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="play", rule=""),)
     settled = world([d], [guest("work"), guest("play", hostdevs=(held(d),))],
                     overrides=attach_to("play"))
-    assert reconcile(KBD_TO_WORK, settled).actions == ()
+    assert reconcile(KBD_TO_WORK, settled).steps == ()
 
 
 def test_deny_wins_over_manual_attach():
     d = usb()
     deny = policy('[[rule]]\nname="no"\nmatch={vendor="0627"}\naction="deny"\n')
     plan = reconcile(deny, world([d], [guest("work")], overrides=attach_to("work")))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert a.state is State.DENIED
     assert a.reason == "denied by rule 'no' (deny wins over the manual attach to 'work')"
@@ -378,11 +376,11 @@ def test_manual_host_removes_owned_and_foreign_hostdevs():
     for owned in (True, False):
         g = guest("work", hostdevs=(held(d, owned),))
         plan = reconcile(KBD_TO_WORK, world([d], [g], overrides=host))
-        (detach,) = plan.actions
+        (detach,) = plan.steps
         assert isinstance(detach, Detach) and detach.hostdev == held(d, owned)
         assert plan.assignments[d.id].state is State.DETACHING
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work")], overrides=host))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert a.state is State.HOST
     assert a.reason == ("kept on the host by a manual override; "
@@ -394,14 +392,14 @@ def test_override_follows_a_serial_to_another_port():
     assert before.identity == after.identity != before.id
     overrides = {before.identity: Override(OverrideKind.ATTACH, "work")}
     plan = reconcile(policy(""), world([after], [guest("work")], overrides=overrides))
-    assert plan.actions == (Attach(after.slot, after, "work", ""),)
+    assert plan.steps == (Attach(slot=after.slot, device=after, guest="work", rule=""),)
     # Without a serial, only the port identifies it.
     assert usb("1-2").identity == "usb:1-2"
 
 
 def test_override_while_libvirt_is_away():
     d = usb()
-    w = World({d.id: d}, None, overrides=attach_to("work"))
+    w = World(devices={d.id: d}, guests=None, overrides=attach_to("work"))
     a = reconcile(policy(""), w).assignments[d.id]
     assert (a.state, a.guest) == (State.PENDING, "work")
 
@@ -418,14 +416,14 @@ def pci_world(devices, facts, guests=(), **kw) -> World:
 def test_pci_alone_in_its_group_is_attached_managed():
     d = pci()
     plan = reconcile(WIFI_TO_ROUTER, pci_world([d], host(d, bridges={"0000:00:1c.0": 5})))
-    assert plan.actions == (Attach(d.slot, d, "router", "wifi"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="router", rule="wifi"),)
     assert plan.assignments[d.id].state is State.ATTACHING
 
 
 def test_pci_group_shared_with_a_host_device_is_denied_with_the_members():
     d, sata = pci(), pci("0000:00:17.0", "8086", "a352", "010601", driver="ahci")
     plan = reconcile(WIFI_TO_ROUTER, pci_world([d, sata], host(d, sata)))
-    assert plan.actions == ()
+    assert plan.steps == ()
     a = plan.assignments[d.id]
     assert a.state is State.DENIED
     assert a.reason.startswith("not safe to pass: ") and "0000:00:17.0" in a.reason
@@ -443,15 +441,16 @@ def test_pci_group_moves_together_one_attach_at_a_time():
     audio = pci("0000:01:00.1", "10de", "10f0", "040300", group=1, driver="snd_hda_intel")
     both = policy('[[rule]]\nname="gpu"\nmatch={vendor="10de"}\nguest="router"\n')
     plan = reconcile(both, pci_world([gpu, audio], host(gpu, audio)))
-    assert plan.actions == (Attach(gpu.slot, gpu, "router", "gpu", ("0000:01:00.1",)),)
+    assert plan.steps == (Attach(slot=gpu.slot, device=gpu, guest="router", rule="gpu",
+                                 prepare=("0000:01:00.1",)),)
     assert plan.assignments[audio.id].state is State.PENDING
     assert plan.assignments[audio.id].reason == "waiting for the rest of IOMMU group 1"
     # The GPU is in; its audio function now sits on vfio-pci: attached without preparing.
-    g = guest("router", hostdevs=(Hostdev(gpu.alias, subsystem=Subsystem.PCI,
+    g = guest("router", hostdevs=(Hostdev(alias=gpu.alias, subsystem=Subsystem.PCI,
                                           address=gpu.address),))
     facts = host(gpu, audio, drivers={gpu.address: "vfio-pci", audio.address: "vfio-pci"})
     plan = reconcile(both, pci_world([gpu, audio], facts, [g]))
-    assert plan.actions == (Attach(audio.slot, audio, "router", "gpu"),)
+    assert plan.steps == (Attach(slot=audio.slot, device=audio, guest="router", rule="gpu"),)
     assert plan.assignments[gpu.id].state is State.ATTACHED
 
 
@@ -463,7 +462,7 @@ def test_pci_risks_block_unless_the_rule_accepts_them_by_name():
     accepting = policy('[[rule]]\nname="wifi"\nmatch={class="0280"}\nguest="router"\n'
                        'allow_risks=["acs-override"]\n')
     plan = reconcile(accepting, pci_world([d], facts))
-    assert plan.actions == (Attach(d.slot, d, "router", "wifi"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="router", rule="wifi"),)
     assert "security warning" in plan.assignments[d.id].reason
     # A manual attach cannot accept a risk: only a rule names one.
     manual = {d.identity: Override(OverrideKind.ATTACH, "router")}
@@ -473,12 +472,12 @@ def test_pci_risks_block_unless_the_rule_accepts_them_by_name():
 
 def test_pci_hostdev_is_recognised_by_address_and_removed_when_the_device_goes():
     d = pci()
-    h = Hostdev(d.alias, subsystem=Subsystem.PCI, address=d.address)
+    h = Hostdev(alias=d.alias, subsystem=Subsystem.PCI, address=d.address)
     facts = host(d, drivers={d.address: "vfio-pci"})
     plan = reconcile(WIFI_TO_ROUTER, pci_world([d], facts, [guest("router", hostdevs=(h,))]))
-    assert plan.actions == () and plan.assignments[d.id].state is State.ATTACHED
+    assert plan.steps == () and plan.assignments[d.id].state is State.ATTACHED
     plan = reconcile(WIFI_TO_ROUTER, pci_world([], host(), [guest("router", hostdevs=(h,))]))
-    assert plan.actions == (Detach(d.slot, "router", h, "the device is gone"),)
+    assert plan.steps == (Detach(slot=d.slot, guest="router", hostdev=h, why="the device is gone"),)
 
 
 def test_pci_unsafe_is_denied_even_while_the_guest_is_off():

@@ -24,7 +24,7 @@ STICK_SDA1 = f"{STICK}/1-1.3:1.0/host6/target6:0:0/6:0:0:0/block/sda/sda1"
 
 
 def usb(path: str, hub: bool = False) -> Device:
-    return Device(Subsystem.USB, path, port=path.rsplit("/", 1)[1],
+    return Device(subsystem=Subsystem.USB, sys_path=path, port=path.rsplit("/", 1)[1],
                   device_class="09" if hub else "00")
 
 
