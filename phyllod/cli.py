@@ -11,7 +11,7 @@ from pathlib import Path
 from phyllod import __version__
 from phyllod.core.model import Device
 from phyllod.core.policy import Policy
-from phyllod.core.policy_parser import PolicyError
+from phyllod.core.policy_problems import PolicyError
 from phyllod.core.serial_trust import with_identities
 from phyllod.host.policy_files import DEFAULT_POLICY_DIR, load_policy, policy_files
 from phyllod.host.systemd_glue import setup_logging

@@ -93,3 +93,16 @@ def _rule_asks(policy: Policy, rule: Rule | None) -> bool:
     if rule is not None:
         return rule.action is Action.ASK
     return policy.settings.unmatched is Unmatched.ASK
+
+
+def policy_note(rule: Rule | None, override: Override) -> str:
+    """How the policy disagrees with an override, so a reload never hides it."""
+    if rule is None:
+        return "" if override.kind is OverrideKind.HOST else "no rule matches it"
+    if rule.action is Action.ATTACH:
+        if override.kind is OverrideKind.ATTACH and rule.targets(override.guest, override.guest):
+            return ""
+        return f"rule '{rule.name}' would send it to '{rule.guest}'"
+    if rule.action is Action.IGNORE:
+        return f"rule '{rule.name}' would ignore it"
+    return ""

@@ -280,14 +280,10 @@ class PciFunction:
     address: str  # 0000:03:00.0
     vendor: str = ""  # 4 hex digits
     device: str = ""
-    subsystem_vendor: str = ""
-    subsystem_device: str = ""
     class_code: str = ""  # 6 hex digits: 020000 Ethernet, 0c0330 xHCI, 060400 bridge
     driver: str = ""  # "" when no driver is bound
     iommu_group: int | None = None
     boot_vga: bool = False
-    physfn: str = ""  # an SR-IOV virtual function's physical function
-    sriov_totalvfs: int = 0  # > 0 for a physical function that can have VFs
     #: The kernel's reset_method ("flr bus", …); "" when it has none (or a person
     #: disabled them all); None when the kernel is too old to say (before 5.15).
     reset_method: str | None = None

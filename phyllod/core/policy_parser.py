@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from phyllod.core.bounds import excerpt, one_line
 from phyllod.core.model import Subsystem
 from phyllod.core.policy import Action, Match, OnSleep, Policy, Rule, Settings, Unmatched
+from phyllod.core.policy_problems import Locator, PolicyError, Problem, shown
 from phyllod.core.safety.verdict import OPT_IN
 
 #: Seconds a rule's or the settings' ``debounce`` may be at most.
@@ -26,60 +26,6 @@ MAX_DEBOUNCE = 60.0
 #: Characters a rule name or a guest name may have: names go into every device's
 #: bus properties, the journal and explain; no real name comes close.
 MAX_NAME = 200
-
-
-#: What a problem shows of a message, a rule name and a file name, in characters:
-#: the input they quote (a key, a value, a name) may be megabytes long, and every
-#: problem goes to the journal, to check-policy's output and onto the bus.
-MAX_MESSAGE = 400
-MAX_SHOWN_NAME = 80
-MAX_SHOWN_FILE = 240
-#: Problems a PolicyError keeps; the rest are counted in one last problem.
-MAX_PROBLEMS = 50
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One mistake in a policy file, located as precisely as we can.
-
-    The message and the rule name are bounded when the problem is made, so no
-    input can make one problem large; the file name is bounded where it is shown.
-    """
-
-    file: str
-    line: int
-    message: str
-    rule: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "message", one_line(self.message, MAX_MESSAGE))
-        object.__setattr__(self, "rule", one_line(self.rule, MAX_SHOWN_NAME))
-
-    def __str__(self) -> str:
-        file = one_line(self.file, MAX_SHOWN_FILE)
-        where = f"{file}:{self.line}" if self.line else file
-        who = f" rule '{self.rule}':" if self.rule else ""
-        return f"{where}:{who} {self.message}"
-
-
-class PolicyError(Exception):
-    """A policy that cannot be used; carries the problems found.
-
-    At most MAX_PROBLEMS are kept, and one more that counts the rest: a
-    directory of broken files must not make a message too large for the bus.
-    ``total`` is how many were found.
-    """
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        found = tuple(problems)
-        self.total = len(found)
-        kept = found[:MAX_PROBLEMS]
-        if self.total > MAX_PROBLEMS:
-            rest = found[MAX_PROBLEMS:]
-            kept += (Problem(rest[0].file, rest[0].line, f"and {len(rest)} more problems "
-                             "(not shown: fix these and check again)"),)
-        self.problems = kept
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
@@ -98,52 +44,6 @@ _MATCH_KEYS = {f.name for f in fields(Match)} | {"class"}
 _MATCH_KEYS.discard("device_class")
 
 
-class _Locator:
-    """Finds the line of a rule or key in a file tomllib has already parsed.
-
-    tomllib reports positions only for syntax errors; for the semantic errors
-    we find the n-th ``[[rule]]`` header and search the key within its lines.
-    """
-
-    _HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
-    _TABLE = re.compile(r"^\s*\[")
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.starts = [i for i, ln in enumerate(self.lines) if self._HEADER.match(ln)]
-
-    def rule_line(self, index: int) -> int:
-        return self.starts[index] + 1 if index < len(self.starts) else 0
-
-    def key_line(self, index: int, key: str) -> int:
-        if index >= len(self.starts):
-            return 0
-        end = self.starts[index + 1] if index + 1 < len(self.starts) else len(self.lines)
-        pattern = re.compile(rf"(^|[\s{{,.]){re.escape(key)}\s*=")
-        for i in range(self.starts[index], end):
-            if pattern.search(self.lines[i]):
-                return i + 1
-        return self.rule_line(index)
-
-    def top_key_line(self, key: str) -> int:
-        pattern = re.compile(rf"^\s*(\[+\s*)?{re.escape(key)}\b")
-        for i, ln in enumerate(self.lines):
-            if pattern.match(ln):
-                return i + 1
-        return 0
-
-
-def _shown(value: Any) -> str:
-    """``value`` for a message, cut short; a huge TOML integer has no decimal repr at all."""
-    if isinstance(value, str) and len(value) > 100:
-        return excerpt(value, 60)
-    try:
-        text = repr(value)
-    except ValueError:  # int()'s limit on a number's digits
-        return f"a {type(value).__name__} too large to show"
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _normalize_pci_address(value: str) -> str | None:
     m = _PCI_ADDR.match(value)
     if not m:
@@ -153,7 +53,7 @@ def _normalize_pci_address(value: str) -> str | None:
 
 
 def _parse_match(
-    raw: Any, file: str, loc: _Locator, index: int, rule: str
+    raw: Any, file: str, loc: Locator, index: int, rule: str
 ) -> tuple[Match | None, list[Problem]]:
     problems: list[Problem] = []
 
@@ -237,7 +137,7 @@ def _interface_prefixes(key: str, value: Any) -> tuple[tuple[str, ...], str]:
               'or a list of them'
     items = value if isinstance(value, list) else [value]
     if not items or len(items) > 64 or not all(isinstance(v, str) for v in items):
-        return (), f"{example}, not {_shown(value)}"
+        return (), f"{example}, not {shown(value)}"
     prefixes: list[str] = []
     for item in items:
         low = item.strip().lower().removeprefix("0x")
@@ -248,13 +148,13 @@ def _interface_prefixes(key: str, value: Any) -> tuple[tuple[str, ...], str]:
                 parts.pop()
             low = "".join(parts)
         if not _CLASS.match(low):
-            return (), f"{example}, not {_shown(item)}"
+            return (), f"{example}, not {shown(item)}"
         prefixes.append(low)
     return tuple(dict.fromkeys(prefixes)), ""
 
 
 def _parse_rule(
-    raw: Any, file: str, loc: _Locator, index: int
+    raw: Any, file: str, loc: Locator, index: int
 ) -> tuple[Rule | None, list[Problem]]:
     line = loc.rule_line(index)
     if not isinstance(raw, dict):
@@ -266,7 +166,7 @@ def _parse_rule(
     if len(name) > MAX_NAME or not name.isprintable():
         return None, [Problem(file, line, f"rule #{index + 1}: a name must be one line of "
                               f"printable text of at most {MAX_NAME} characters, not "
-                              f"{_shown(name)}")]
+                              f"{shown(name)}")]
     problems: list[Problem] = []
 
     def bad(key: str, message: str) -> None:
@@ -274,7 +174,7 @@ def _parse_rule(
 
     for key in raw:
         if key not in _RULE_KEYS:
-            bad(key, f"unknown key {_shown(key)} (known: {', '.join(sorted(_RULE_KEYS))})")
+            bad(key, f"unknown key {shown(key)} (known: {', '.join(sorted(_RULE_KEYS))})")
     match, match_problems = _parse_match(raw.get("match"), file, loc, index, name)
     problems += match_problems
     action_raw = raw.get("action", Action.ATTACH.value)
@@ -282,7 +182,7 @@ def _parse_rule(
         action = Action(action_raw)
     except (ValueError, TypeError):
         allowed = ", ".join(a.value for a in Action)
-        bad("action", f"action must be one of {allowed}, not {_shown(action_raw)}")
+        bad("action", f"action must be one of {allowed}, not {shown(action_raw)}")
         action = None
     guest = raw.get("guest", "")
     candidates: tuple[str, ...] = ()
@@ -302,7 +202,7 @@ def _parse_rule(
     for named in (guest, *candidates):
         if len(named) > MAX_NAME or not named.isprintable():
             bad("guest", f"a guest name must be one line of printable text of at most "
-                         f"{MAX_NAME} characters, not {_shown(named)}")
+                         f"{MAX_NAME} characters, not {shown(named)}")
     if action is Action.ATTACH and not guest:
         bad("action", "an 'attach' rule needs a target: guest = \"NAME\" or a UUID")
     if action in (Action.IGNORE, Action.DENY) and guest:
@@ -313,7 +213,7 @@ def _parse_rule(
         risks = []
     for risk in risks:
         if risk not in OPT_IN_RISKS:
-            bad("allow_risks", f"{_shown(risk)} cannot be allowed (a rule may accept only: "
+            bad("allow_risks", f"{shown(risk)} cannot be allowed (a rule may accept only: "
                                f"{', '.join(OPT_IN_RISKS)}; other risks always block)")
     if risks and action is not Action.ATTACH:
         bad("allow_risks", "'allow_risks' only applies to 'attach' rules")
@@ -323,16 +223,16 @@ def _parse_rule(
         try:
             on_sleep = OnSleep(on_sleep_raw)
         except (ValueError, TypeError):
-            bad("on_sleep", f"on_sleep must be 'detach' or 'keep', not {_shown(on_sleep_raw)}")
+            bad("on_sleep", f"on_sleep must be 'detach' or 'keep', not {shown(on_sleep_raw)}")
     debounce = raw.get("debounce")
     if debounce is not None and not _seconds(debounce, MAX_DEBOUNCE):
         bad("debounce", f"debounce must be a number of seconds from 0 to {MAX_DEBOUNCE:g}, "
-                        f"not {_shown(debounce)}")
+                        f"not {shown(debounce)}")
         debounce = None
     reset = raw.get("reset_before_attach", False)
     if not isinstance(reset, bool):
         bad("reset_before_attach",
-            f"reset_before_attach must be true or false, not {_shown(reset)}")
+            f"reset_before_attach must be true or false, not {shown(reset)}")
     elif reset and match is not None and (match.subsystem == Subsystem.PCI or match.address):
         bad("reset_before_attach", "reset_before_attach is for USB devices (libvirt resets "
                                    "PCI functions itself)")
@@ -353,7 +253,7 @@ def _seconds(value: Any, most: float) -> bool:
 _SETTINGS_KEYS = {"unmatched", "ask_timeout", "debounce"}
 
 
-def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any], list[Problem]]:
+def _parse_settings(raw: Any, file: str, loc: Locator) -> tuple[dict[str, Any], list[Problem]]:
     """The keys of one file's ``[settings]`` table, checked."""
     problems: list[Problem] = []
 
@@ -367,22 +267,22 @@ def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any],
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _SETTINGS_KEYS:
-            bad(key, f"unknown setting {_shown(key)} "
+            bad(key, f"unknown setting {shown(key)} "
                      f"(known: {', '.join(sorted(_SETTINGS_KEYS))})")
         elif key == "unmatched":
             try:
                 values[key] = Unmatched(value)
             except (ValueError, TypeError):
-                bad(key, f"unmatched must be 'host' or 'ask', not {_shown(value)}")
+                bad(key, f"unmatched must be 'host' or 'ask', not {shown(value)}")
         elif key == "debounce":
             if _seconds(value, MAX_DEBOUNCE):
                 values[key] = float(value)
             else:
                 bad(key, f"debounce must be a number of seconds from 0 to {MAX_DEBOUNCE:g}, "
-                         f"not {_shown(value)}")
+                         f"not {shown(value)}")
         elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
             bad(key, f"ask_timeout must be a whole number of seconds from 1 to 3600, "
-                     f"not {_shown(value)}")
+                     f"not {shown(value)}")
         else:
             values[key] = value
     return values, problems
@@ -412,12 +312,12 @@ def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]
     except ValueError:
         return FileContent((), {}), [Problem(file, 0, "a number too long to read "
                                              f"(more than {sys.get_int_max_str_digits()} digits)")]
-    loc = _Locator(text)
+    loc = Locator(text)
     problems: list[Problem] = []
     for key in data:
         if key not in ("rule", "settings"):
             problems.append(
-                Problem(file, loc.top_key_line(key), f"unknown top-level key {_shown(key)} "
+                Problem(file, loc.top_key_line(key), f"unknown top-level key {shown(key)} "
                         "(a policy file holds [[rule]] tables and one [settings] table)")
             )
     settings: dict[str, Any] = {}

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from phyllod.core.policy import Policy
-from phyllod.core.policy_parser import PolicyBuilder, PolicyError, Problem
+from phyllod.core.policy_parser import PolicyBuilder
+from phyllod.core.policy_problems import PolicyError, Problem
 from phyllod.host.safe_read import FileRefused, read_regular_file
 
 DEFAULT_POLICY_DIR = Path("/etc/phyllod/policy.d")

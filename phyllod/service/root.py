@@ -82,7 +82,7 @@ from phyllod.core.plan import (
     record_failure,
 )
 from phyllod.core.policy import DEFAULT_ASK_TIMEOUT, DEFAULT_DEBOUNCE, Action, Policy
-from phyllod.core.policy_parser import PolicyError
+from phyllod.core.policy_problems import PolicyError
 from phyllod.core.reconcile import reconcile
 from phyllod.core.safety.pci import TableRow, iommu_table, safety
 from phyllod.core.serial_trust import carry_choices, with_identities

@@ -163,7 +163,7 @@ def test_disconnected_keeps_answers_pending():
 
 
 def test_policy_mistakes_in_ask_rules_and_settings_are_located(tmp_path):
-    from phyllod.core.policy_parser import PolicyError
+    from phyllod.core.policy_problems import PolicyError
     from phyllod.host.policy_files import load_policy
 
     a = tmp_path / "10-a.toml"

@@ -5,7 +5,8 @@ from factories import usb
 
 from phyllod.core.model import Device, Subsystem
 from phyllod.core.policy import Action
-from phyllod.core.policy_parser import PolicyError, parse_policy_text
+from phyllod.core.policy_parser import parse_policy_text
+from phyllod.core.policy_problems import PolicyError
 from phyllod.host.policy_files import load_policy, load_policy_dir, policy_files
 
 DESK = """\

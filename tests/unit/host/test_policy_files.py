@@ -18,13 +18,8 @@ from factories import usb
 from hangs import within
 
 from phyllod.core.policy import Policy
-from phyllod.core.policy_parser import (
-    MAX_MESSAGE,
-    MAX_PROBLEMS,
-    PolicyError,
-    Problem,
-    parse_policy_text,
-)
+from phyllod.core.policy_parser import parse_policy_text
+from phyllod.core.policy_problems import MAX_MESSAGE, MAX_PROBLEMS, PolicyError, Problem
 from phyllod.host import policy_files as policy_module
 from phyllod.host.policy_files import load_policy, load_policy_dir, policy_files
 
