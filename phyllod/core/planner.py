@@ -29,7 +29,7 @@ from phyllod.core.model import (
     find_guest,
 )
 from phyllod.core.plan import Attach, Detach, OpKind, Question, Sleep, Step, World
-from phyllod.core.policy import Action, OnSleep, Policy, Rule, default_sleep_action
+from phyllod.core.policy import Action, OnSleep, Policy, Rule, default_on_sleep
 from phyllod.core.safety.pci import group_members, pci_verdict
 from phyllod.core.safety.usb import usb_verdict
 from phyllod.core.safety.verdict import Verdict
@@ -225,7 +225,7 @@ class Planner:
     def _sleeps(self, d: Device, rule: Rule | None, held: list[Holding]) -> bool:
         """Whether ``d`` leaves its guest for the host's sleep: it is (or would be) in
         a guest by phyllod's doing, and its rule (or the default) says detach."""
-        on_sleep = rule.sleep_action(d) if rule is not None else default_sleep_action(d)
+        on_sleep = rule.on_sleep_for(d) if rule is not None else default_on_sleep(d)
         if on_sleep is not OnSleep.DETACH:
             return False
         return _owned(held) is not None or (not held and self._target_guest(d) is not None)

@@ -133,16 +133,16 @@ class Rule:
     #: come back broken from a guest or from sleep need it).
     reset_before_attach: bool = False
 
-    def sleep_action(self, device: Device) -> OnSleep:
+    def on_sleep_for(self, device: Device) -> OnSleep:
         """What this rule does with ``device`` when the host sleeps."""
-        return self.on_sleep if self.on_sleep is not None else default_sleep_action(device)
+        return self.on_sleep if self.on_sleep is not None else default_on_sleep(device)
 
     def targets(self, name: str, uuid: str) -> bool:
         """Whether this rule's guest designates the guest ``name``/``uuid``."""
         return self.guest == name or self.guest.lower() == uuid.lower()
 
 
-def default_sleep_action(device: Device) -> OnSleep:
+def default_on_sleep(device: Device) -> OnSleep:
     """USB devices leave their guests for the host's sleep (they come back broken
     otherwise, Bluetooth above all); PCI functions stay, the guest sleeps with them."""
     return OnSleep.DETACH if device.subsystem is Subsystem.USB else OnSleep.KEEP
