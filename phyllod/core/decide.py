@@ -41,7 +41,7 @@ class Rung(StrEnum):
     UNMATCHED = "unmatched"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What the deciding rung says for one device.
 
@@ -67,25 +67,23 @@ def decide(policy: Policy, device: Device, *, override: Override | None = None,
     for its identity (a guest, or "" for the host).
     """
     rule = policy.match(device)
-
-    def says(rung: Rung, guest: str | None) -> Decision:
-        return Decision(rung=rung, guest=guest, rule=rule, override=override)
-
     if rule is not None and rule.action is Action.DENY:
-        return says(Rung.DENY, None)
-    if override is not None:
-        return says(Rung.OVERRIDE, override.guest if override.kind is OverrideKind.ATTACH
-                    else "")
-    if _rule_asks(policy, rule):
+        rung, guest = Rung.DENY, None
+    elif override is not None:
+        rung = Rung.OVERRIDE
+        guest = override.guest if override.kind is OverrideKind.ATTACH else ""
+    elif _rule_asks(policy, rule):
         if ask is not None and ask.outcome is AskOutcome.ANSWERED:
-            return says(Rung.ANSWER, ask.guest)
-        if remembered is not None:
-            return says(Rung.REMEMBERED, remembered)
-        return says(Rung.ASK, None)
-    if rule is None:
-        return says(Rung.UNMATCHED, None)
-    return says(Rung.RULE, rule.guest if rule.action is Action.ATTACH else None)
-
+            rung, guest = Rung.ANSWER, ask.guest
+        elif remembered is not None:
+            rung, guest = Rung.REMEMBERED, remembered
+        else:
+            rung, guest = Rung.ASK, None
+    elif rule is None:
+        rung, guest = Rung.UNMATCHED, None
+    else:
+        rung, guest = Rung.RULE, rule.guest if rule.action is Action.ATTACH else None
+    return Decision(rung, guest, rule, override)
 
 def _rule_asks(policy: Policy, rule: Rule | None) -> bool:
     """Whether the person at the machine decides where the rule leaves it: an ask

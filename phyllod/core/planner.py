@@ -65,7 +65,10 @@ class _Grounds:
 
 def _owned(held: list[Holding]) -> Holding | None:
     """The first holding phyllod placed."""
-    return next((h for h in held if h.hostdev.owned), None)
+    for h in held:
+        if h.hostdev.owned:
+            return h
+    return None
 
 
 class Planner:
@@ -87,7 +90,6 @@ class Planner:
         self.questions: list[Question] = []
         self.let_go: list[str] = []
         self.by_uuid = {g.uuid: g for g in guests.values()}
-        self.decisions: dict[str, Decision] = {}
         pci = [d for d in world.devices.values() if d.subsystem is Subsystem.PCI]
         #: Where each PCI device is sent (guest UUID), to see which group mates go together.
         self.pci_targets = {d.address: t.uuid for d in pci
@@ -96,19 +98,15 @@ class Planner:
         self.groups_busy = {d.iommu_group for d in pci
                             if d.slot in world.inflight and d.iommu_group is not None}
 
-    def decision(self, d: Device) -> Decision:
-        """The ladder's decision for ``d``, asked once per reconcile."""
-        found = self.decisions.get(d.id)
-        if found is None:
-            world = self.world
-            found = self.decisions[d.id] = decide(
-                self.policy, d, override=world.overrides.get(d.identity),
-                ask=world.asks.get(d.id), remembered=world.remembered.get(d.identity))
-        return found
+    def decision(self, d: Device, device_id: str) -> Decision:
+        """The ladder's decision for ``d`` (whose id is ``device_id``)."""
+        world, identity = self.world, d.identity
+        return decide(self.policy, d, override=world.overrides.get(identity),
+                      ask=world.asks.get(device_id), remembered=world.remembered.get(identity))
 
     def _target_guest(self, d: Device) -> Guest | None:
         """The guest the ladder sends ``d`` to, if any."""
-        ref = self.decision(d).guest
+        ref = self.decision(d, d.id).guest
         return find_guest(ref, self.guests) if ref else None
 
     def _due(self, slot: str, kind: OpKind, guest: str) -> tuple[bool, str]:
@@ -153,23 +151,25 @@ class Planner:
         return Assignment(device_id=d.id, state=state, guest=guest, rule=rule, reason=reason)
 
     def device(self, d: Device) -> Assignment:
-        decision = self.decision(d)
+        device_id, slot = d.id, d.slot
+        decision = self.decision(d, device_id)
         rule = decision.rule
         rule_name = rule.name if rule else ""
 
-        def stays(state: State, guest: str, reason: str, rule: str = rule_name) -> Assignment:
-            return Assignment(device_id=d.id, state=state, guest=guest, rule=rule, reason=reason)
+        def stays(state: State, guest: str, reason: str) -> Assignment:
+            return Assignment(device_id=device_id, state=state, guest=guest, rule=rule_name,
+                              reason=reason)
 
-        op = self.world.inflight.get(d.slot)
+        op = self.world.inflight.get(slot)
         if op is not None:
             state = State.ATTACHING if op.kind is OpKind.ATTACH else State.DETACHING
             return stays(state, op.guest, f"{op.kind} in progress")
-        held = self.holdings.holders.get(d.id, [])
-        if d.id in self.world.vanished:
+        held = self.holdings.holders.get(device_id, [])
+        if device_id in self.world.vanished:
             return self._vanished(d, rule_name, held)
         if self.world.sleep is not None and self._sleeps(d, rule, held):
             return self._sleeping(d, rule_name, held, self.world.sleep)
-        if self._taken_back(d.slot) and (owned := _owned(held)) is not None:
+        if self._taken_back(slot) and (owned := _owned(held)) is not None:
             why = "its guest lost it to a reset on the host; attaching it again"
             return self._take_out(d, owned, rule_name, why, leaving=why)
         override = decision.override

@@ -80,10 +80,14 @@ class Match:
     def matches(self, device: Device) -> bool:
         if self.subsystem and self.subsystem != device.subsystem:
             return False
-        for name in ("vendor", "product", "serial", "manufacturer", "product_name"):
-            wanted = getattr(self, name)
-            if wanted and wanted != getattr(device, name):
-                return False
+        # Spelled out, not a loop over names: this runs for every rule and device
+        # (policy matching is most of a reconcile's time).
+        if ((self.vendor and self.vendor != device.vendor)
+                or (self.product and self.product != device.product)
+                or (self.serial and self.serial != device.serial)
+                or (self.manufacturer and self.manufacturer != device.manufacturer)
+                or (self.product_name and self.product_name != device.product_name)):
+            return False
         usb = device.subsystem is Subsystem.USB
         ports = (device.port, *device.peer_ports) if usb else ()
         if self.port and self.port not in ports:
