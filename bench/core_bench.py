@@ -13,15 +13,18 @@ import time
 from collections.abc import Callable
 
 from phyllod.core.model import Device, Guest, GuestState, Hostdev, Subsystem
-from phyllod.core.policy import Policy, parse_policy_text
-from phyllod.core.reconcile import World, reconcile
+from phyllod.core.plan import World
+from phyllod.core.policy import Policy
+from phyllod.core.policy_parser import parse_policy_text
+from phyllod.core.reconcile import reconcile
 
 
 def devices(n: int, rng: random.Random) -> list[Device]:
     out = []
     for i in range(n):
         bus, port = 1 + i // 100, f"{1 + (i % 100) // 10}.{1 + i % 10}"
-        out.append(Device(Subsystem.USB, f"/sys/x/{i}", port=f"{bus}-{port}", busnum=bus,
+        out.append(Device(subsystem=Subsystem.USB, sys_path=f"/sys/x/{i}", port=f"{bus}-{port}",
+                          busnum=bus,
                           devnum=2 + i % 100, vendor=f"{rng.randrange(0x10000):04x}",
                           product=f"{rng.randrange(0x10000):04x}", serial=f"S{i:06d}",
                           interface_classes=(rng.choice(["030101", "e00101", "080650"]),)))
@@ -47,10 +50,12 @@ def policy(n_rules: int, devs: list[Device], guests: int, rng: random.Random) ->
 def world(devs: list[Device], n_guests: int, held_every: int) -> World:
     guests = {}
     for g in range(n_guests):
-        hostdevs = tuple(Hostdev(d.alias, d.vendor, d.product, d.busnum, d.devnum)
+        hostdevs = tuple(Hostdev(alias=d.alias, vendor=d.vendor, product=d.product, bus=d.busnum,
+                                 device=d.devnum)
                          for i, d in enumerate(devs) if i % held_every == 0 and i % n_guests == g)
-        guests[f"g{g}"] = Guest(f"g{g}", f"uuid-{g}", GuestState.RUNNING, hostdevs)
-    return World({d.id: d for d in devs}, guests)
+        guests[f"g{g}"] = Guest(name=f"g{g}", uuid=f"uuid-{g}", state=GuestState.RUNNING,
+                                hostdevs=hostdevs)
+    return World(devices={d.id: d for d in devs}, guests=guests)
 
 
 def median_seconds(fn: Callable[[], object], repeat: int = 21) -> float:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from phyllod import __version__
 from phyllod.core.model import Device
-from phyllod.core.policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy, policy_files
+from phyllod.core.policy import Policy
+from phyllod.core.policy_problems import PolicyError
 from phyllod.core.serial_trust import with_identities
+from phyllod.host.policy_files import DEFAULT_POLICY_DIR, load_policy, policy_files
 from phyllod.host.systemd_glue import setup_logging
 from phyllod.service.root import Config, run_daemon
 

@@ -26,7 +26,6 @@ from phyllod.bus.strings import (
     MAX_ARGUMENT,
     MAX_EXPLAIN,
     PremarshalledReply,
-    bounded,
     fit,
     oversized,
 )
@@ -50,8 +49,8 @@ from phyllod.contract import (
     device_path,
 )
 from phyllod.core import errors
-from phyllod.core.model import Device, Override, OverrideKind, Subsystem
-from phyllod.core.reconcile import find_guest
+from phyllod.core.bounds import bounded
+from phyllod.core.model import Device, Override, OverrideKind, Subsystem, find_guest
 from phyllod.core.safety.pci import TableRow
 
 log = logging.getLogger("phyllod")

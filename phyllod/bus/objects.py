@@ -26,7 +26,7 @@ from phyllod.bus.interfaces import (
     Published,
     RequestInterface,
 )
-from phyllod.bus.strings import bounded, fit, marshal_body
+from phyllod.bus.strings import fit, marshal_body
 from phyllod.contract import (
     DEVICE_PROPERTIES,
     GUEST_PROPERTIES,
@@ -42,6 +42,7 @@ from phyllod.contract import (
     request_path,
 )
 from phyllod.core import errors
+from phyllod.core.bounds import bounded, excerpt
 from phyllod.core.model import (
     Assignment,
     Device,
@@ -50,8 +51,8 @@ from phyllod.core.model import (
     OverrideKind,
     Request,
     State,
+    find_guest,
 )
-from phyllod.core.reconcile import find_guest
 
 log = logging.getLogger("phyllod")
 
@@ -274,7 +275,7 @@ class ObjectTree:
             if found:
                 raise errors.NoSuchDevice(f"{ref} matches {len(found)} devices "
                                           f"({', '.join(found)}); name one by its id")
-        raise errors.NoSuchDevice(f"no present device is named {errors.excerpt(ref)}")
+        raise errors.NoSuchDevice(f"no present device is named {excerpt(ref)}")
 
     def device(self, device_id: str) -> Device:
         assert self.snapshot is not None
@@ -284,7 +285,7 @@ class ObjectTree:
         """The id of the device exported at ``path``."""
         device_id = self._device_ids.get(path)
         if device_id is None:
-            raise errors.NoSuchDevice(f"the device {errors.excerpt(path)} is gone")
+            raise errors.NoSuchDevice(f"the device {excerpt(path)} is gone")
         return device_id
 
     def guest_name(self, ref: str) -> str:
@@ -295,7 +296,7 @@ class ObjectTree:
             return ref
         g = find_guest(ref, guests)
         if g is None:
-            raise errors.NoSuchGuest(f"no guest named {errors.excerpt(ref)} is defined")
+            raise errors.NoSuchGuest(f"no guest named {excerpt(ref)} is defined")
         return g.name
 
     def current_guest(self, device_id: str) -> str:
@@ -307,7 +308,7 @@ class ObjectTree:
         """The number of the request exported at ``path``."""
         number = self._request_numbers.get(path)
         if number is None:
-            raise errors.NoSuchRequest(f"the request {errors.excerpt(path)} was answered, "
+            raise errors.NoSuchRequest(f"the request {excerpt(path)} was answered, "
                                        "expired or withdrawn")
         return number
 

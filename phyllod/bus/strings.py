@@ -13,9 +13,10 @@ string), every message phyllod sends is rebuilt with its strings written in
 ASCII with backslash escapes (``M\\xfcller``): readable and well-formed,
 where a fixed release sends the text as it is.
 
-Strings are also bounded both ways (:func:`oversized`, :func:`bounded`): any
-local user may call phyllod, and one reply past the bus's message limit (32 MiB
-on the system bus) makes dbus-daemon drop phyllod's connection. Every string
+Strings are also bounded both ways (:func:`oversized` on the way in,
+:func:`phyllod.core.bounds.bounded` on the way out): any local user may call
+phyllod, and one reply past the bus's message limit (32 MiB on the system bus)
+makes dbus-daemon drop phyllod's connection. Every string
 phyllod accepts is short (a device id, a path, a guest name, an interface
 name: 255 characters at most by the D-Bus specification, 36 for a UUID), so an
 argument over :data:`MAX_ARGUMENT` is refused before any work, and every text
@@ -29,6 +30,8 @@ from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast._private.marshaller import Marshaller
+
+from phyllod.core.bounds import bounded
 
 
 def _miscounts() -> bool:
@@ -89,8 +92,6 @@ MAX_ARGUMENT = 4096
 #: Values in one call's body, every container flattened. phyllod's methods take
 #: at most two strings and a boolean; Properties.Set a variant.
 MAX_VALUES = 64
-#: Characters of an error message, a property's text or a plain reply string.
-MAX_TEXT = 16384
 #: Characters of Explain's answer (a device's whole story, findings included).
 MAX_EXPLAIN = 65536
 
@@ -126,15 +127,6 @@ def oversized(path: str | None, body: Sequence[Any]) -> str:
                 return f"the call carries more than {MAX_VALUES} values"
             pending.extend(value)
     return ""
-
-
-def bounded(text: str, limit: int = MAX_TEXT) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was left out."""
-    if len(text) <= limit:
-        return text
-    note = "… ({} more characters not shown; the journal has them)"
-    keep = max(0, limit - len(note.format(len(text))))
-    return text[:keep] + note.format(len(text) - keep)
 
 
 #: The integer D-Bus types phyllod publishes, and the values each can carry.

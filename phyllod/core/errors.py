@@ -7,22 +7,6 @@ them without knowing about D-Bus.
 
 from __future__ import annotations
 
-#: How many characters of a caller's argument an error message quotes.
-EXCERPT = 64
-
-
-def excerpt(value: str, limit: int = EXCERPT) -> str:
-    """A caller's argument as an error message quotes it: never whole if long.
-
-    repr() escapes control, bidi and other unprintable characters, so the
-    quote can neither reorder nor split a terminal or journal line; a long
-    argument is cut, and its length said, so an error never repeats megabytes
-    a caller sent (the bus drops a connection whose message is too large).
-    """
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}… ({len(value)} characters)"
-
 
 class PhyllodError(Exception):
     """Base class: the message is shown to the caller as is."""

@@ -54,12 +54,12 @@ def without_ending(guests: Mapping[str, Guest], ending: Set[Run]) -> dict[str, G
     out = {}
     for name, g in guests.items():
         if run_of(g) in ending:
-            g = Guest(g.name, g.uuid, GuestState.STOPPING, (), g.run)
+            g = Guest(name=g.name, uuid=g.uuid, state=GuestState.STOPPING, hostdevs=(), run=g.run)
         out[name] = g
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostBind:
     """A host driver bound to a device phyllod had placed in a running guest."""
 
@@ -92,7 +92,7 @@ def host_bind(slot: str, driver: str, assignment: Assignment | None,
     alias = next((h.alias for h in guest.hostdevs if h.owned and h.slot == slot), None)
     if alias is None:
         return None  # held by a person's hostdev: not ours to repair
-    return HostBind(run, guest.name, alias, driver)
+    return HostBind(run=run, guest=guest.name, alias=alias, driver=driver)
 
 
 def judge_bind(bind: HostBind, guest: Guest | None, ending: Set[Run]) -> BindVerdict:

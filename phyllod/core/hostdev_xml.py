@@ -92,7 +92,8 @@ def parse_hostdevs(domain_xml: str) -> tuple[Hostdev, ...]:
         alias = alias_el.get("name", "") if alias_el is not None else ""
         address = source.find("address") if source is not None else None
         if kind == "pci":
-            found.append(Hostdev(alias, subsystem=Subsystem.PCI, address=_pci_address(address)))
+            found.append(Hostdev(alias=alias, subsystem=Subsystem.PCI,
+                                 address=_pci_address(address)))
         elif kind == "usb":
             found.append(
                 Hostdev(

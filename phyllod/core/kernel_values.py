@@ -29,8 +29,6 @@ USB_MAX_DEPTH = 6
 USB_MAX_INTERFACES = 32
 #: Group numbers come from an IDA, from 0 up: far below this on any machine.
 IOMMU_GROUPS = range(0, 1 << 20)
-#: TotalVFs is a 16-bit field of the SR-IOV capability.
-SRIOV_VFS = range(0, 1 << 16)
 #: MODULE_NAME_LEN is 56; driver names are shorter still.
 MAX_DRIVER_NAME = 64
 #: reset_method lists a handful of methods (pci_reset_fn_methods in pci.c).

@@ -23,7 +23,7 @@ class Subsystem(StrEnum):
     PCI = "pci"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Device:
     """A host device's identity, as udev and sysfs describe it.
 
@@ -152,7 +152,7 @@ class GuestState(StrEnum):
         return self in (GuestState.RUNNING, GuestState.PAUSED, GuestState.SUSPENDED)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hostdev:
     """A USB or PCI ``<hostdev>`` as found in a guest's live XML.
 
@@ -180,7 +180,7 @@ class Hostdev:
         return self.alias.rsplit("-", 1)[0] if self.owned else self.alias
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Guest:
     name: str
     uuid: str
@@ -189,6 +189,16 @@ class Guest:
     #: libvirt's domain id: a new one at every start (-1 while not running), so
     #: it tells one run of the guest from the next.
     run: int = 0
+
+
+def find_guest(ref: str, guests: Mapping[str, Guest]) -> Guest | None:
+    """The guest ``ref`` designates, by name first, then by UUID."""
+    if ref in guests:
+        return guests[ref]
+    for g in guests.values():
+        if g.uuid.lower() == ref.lower():
+            return g
+    return None
 
 
 class State(StrEnum):
@@ -203,7 +213,7 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Assignment:
     """Where a device is, or is going, and why: the answer to "explain"."""
 
@@ -251,7 +261,7 @@ class Ask:
     candidates: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Request:
     """An open question to the person at the machine, as the bus shows it."""
 
@@ -263,21 +273,17 @@ class Request:
     rule: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PciFunction:
     """One PCI function as sysfs shows it: what the passthrough safety check weighs."""
 
     address: str  # 0000:03:00.0
     vendor: str = ""  # 4 hex digits
     device: str = ""
-    subsystem_vendor: str = ""
-    subsystem_device: str = ""
     class_code: str = ""  # 6 hex digits: 020000 Ethernet, 0c0330 xHCI, 060400 bridge
     driver: str = ""  # "" when no driver is bound
     iommu_group: int | None = None
     boot_vga: bool = False
-    physfn: str = ""  # an SR-IOV virtual function's physical function
-    sriov_totalvfs: int = 0  # > 0 for a physical function that can have VFs
     #: The kernel's reset_method ("flr bus", …); "" when it has none (or a person
     #: disabled them all); None when the kernel is too old to say (before 5.15).
     reset_method: str | None = None
@@ -296,7 +302,7 @@ class PciFunction:
         return self.class_code.startswith("06")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostFacts:
     """What the host's kernel says about IOMMU isolation, read from sysfs and /proc."""
 

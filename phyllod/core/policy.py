@@ -1,32 +1,18 @@
-"""Policy: which device goes to which guest, read from TOML drop-in files.
+"""Policy, the model: rules that say which device goes to which guest, and matching.
 
-Files are read in lexical order and the first matching rule wins; a device no
-rule matches stays on the host, or, with ``[settings] unmatched = "ask"``, is
-asked about when it is plugged in. Every mistake a person can make in a file
-(unknown key, bad hex id, duplicate name, missing target, TOML syntax) is
-reported with the file, the line and the rule, all at once, so a reload can be
-refused as a whole and the previous policy kept.
+The first matching rule wins (files in lexical order, rules in file order); a
+device no rule matches stays on the host, or, with ``[settings] unmatched =
+"ask"``, is asked about when it is plugged in. What a rule's words mean lives
+here; turning TOML text into rules is :mod:`phyllod.core.policy_parser`'s job,
+and reading the drop-in directory :mod:`phyllod.host.policy_files`'.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import re
-import sys
-import tomllib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
 
-from phyllod.core.errors import excerpt
 from phyllod.core.model import Device, Subsystem
-from phyllod.core.safety.pci import OPT_IN
-from phyllod.host.safe_read import FileRefused, read_regular_file
-
-DEFAULT_POLICY_DIR = Path("/etc/phyllod/policy.d")
 
 
 class Action(StrEnum):
@@ -57,93 +43,9 @@ DEFAULT_ASK_TIMEOUT = 30
 #: flaky cable makes devices vanish and return at once; within this window the
 #: return is one move, not an unplug and a plug.
 DEFAULT_DEBOUNCE = 1.0
-MAX_DEBOUNCE = 60.0
-#: Characters a rule name or a guest name may have: names go into every device's
-#: bus properties, the journal and explain; no real name comes close.
-MAX_NAME = 200
 
 
-#: What a problem shows of a message, a rule name and a file name, in characters:
-#: the input they quote (a key, a value, a name) may be megabytes long, and every
-#: problem goes to the journal, to check-policy's output and onto the bus.
-MAX_MESSAGE = 400
-MAX_SHOWN_NAME = 80
-MAX_SHOWN_FILE = 240
-#: Problems a PolicyError keeps; the rest are counted in one last problem.
-MAX_PROBLEMS = 50
-
-
-def bounded(text: str, most: int) -> str:
-    """``text`` made safe to print on one line and cut to about ``most`` characters.
-
-    Every character ``str.isprintable`` refuses (controls, newlines, bidi
-    overrides, lone surrogates from a file name that is not UTF-8) is shown as
-    its escape; a long text keeps its start and its end (where a message names
-    what is allowed) and says how much was left out.
-    """
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    if len(text) <= most:
-        return text
-    tail = most // 3
-    head = most - tail
-    return f"{text[:head]}…[{len(text) - head - tail} characters left out]…{text[-tail:]}"
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One mistake in a policy file, located as precisely as we can.
-
-    The message and the rule name are bounded when the problem is made, so no
-    input can make one problem large; the file name is bounded where it is shown.
-    """
-
-    file: str
-    line: int
-    message: str
-    rule: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "message", bounded(self.message, MAX_MESSAGE))
-        object.__setattr__(self, "rule", bounded(self.rule, MAX_SHOWN_NAME))
-
-    def __str__(self) -> str:
-        file = bounded(self.file, MAX_SHOWN_FILE)
-        where = f"{file}:{self.line}" if self.line else file
-        who = f" rule '{self.rule}':" if self.rule else ""
-        return f"{where}:{who} {self.message}"
-
-
-class PolicyError(Exception):
-    """A policy that cannot be used; carries the problems found.
-
-    At most MAX_PROBLEMS are kept, and one more that counts the rest: a
-    directory of broken files must not make a message too large for the bus.
-    ``total`` is how many were found.
-    """
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        found = tuple(problems)
-        self.total = len(found)
-        kept = found[:MAX_PROBLEMS]
-        if self.total > MAX_PROBLEMS:
-            rest = found[MAX_PROBLEMS:]
-            kept += (Problem(rest[0].file, rest[0].line, f"and {len(rest)} more problems "
-                             "(not shown: fix these and check again)"),)
-        self.problems = kept
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-
-_HEX4 = re.compile(r"^[0-9a-f]{4}$")
-#: An interface class as USBGuard writes it: ``e0:01:01``, ``e0:01:*``, ``e0:*:*``.
-_USBGUARD_CLASS = re.compile(r"^([0-9a-f]{2}):([0-9a-f]{2}|\*):([0-9a-f]{2}|\*)$")
-_INTERFACE_KEYS = ("interface_class", "not_interface_class")
-_CLASS = re.compile(r"^(?:[0-9a-f]{2}){1,3}$")
-_PORT = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
-_PCI_ADDR = re.compile(r"^(?:([0-9a-f]{4,8}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Match:
     """Conditions on a device's identity; every field given must hold.
 
@@ -178,10 +80,14 @@ class Match:
     def matches(self, device: Device) -> bool:
         if self.subsystem and self.subsystem != device.subsystem:
             return False
-        for name in ("vendor", "product", "serial", "manufacturer", "product_name"):
-            wanted = getattr(self, name)
-            if wanted and wanted != getattr(device, name):
-                return False
+        # Spelled out, not a loop over names: this runs for every rule and device
+        # (policy matching is most of a reconcile's time).
+        if ((self.vendor and self.vendor != device.vendor)
+                or (self.product and self.product != device.product)
+                or (self.serial and self.serial != device.serial)
+                or (self.manufacturer and self.manufacturer != device.manufacturer)
+                or (self.product_name and self.product_name != device.product_name)):
+            return False
         usb = device.subsystem is Subsystem.USB
         ports = (device.port, *device.peer_ports) if usb else ()
         if self.port and self.port not in ports:
@@ -211,7 +117,7 @@ def is_below(port: str, top: str) -> bool:
     return port == top or port.startswith(top + ".")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     name: str
     match: Match
@@ -219,7 +125,7 @@ class Rule:
     guest: str
     file: str
     line: int
-    #: PCI risks this rule accepts by name (see pci_safety.OPT_IN); never "all".
+    #: PCI risks this rule accepts by name (safety.verdict.OPT_IN); never "all".
     allow_risks: frozenset[str] = frozenset()
     #: An ``ask`` rule's candidate guests (names or UUIDs); empty: any running guest.
     candidates: tuple[str, ...] = ()
@@ -231,16 +137,16 @@ class Rule:
     #: come back broken from a guest or from sleep need it).
     reset_before_attach: bool = False
 
-    def sleep_action(self, device: Device) -> OnSleep:
+    def on_sleep_for(self, device: Device) -> OnSleep:
         """What this rule does with ``device`` when the host sleeps."""
-        return self.on_sleep if self.on_sleep is not None else default_sleep_action(device)
+        return self.on_sleep if self.on_sleep is not None else default_on_sleep(device)
 
     def targets(self, name: str, uuid: str) -> bool:
         """Whether this rule's guest designates the guest ``name``/``uuid``."""
         return self.guest == name or self.guest.lower() == uuid.lower()
 
 
-def default_sleep_action(device: Device) -> OnSleep:
+def default_on_sleep(device: Device) -> OnSleep:
     """USB devices leave their guests for the host's sleep (they come back broken
     otherwise, Bluetooth above all); PCI functions stay, the guest sleeps with them."""
     return OnSleep.DETACH if device.subsystem is Subsystem.USB else OnSleep.KEEP
@@ -274,469 +180,3 @@ class Policy:
         if rule is not None and rule.debounce is not None:
             return rule.debounce
         return self.settings.debounce
-
-
-# ---------------------------------------------------------------- parsing
-
-_RULE_KEYS = {"name", "match", "guest", "action", "allow_risks", "on_sleep", "debounce",
-              "reset_before_attach"}
-#: The PCI risks a rule may accept, one by one (pci_safety.OPT_IN says why only these).
-OPT_IN_RISKS = tuple(sorted(OPT_IN))
-_MATCH_KEYS = {f.name for f in fields(Match)} | {"class"}
-_MATCH_KEYS.discard("device_class")
-
-
-class _Locator:
-    """Finds the line of a rule or key in a file tomllib has already parsed.
-
-    tomllib reports positions only for syntax errors; for the semantic errors
-    we find the n-th ``[[rule]]`` header and search the key within its lines.
-    """
-
-    _HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]")
-    _TABLE = re.compile(r"^\s*\[")
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.starts = [i for i, ln in enumerate(self.lines) if self._HEADER.match(ln)]
-
-    def rule_line(self, index: int) -> int:
-        return self.starts[index] + 1 if index < len(self.starts) else 0
-
-    def key_line(self, index: int, key: str) -> int:
-        if index >= len(self.starts):
-            return 0
-        end = self.starts[index + 1] if index + 1 < len(self.starts) else len(self.lines)
-        pattern = re.compile(rf"(^|[\s{{,.]){re.escape(key)}\s*=")
-        for i in range(self.starts[index], end):
-            if pattern.search(self.lines[i]):
-                return i + 1
-        return self.rule_line(index)
-
-    def top_key_line(self, key: str) -> int:
-        pattern = re.compile(rf"^\s*(\[+\s*)?{re.escape(key)}\b")
-        for i, ln in enumerate(self.lines):
-            if pattern.match(ln):
-                return i + 1
-        return 0
-
-
-def _shown(value: Any) -> str:
-    """``value`` for a message, cut short; a huge TOML integer has no decimal repr at all."""
-    if isinstance(value, str) and len(value) > 100:
-        return excerpt(value, 60)
-    try:
-        text = repr(value)
-    except ValueError:  # int()'s limit on a number's digits
-        return f"a {type(value).__name__} too large to show"
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def _normalize_pci_address(value: str) -> str | None:
-    m = _PCI_ADDR.match(value)
-    if not m:
-        return None
-    domain, bus, slot, fn = m.groups()
-    return f"{domain or '0000'}:{bus}:{slot}.{fn}"
-
-
-def _parse_match(
-    raw: Any, file: str, loc: _Locator, index: int, rule: str
-) -> tuple[Match | None, list[Problem]]:
-    problems: list[Problem] = []
-
-    def bad(key: str, message: str) -> None:
-        problems.append(Problem(file, loc.key_line(index, key), message, rule))
-
-    if not isinstance(raw, dict) or not raw:
-        bad("match", "'match' must be a non-empty table, e.g. match = { vendor = \"1050\" }")
-        return None, problems
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _MATCH_KEYS:
-            known = ", ".join(sorted(_MATCH_KEYS))
-            bad(key, f"unknown match key '{key}' (known: {known})")
-            continue
-        if key in _INTERFACE_KEYS:
-            prefixes, message = _interface_prefixes(key, value)
-            if message:
-                bad(key, message)
-            else:
-                values[key] = prefixes
-            continue
-        if not isinstance(value, str):
-            bad(key, f"match key '{key}' must be a string, not {type(value).__name__}")
-            continue
-        text = value.strip()
-        low = text.lower().removeprefix("0x")
-        if key == "subsystem":
-            if low not in {s.value for s in Subsystem}:
-                bad(key, f"subsystem must be 'usb' or 'pci', not {value!r}")
-                continue
-            text = low
-        elif key in ("vendor", "product"):
-            if not _HEX4.match(low):
-                bad(key, f"{key} must be 4 hex digits (e.g. \"1050\"), not {value!r}")
-                continue
-            text = low
-        elif key == "class":
-            if not _CLASS.match(low):
-                bad(key, f"class must be 2, 4 or 6 hex digits (e.g. \"0280\"), not {value!r}")
-                continue
-            key, text = "device_class", low
-        elif key in ("port", "port_below"):
-            if not _PORT.match(text):
-                bad(key, f"{key} must be a USB port path like \"1-2\" or \"1-2.3\", "
-                         f"not {value!r}")
-                continue
-        elif key == "address":
-            normalized = _normalize_pci_address(low)
-            if normalized is None:
-                bad(key, f"address must be a PCI address like \"0000:03:00.0\", not {value!r}")
-                continue
-            text = normalized
-        elif not text:
-            bad(key, f"match key '{key}' must not be empty")
-            continue
-        values[key] = text
-    if problems:
-        return None, problems
-    match = Match(**values)
-    usb_only = (match.port or match.port_below or match.interface_class
-                or match.not_interface_class)
-    if match.subsystem == Subsystem.PCI and usb_only:
-        bad("subsystem", "'port', 'port_below', 'interface_class' and 'not_interface_class' "
-                         "only apply to USB devices")
-    if match.subsystem == Subsystem.USB and match.address:
-        bad("subsystem", "'address' only applies to PCI devices (USB uses 'port')")
-    if match.address and usb_only:
-        bad("address", "a rule cannot match both a PCI address and USB-only keys")
-    return (None if problems else match), problems
-
-
-def _interface_prefixes(key: str, value: Any) -> tuple[tuple[str, ...], str]:
-    """An interface class key's prefixes, or the message saying what is wrong.
-
-    One class or a list of them (any one may match); each is 2, 4 or 6 hex
-    digits (class, subclass, protocol: ``e00101``), or USBGuard's
-    ``e0:01:01`` with ``*`` for the parts that may be anything.
-    """
-    example = f'{key} must be 2, 4 or 6 hex digits (class, subclass, protocol: "e00101") ' \
-              'or a list of them'
-    items = value if isinstance(value, list) else [value]
-    if not items or len(items) > 64 or not all(isinstance(v, str) for v in items):
-        return (), f"{example}, not {_shown(value)}"
-    prefixes: list[str] = []
-    for item in items:
-        low = item.strip().lower().removeprefix("0x")
-        usbguard = _USBGUARD_CLASS.match(low)
-        if usbguard:
-            parts = list(usbguard.groups())
-            while parts[-1] == "*":
-                parts.pop()
-            low = "".join(parts)
-        if not _CLASS.match(low):
-            return (), f"{example}, not {_shown(item)}"
-        prefixes.append(low)
-    return tuple(dict.fromkeys(prefixes)), ""
-
-
-def _parse_rule(
-    raw: Any, file: str, loc: _Locator, index: int
-) -> tuple[Rule | None, list[Problem]]:
-    line = loc.rule_line(index)
-    if not isinstance(raw, dict):
-        return None, [Problem(file, line, "each [[rule]] must be a table")]
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        return None, [Problem(file, line, f"rule #{index + 1} needs a 'name' (a non-empty string)")]
-    name = name.strip()
-    if len(name) > MAX_NAME or not name.isprintable():
-        return None, [Problem(file, line, f"rule #{index + 1}: a name must be one line of "
-                              f"printable text of at most {MAX_NAME} characters, not "
-                              f"{_shown(name)}")]
-    problems: list[Problem] = []
-
-    def bad(key: str, message: str) -> None:
-        problems.append(Problem(file, loc.key_line(index, key), message, name))
-
-    for key in raw:
-        if key not in _RULE_KEYS:
-            bad(key, f"unknown key {_shown(key)} (known: {', '.join(sorted(_RULE_KEYS))})")
-    match, match_problems = _parse_match(raw.get("match"), file, loc, index, name)
-    problems += match_problems
-    action_raw = raw.get("action", Action.ATTACH.value)
-    try:
-        action = Action(action_raw)
-    except (ValueError, TypeError):
-        allowed = ", ".join(a.value for a in Action)
-        bad("action", f"action must be one of {allowed}, not {_shown(action_raw)}")
-        action = None
-    guest = raw.get("guest", "")
-    candidates: tuple[str, ...] = ()
-    if action is Action.ASK and isinstance(guest, list):
-        if not all(isinstance(g, str) and g.strip() for g in guest):
-            bad("guest", "an 'ask' rule's 'guest' must be a list of guest names or UUIDs")
-        else:
-            candidates = tuple(dict.fromkeys(g.strip() for g in guest))
-        guest = ""
-    elif not isinstance(guest, str):
-        hint = " (a list is only for 'ask' rules)" if isinstance(guest, list) else ""
-        bad("guest", f"'guest' must be a guest name or UUID (a string){hint}")
-        guest = ""
-    guest = guest.strip()
-    if action is Action.ASK and guest:
-        candidates, guest = (guest,), ""
-    for named in (guest, *candidates):
-        if len(named) > MAX_NAME or not named.isprintable():
-            bad("guest", f"a guest name must be one line of printable text of at most "
-                         f"{MAX_NAME} characters, not {_shown(named)}")
-    if action is Action.ATTACH and not guest:
-        bad("action", "an 'attach' rule needs a target: guest = \"NAME\" or a UUID")
-    if action in (Action.IGNORE, Action.DENY) and guest:
-        bad("guest", f"a '{action}' rule applies to every guest; remove 'guest'")
-    risks = raw.get("allow_risks", [])
-    if not isinstance(risks, list) or not all(isinstance(r, str) for r in risks):
-        bad("allow_risks", "'allow_risks' must be a list of risk names")
-        risks = []
-    for risk in risks:
-        if risk not in OPT_IN_RISKS:
-            bad("allow_risks", f"{_shown(risk)} cannot be allowed (a rule may accept only: "
-                               f"{', '.join(OPT_IN_RISKS)}; other risks always block)")
-    if risks and action is not Action.ATTACH:
-        bad("allow_risks", "'allow_risks' only applies to 'attach' rules")
-    on_sleep_raw = raw.get("on_sleep")
-    on_sleep = None
-    if on_sleep_raw is not None:
-        try:
-            on_sleep = OnSleep(on_sleep_raw)
-        except (ValueError, TypeError):
-            bad("on_sleep", f"on_sleep must be 'detach' or 'keep', not {_shown(on_sleep_raw)}")
-    debounce = raw.get("debounce")
-    if debounce is not None and not _seconds(debounce, MAX_DEBOUNCE):
-        bad("debounce", f"debounce must be a number of seconds from 0 to {MAX_DEBOUNCE:g}, "
-                        f"not {_shown(debounce)}")
-        debounce = None
-    reset = raw.get("reset_before_attach", False)
-    if not isinstance(reset, bool):
-        bad("reset_before_attach",
-            f"reset_before_attach must be true or false, not {_shown(reset)}")
-    elif reset and match is not None and (match.subsystem == Subsystem.PCI or match.address):
-        bad("reset_before_attach", "reset_before_attach is for USB devices (libvirt resets "
-                                   "PCI functions itself)")
-    if problems or match is None or action is None:
-        return None, problems
-    return Rule(name, match, action, guest, file, line, frozenset(risks), candidates,
-                on_sleep, None if debounce is None else float(debounce), reset), []
-
-
-def _seconds(value: Any, most: float) -> bool:
-    """A number of seconds from 0 to ``most`` (TOML int or float, not a bool)."""
-    return (not isinstance(value, bool) and isinstance(value, int | float)
-            and 0 <= value <= most)
-
-
-_SETTINGS_KEYS = {"unmatched", "ask_timeout", "debounce"}
-
-
-def _parse_settings(raw: Any, file: str, loc: _Locator) -> tuple[dict[str, Any], list[Problem]]:
-    """The keys of one file's ``[settings]`` table, checked."""
-    problems: list[Problem] = []
-
-    def bad(key: str, message: str) -> None:
-        problems.append(Problem(file, loc.top_key_line(key) or loc.top_key_line("settings"),
-                                message))
-
-    if not isinstance(raw, dict):
-        bad("settings", "'settings' must be a table: [settings]")
-        return {}, problems
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _SETTINGS_KEYS:
-            bad(key, f"unknown setting {_shown(key)} "
-                     f"(known: {', '.join(sorted(_SETTINGS_KEYS))})")
-        elif key == "unmatched":
-            try:
-                values[key] = Unmatched(value)
-            except (ValueError, TypeError):
-                bad(key, f"unmatched must be 'host' or 'ask', not {_shown(value)}")
-        elif key == "debounce":
-            if _seconds(value, MAX_DEBOUNCE):
-                values[key] = float(value)
-            else:
-                bad(key, f"debounce must be a number of seconds from 0 to {MAX_DEBOUNCE:g}, "
-                         f"not {_shown(value)}")
-        elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
-            bad(key, f"ask_timeout must be a whole number of seconds from 1 to 3600, "
-                     f"not {_shown(value)}")
-        else:
-            values[key] = value
-    return values, problems
-
-
-@dataclass(frozen=True, slots=True)
-class FileContent:
-    """What one policy file says: its rules and its ``[settings]`` keys, if any."""
-
-    rules: tuple[Rule, ...]
-    settings: Mapping[str, Any]
-    settings_line: int = 0
-
-
-def parse_policy_text(text: str, file: str) -> tuple[FileContent, list[Problem]]:
-    """Parse one file's text; returns what it says and the problems found."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
-        line = int(m.group(1)) if m else 0
-        return FileContent((), {}), [Problem(file, line, f"TOML syntax error: {e}")]
-    # tomllib lets these two out as they are: it recurses once per nested array or
-    # inline table, and int() refuses a number of more than 4300 digits.
-    except RecursionError:
-        return FileContent((), {}), [Problem(file, 0, "TOML arrays or tables nested too deeply")]
-    except ValueError:
-        return FileContent((), {}), [Problem(file, 0, "a number too long to read "
-                                             f"(more than {sys.get_int_max_str_digits()} digits)")]
-    loc = _Locator(text)
-    problems: list[Problem] = []
-    for key in data:
-        if key not in ("rule", "settings"):
-            problems.append(
-                Problem(file, loc.top_key_line(key), f"unknown top-level key {_shown(key)} "
-                        "(a policy file holds [[rule]] tables and one [settings] table)")
-            )
-    settings: dict[str, Any] = {}
-    if "settings" in data:
-        settings, settings_problems = _parse_settings(data["settings"], file, loc)
-        problems += settings_problems
-    raw_rules = data.get("rule", [])
-    if not isinstance(raw_rules, list):
-        problems.append(Problem(file, loc.top_key_line("rule"), "'rule' must be [[rule]] tables"))
-        raw_rules = []
-    rules: list[Rule] = []
-    for index, raw in enumerate(raw_rules):
-        rule, rule_problems = _parse_rule(raw, file, loc, index)
-        problems += rule_problems
-        if rule is not None:
-            rules.append(rule)
-    # Whether the file has a [settings] table is tomllib's to say (the name may be
-    # quoted); the locator only finds its line.
-    settings_line = max(loc.top_key_line("settings"), 1) if "settings" in data else 0
-    return FileContent(tuple(rules), settings, settings_line), problems
-
-
-#: Bytes one policy file may have, and all of them together: a hand-written or
-#: generated policy of thousands of rules is a few hundred KiB; a log or an image
-#: named ``*.toml`` by mistake must not be read whole into memory.
-MAX_FILE_BYTES = 1 << 20
-MAX_TOTAL_BYTES = 8 << 20
-#: Drop-in files a policy may have (their names go onto the bus, PolicyFiles).
-MAX_FILES = 1000
-
-
-def policy_files(directory: Path) -> list[Path]:
-    """The drop-in entries of ``directory`` in the order they apply.
-
-    Every entry whose name ends in ``.toml`` is one, whatever it is: load_policy
-    refuses those that are not readable regular files, so a deny rule cannot
-    vanish with a broken symlink. Hidden entries (``.name.toml``, ``.#name.toml``:
-    editors' lock and swap files) are not read, as in systemd's drop-in
-    directories; backups (``name.toml~``, ``.dpkg-old``) do not end in ``.toml``.
-    A directory that does not exist is an empty policy; one that exists but
-    cannot be listed, or is not a directory, raises PolicyError.
-    """
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        if not os.path.islink(directory):
-            return []
-        problem = "is a dangling symlink"
-    except NotADirectoryError:
-        problem = "is not a directory"
-    except OSError as e:
-        problem = ("is a symlink loop" if e.errno == errno.ELOOP
-                   else f"cannot be listed ({e.strerror or e})")
-    else:
-        return [directory / n for n in sorted(names)
-                if n.endswith(".toml") and not n.startswith(".")]
-    raise PolicyError([Problem(str(directory), 0, f"the policy directory {problem}")])
-
-
-def _read_policy_file(path: Path, limit: int) -> tuple[str, int, Problem | None]:
-    """The text of one policy file and its size in bytes, or the problem that keeps it
-    from being read (the size then counts nothing)."""
-    file = str(path)
-    if not path.name.isprintable():
-        return "", 0, Problem(file, 0, "the file name is not printable UTF-8 text; rename it")
-    try:
-        raw = read_regular_file(path, limit)
-    except FileNotFoundError:
-        return "", 0, Problem(file, 0, "does not exist")
-    except FileRefused as e:
-        why = str(e)
-        if not why.startswith(("too large", "unreadable")):
-            why += ", not a regular file"
-        elif limit < MAX_FILE_BYTES and why.startswith("too large"):
-            why = f"too large: the policy files together exceed {MAX_TOTAL_BYTES >> 20} MiB"
-        return "", 0, Problem(file, 0, f"is {why}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        return "", len(raw), Problem(file, line, f"is not UTF-8 text (byte 0x{raw[e.start]:02x})")
-    # Universal newlines, as Path.read_text gave them before.
-    return text.replace("\r\n", "\n").replace("\r", "\n"), len(raw), None
-
-
-def load_policy(paths: Iterable[Path]) -> Policy:
-    """Read and check ``paths`` in order; raises PolicyError listing every problem.
-
-    A path that is not a readable regular file (see safe_read) is a problem like
-    a syntax error: the policy is refused whole, never read without that file.
-    """
-    rules: list[Rule] = []
-    problems: list[Problem] = []
-    files: list[str] = []
-    seen: dict[str, Rule] = {}
-    settings: dict[str, Any] = {}
-    settings_at: str = ""
-    paths = list(paths)
-    if len(paths) > MAX_FILES:
-        raise PolicyError([Problem(str(paths[MAX_FILES]), 0, f"more than {MAX_FILES} policy "
-                                   f"files ({len(paths)}); merge some")])
-    budget = MAX_TOTAL_BYTES
-    for path in paths:
-        file = str(path)
-        files.append(file)
-        text, size, problem = _read_policy_file(path, min(MAX_FILE_BYTES, budget))
-        budget -= size
-        if problem is not None:
-            problems.append(problem)
-            continue
-        content, file_problems = parse_policy_text(text, file)
-        problems += file_problems
-        if content.settings_line:
-            if settings_at:
-                # Two files setting the same global would make the result depend
-                # on file names nobody reads together: refuse, name both.
-                problems.append(Problem(file, content.settings_line, "[settings] may appear "
-                                        f"in only one file (already in {settings_at})"))
-            else:
-                settings_at = f"{file}:{content.settings_line}"
-                settings.update(content.settings)
-        for rule in content.rules:
-            first = seen.get(rule.name)
-            if first is not None:
-                problems.append(Problem(file, rule.line, f"duplicate rule name (first defined "
-                                        f"at {first.file}:{first.line})", rule.name))
-                continue
-            seen[rule.name] = rule
-            rules.append(rule)
-    if problems:
-        raise PolicyError(problems)
-    return Policy(tuple(rules), tuple(files), Settings(**settings))
-
-
-def load_policy_dir(directory: Path) -> Policy:
-    return load_policy(policy_files(directory))

@@ -241,7 +241,8 @@ class LibvirtClient:
     def _guest(dom: libvirt.virDomain) -> Guest:
         state = _STATES.get(dom.state()[0], GuestState.OTHER)
         hostdevs = parse_hostdevs(dom.XMLDesc(0)) if state.active else ()
-        return Guest(dom.name(), dom.UUIDString(), state, hostdevs, dom.ID())
+        return Guest(name=dom.name(), uuid=dom.UUIDString(), state=state, hostdevs=hostdevs,
+                     run=dom.ID())
 
     def _all_guests(self) -> dict[str, Guest]:
         guests = {}

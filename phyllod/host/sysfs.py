@@ -1,7 +1,7 @@
 """Readers of host facts in sysfs, over a root path so tests can point them at a fixture.
 
 Plain file reads, no libudev: under umockdev libudev returns None for symlink
-attributes (``iommu_group``, ``driver``, ``physfn``), while ``os.readlink`` is
+attributes (``iommu_group``, ``driver``), while ``os.readlink`` is
 redirected into the testbed like every other call here. Every reader treats
 a missing or unreadable file as absent: the host is what it is, and a verdict
 over partial facts errs on the blocking side (an unknown group member blocks).
@@ -105,18 +105,11 @@ def pci_function(sys_root: Path, address: str) -> PciFunction | None:
         address=address,
         vendor=_hex(path / "vendor", 4),
         device=_hex(path / "device", 4),
-        subsystem_vendor=_hex(path / "subsystem_vendor", 4),
-        subsystem_device=_hex(path / "subsystem_device", 4),
         class_code=_hex(path / "class", 6),
         driver=kv.driver_name(_link_name(path / "driver") or _link_target(path / "driver")),
         iommu_group=_checked(path / "iommu_group", _link_target(path / "iommu_group"),
                              kv.iommu_group, "an IOMMU group link"),
         boot_vga=_read_attribute(path / "boot_vga").strip() == "1",
-        physfn=_checked(path / "physfn", _link_name(path / "physfn"), kv.pci_address,
-                        "a PCI address") or "",
-        sriov_totalvfs=_checked(path / "sriov_totalvfs", _read_attribute(
-            path / "sriov_totalvfs").strip(), lambda v: kv.decimal(v, kv.SRIOV_VFS),
-            "a number of virtual functions") or 0,
         reset_method=reset_method,
         reset_shown=reset_shown,
         parent=(real.parent.name if real is not None

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from phyllod.core.model import Ask, AskOutcome, Assignment, Device, Request, State
-from phyllod.core.reconcile import Plan, Question
+from phyllod.core.plan import Plan, Question
 from phyllod.host.systemd_glue import MessageId
 from phyllod.service.journal import fields, log
 
@@ -97,8 +97,9 @@ class Asks:
         number = self._next_number
         self._next_number += 1
         deadline = time.time_ns() // 1000 + timeout * 1_000_000  # µs, for the bus
-        self.requests[number] = Request(number, d.id, d.describe(), q.candidates, deadline,
-                                        q.rule)
+        self.requests[number] = Request(
+            number=number, device_id=d.id, description=d.describe(),
+            candidates=q.candidates, deadline_usec=deadline, rule=q.rule)
         self._timers[number] = asyncio.get_running_loop().call_later(
             timeout, self._expire, number)
         self.standing[d.id] = Ask(AskOutcome.PENDING, candidates=q.candidates)

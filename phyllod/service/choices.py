@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from phyllod.core.errors import Failed, NoSuchDevice, excerpt
+from phyllod.core.bounds import excerpt
+from phyllod.core.errors import Failed, NoSuchDevice
 from phyllod.core.model import Device, Override
 from phyllod.core.serial_trust import carry_choices
 from phyllod.host.state_store import StateError, StateWriter, load_answers, load_overrides

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from phyllod.core.guest_runs import Run, run_of
 from phyllod.core.model import Guest
-from phyllod.core.reconcile import Failure
+from phyllod.core.plan import Failure
 from phyllod.host.libvirt_client import LibvirtClient, LibvirtError
 from phyllod.host.systemd_glue import MessageId
 from phyllod.service.journal import fields, log

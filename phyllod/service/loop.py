@@ -16,8 +16,9 @@ import contextlib
 from collections.abc import Callable, Iterable
 
 from phyllod.core.model import HostFacts
+from phyllod.core.plan import Attach, Detach, Plan, World
 from phyllod.core.policy import Policy
-from phyllod.core.reconcile import Attach, Detach, Plan, World, reconcile
+from phyllod.core.reconcile import reconcile
 
 
 class Loop:

@@ -14,15 +14,9 @@ import time
 from collections.abc import Callable, Mapping, Set
 from typing import Protocol
 
-from phyllod.core.errors import (
-    Busy,
-    Denied,
-    Failed,
-    NoSuchDevice,
-    NoSuchGuest,
-    NoSuchRequest,
-    excerpt,
-)
+from phyllod.core.bounds import excerpt
+from phyllod.core.decide import Rung, decide
+from phyllod.core.errors import Busy, Denied, Failed, NoSuchDevice, NoSuchGuest, NoSuchRequest
 from phyllod.core.explain import explain
 from phyllod.core.model import (
     Assignment,
@@ -34,9 +28,9 @@ from phyllod.core.model import (
     Request,
     State,
     Subsystem,
+    find_guest,
 )
-from phyllod.core.policy import Action, Policy
-from phyllod.core.reconcile import find_guest
+from phyllod.core.policy import Policy
 from phyllod.core.safety.pci import TableRow, iommu_table, safety
 from phyllod.host.systemd_glue import MessageId, notify
 from phyllod.service.journal import fields, log
@@ -69,12 +63,12 @@ class Turns(Protocol):
     async def next_turn(self, timeout: float) -> None: ...
 
 
-def deny_rule_refusal(policy: Policy, d: Device) -> str | None:
-    """Why a manual attach of ``d`` is refused at once: a deny rule outranks a
-    person's override (the top rung of the precedence ladder, as the daemon
-    applied it before core/decide.py held the one ladder)."""
-    rule = policy.match(d)
-    if rule is not None and rule.action is Action.DENY:
+def deny_rule_refusal(policy: Policy, d: Device, override: Override) -> str | None:
+    """Why a person's attach of ``d`` is refused at once: the ladder's top rung,
+    a deny rule, outranks an override (core/decide holds the one ladder)."""
+    decision = decide(policy, d, override=override)
+    if decision.rung is Rung.DENY and decision.rule is not None:
+        rule = decision.rule
         return f"{d.id} is denied by rule '{rule.name}' ({rule.file}:{rule.line})"
     return None
 
@@ -168,7 +162,7 @@ class Operations:
             raise Busy(f"another request for {device_id} is still being carried out")
         if override is not None and override.kind is OverrideKind.ATTACH:
             override = Override(OverrideKind.ATTACH, self._guest_name(override.guest))
-            refusal = deny_rule_refusal(policy, d)
+            refusal = deny_rule_refusal(policy, d, override)
             if refusal is not None:
                 raise Denied(refusal)
         await self._choices.keep_override(d, override)

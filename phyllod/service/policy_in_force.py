@@ -10,13 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from phyllod.core.model import Device
-from phyllod.core.policy import (
-    DEFAULT_ASK_TIMEOUT,
-    DEFAULT_DEBOUNCE,
-    Policy,
-    PolicyError,
-    load_policy_dir,
-)
+from phyllod.core.policy import DEFAULT_ASK_TIMEOUT, DEFAULT_DEBOUNCE, Policy
+from phyllod.core.policy_problems import PolicyError
+from phyllod.host.policy_files import load_policy_dir
 from phyllod.host.systemd_glue import MessageId
 from phyllod.service.journal import fields, log
 

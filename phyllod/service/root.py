@@ -35,7 +35,7 @@ from phyllod.bus import polkit
 from phyllod.bus.logind import SleepWatcher
 from phyllod.bus.service import BusError, BusService, Snapshot
 from phyllod.core.model import HostFacts
-from phyllod.core.reconcile import Plan, World
+from phyllod.core.plan import Plan, World
 from phyllod.host.libvirt_client import LibvirtClient
 from phyllod.host.state_store import remove_leftovers
 from phyllod.host.sysfs import read_host_facts

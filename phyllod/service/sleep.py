@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Mapping, Set
 from typing import Any, Protocol
 
 from phyllod.core.model import Assignment, State
-from phyllod.core.reconcile import Detach, Plan, Sleep
+from phyllod.core.plan import Detach, Plan, Sleep
 from phyllod.host.systemd_glue import MessageId
 from phyllod.service.journal import fields, log
 

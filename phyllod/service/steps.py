@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 from phyllod.core.guest_runs import Run, run_of
 from phyllod.core.hostdev_xml import hostdev_xml
 from phyllod.core.model import Device, Guest, Hostdev, State, Subsystem
-from phyllod.core.reconcile import Attach, Detach, Failure, Operation, OpKind, record_failure
+from phyllod.core.plan import Attach, Detach, Failure, Operation, OpKind, record_failure
 from phyllod.host.libvirt_client import LibvirtClient, LibvirtError
 from phyllod.host.systemd_glue import MessageId
 from phyllod.host.usb_reset import UsbResetError, reset_usb_device
@@ -130,7 +130,7 @@ class Steps:
         where = fields(d.id, a.guest, a.rule, State.ATTACHING)
         source = (f"managed, host {d.address}" if d.subsystem is Subsystem.PCI
                   else f"bus {d.busnum} device {d.devnum}")
-        by = a.source or (f"by rule '{a.rule}'" if a.rule else "by a manual override")
+        by = a.decided_by or (f"by rule '{a.rule}'" if a.rule else "by a manual override")
         log.info("attaching %s to %s %s: libvirt attachDeviceFlags (%s)",
                  d.describe(), a.guest, by, source, **where)
         started = time.monotonic()

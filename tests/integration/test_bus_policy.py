@@ -352,7 +352,8 @@ def test_polkit_policy_declares_the_daemons_actions() -> None:
                             POLKIT_ANSWER}
     # Every $(key) a message names is a detail phyllod passes for a device (polkit
     # would show "$(key)" as it is otherwise); reload concerns no device.
-    device = Device(Subsystem.USB, "/sys/x", port="1-2", vendor="1050", product="0407")
+    device = Device(subsystem=Subsystem.USB, sys_path="/sys/x", port="1-2", vendor="1050",
+                    product="0407")
     passed = set(gate.details(device, "work"))
     for action_id, action in actions.items():
         assert action.findtext("description", "").strip()

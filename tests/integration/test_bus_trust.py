@@ -202,7 +202,8 @@ class FakeOperations:
 
 
 def _usb(port: str, busnum: int = 1, devnum: int = 5) -> Device:
-    return Device(Subsystem.USB, f"/sys/bus/usb/devices/{port}", port=port, busnum=busnum,
+    return Device(subsystem=Subsystem.USB, sys_path=f"/sys/bus/usb/devices/{port}", port=port,
+                  busnum=busnum,
                   devnum=devnum, vendor="0627", product="0001", product_name="Keyboard")
 
 
@@ -211,7 +212,8 @@ def _snapshot(*devices: Device) -> Snapshot:
     guests = {"test": Guest(name="test", uuid="6695eb01-f6a4-8304-79aa-97f2502e193f",
                             state=GuestState.RUNNING)}
     return Snapshot(devices=by_id, guests=guests, overrides={}, version="0-test",
-                    assignments={i: Assignment(i, State.HOST, reason="stays") for i in by_id},
+                    assignments={i: Assignment(device_id=i, state=State.HOST,
+                                               reason="stays") for i in by_id},
                     iommu_enabled=False, policy_errors=(), policy_files=(),
                     libvirt_uri="test:///default", remembered={}, requests={}, ask_timeout=30)
 
@@ -364,7 +366,8 @@ async def test_the_device_is_checked_again_after_a_long_authorization(
         if meanwhile == "unplugged":
             service.publish(_snapshot())
         elif meanwhile == "replaced":
-            service.publish(_snapshot(Device(Subsystem.USB, keyboard.sys_path, port="1-2",
+            service.publish(_snapshot(Device(subsystem=Subsystem.USB, sys_path=keyboard.sys_path,
+                                             port="1-2",
                                              busnum=1, devnum=6, vendor="1050",
                                              product="0407", product_name="YubiKey")))
         else:

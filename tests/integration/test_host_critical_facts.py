@@ -20,8 +20,9 @@ from gi.repository import UMockdev
 from pci_tree import Fn
 
 from phyllod.core.model import Device, Subsystem
-from phyllod.core.safety.pci import Risk, pci_verdict
+from phyllod.core.safety.pci import pci_verdict
 from phyllod.core.safety.usb import usb_verdict
+from phyllod.core.safety.verdict import Risk
 from phyllod.host.sysfs import block_mounts, host_keyboards, mounted_pci, read_host_facts
 
 pytestmark = [pytest.mark.integration,
@@ -242,15 +243,18 @@ def test_verdicts_over_read_facts(tb, ps2):
     desk(tb, ps2=ps2)
     facts = read_host_facts(SYS, cmdline="intel_iommu=on", mounts=MOUNTINFO, swaps=SWAPS)
 
-    stick = usb_verdict(Device(Subsystem.USB, STICK, port="1-2"), facts)
+    stick = usb_verdict(Device(subsystem=Subsystem.USB, sys_path=STICK, port="1-2"), facts)
     assert [f.risk for f in stick.blocking] == [Risk.HOST_STORAGE]
     assert stick.reason() == ("usb:1-2 holds /media/my stick (sdb1), [SWAP] (sdb2) on the "
                               "host; unmount it first")
-    keyboard = usb_verdict(Device(Subsystem.USB, f"{HUB}/1-1.2", port="1-1.2"), facts)
-    mouse = usb_verdict(Device(Subsystem.USB, f"{HUB}/1-1.3", port="1-1.3"), facts)
+    keyboard = usb_verdict(Device(subsystem=Subsystem.USB, sys_path=f"{HUB}/1-1.2", port="1-1.2"),
+                           facts)
+    mouse = usb_verdict(Device(subsystem=Subsystem.USB, sys_path=f"{HUB}/1-1.3", port="1-1.3"),
+                        facts)
     assert mouse.ok and not mouse.warnings
 
-    hub = usb_verdict(Device(Subsystem.USB, HUB, port="1-1", device_class="09"), facts)
+    hub = usb_verdict(Device(subsystem=Subsystem.USB, sys_path=HUB, port="1-1",
+                             device_class="09"), facts)
     controller = pci_verdict(XHCI.address, facts)
     if ps2:
         assert hub.ok

@@ -12,7 +12,8 @@ import pytest
 import testbed
 from gi.repository import UMockdev
 
-from phyllod.core.safety.pci import Level, group_members, iommu_table, pci_verdict, safety
+from phyllod.core.safety.pci import group_members, iommu_table, pci_verdict, safety
+from phyllod.core.safety.verdict import Level
 from phyllod.host.sysfs import read_host_facts
 
 pytestmark = [pytest.mark.integration,

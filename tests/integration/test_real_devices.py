@@ -14,7 +14,7 @@ import pytest
 import testbed
 from gi.repository import UMockdev
 
-from phyllod.core.policy import parse_policy_text
+from phyllod.core.policy_parser import parse_policy_text
 from phyllod.core.safety.pci import Risk
 from phyllod.core.safety.usb import usb_verdict
 from phyllod.core.serial_trust import with_identities

@@ -14,7 +14,7 @@ Pure, over :class:`~phyllod.core.model.HostFacts` as the sysfs adapter read them
 from __future__ import annotations
 
 from phyllod.core.model import Device, HostFacts
-from phyllod.core.safety.pci import Finding, Risk, Verdict, keyboard_findings, with_hint
+from phyllod.core.safety.verdict import Finding, Risk, Verdict, keyboard_findings, with_hint
 
 
 def usb_verdict(device: Device, facts: HostFacts,

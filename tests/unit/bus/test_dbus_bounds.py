@@ -13,17 +13,15 @@ from dbus_fast._private.unmarshaller import Unmarshaller
 
 from phyllod.bus.strings import (
     MAX_ARGUMENT,
-    MAX_TEXT,
     MAX_VALUES,
     MISCOUNTS,
     PremarshalledReply,
     ascii_message,
-    bounded,
     fit,
     marshal_body,
     oversized,
 )
-from phyllod.core.errors import excerpt
+from phyllod.core.bounds import MAX_TEXT, bounded, excerpt
 
 BIG = "x" * (MAX_ARGUMENT + 1)
 

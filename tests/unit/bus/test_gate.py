@@ -103,10 +103,12 @@ class FakeOperations:
 def snapshot() -> Snapshot:
     return Snapshot(
         devices={KBD.id: KBD, WIFI.id: WIFI},
-        assignments={KBD.id: Assignment(KBD.id, State.ATTACHED, guest="work")},
+        assignments={KBD.id: Assignment(device_id=KBD.id, state=State.ATTACHED, guest="work")},
         guests={WORK.name: WORK}, overrides={}, version="0-test", iommu_enabled=True,
         policy_errors=(), policy_files=(), libvirt_uri="test:///default", remembered={},
-        requests={1: Request(1, KBD.id, "a keyboard", ("work",), 0)}, ask_timeout=30)
+        requests={1: Request(number=1, device_id=KBD.id, description="a keyboard",
+                             candidates=("work",), deadline_usec=0)},
+        ask_timeout=30)
 
 
 class Served:

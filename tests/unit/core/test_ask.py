@@ -5,8 +5,9 @@ from __future__ import annotations
 from factories import guest, held, pci, policy, usb
 
 from phyllod.core.model import Ask, AskOutcome, GuestState, Override, OverrideKind, State
+from phyllod.core.plan import Attach, Detach, Question, World
 from phyllod.core.policy import Action, Unmatched
-from phyllod.core.reconcile import Attach, Detach, Question, World, reconcile
+from phyllod.core.reconcile import reconcile
 
 ASK = policy('[[rule]]\nname="audio"\nmatch={vendor="0627"}\naction="ask"\n'
              'guest=["work", "media"]\n')
@@ -18,7 +19,7 @@ DENY_AND_ASK = policy('[[rule]]\nname="no storage"\nmatch={vendor="0627", produc
 
 
 def world(devices=(), guests=(), **kw) -> World:
-    return World({d.id: d for d in devices}, {g.name: g for g in guests}, **kw)
+    return World(devices={d.id: d for d in devices}, guests={g.name: g for g in guests}, **kw)
 
 
 def answered(guest_name: str) -> Ask:
@@ -84,7 +85,8 @@ def test_pending_waits_and_expired_stays_on_host():
 def test_answer_attaches_and_says_so():
     d = usb()
     plan = reconcile(ASK, world([d], [guest("work")], asks={d.id: answered("work")}))
-    assert plan.steps == (Attach(d.slot, d, "work", "audio", source="by your answer"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="audio",
+                                 decided_by="by your answer"),)
     assert "by your answer" in plan.assignments[d.id].reason
     plan = reconcile(ASK, world([d], [guest("work", hostdevs=(held(d),))],
                                 asks={d.id: answered("work")}))
@@ -96,7 +98,8 @@ def test_remembered_answer_applies_without_asking_even_at_start():
     plan = reconcile(ASK, world([d], [guest("work")], remembered={d.identity: "work"},
                                 inserted=frozenset({d.id})))
     assert plan.questions == ()
-    assert plan.steps == (Attach(d.slot, d, "work", "audio", source="by a remembered answer"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="audio",
+                                 decided_by="by a remembered answer"),)
     assert "by a remembered answer" in plan.assignments[d.id].reason
     host = reconcile(ASK, world([d], [guest("work")], remembered={d.identity: ""},
                                 inserted=frozenset({d.id})))
@@ -133,7 +136,7 @@ def test_deny_and_override_win_over_answers():
     plan = reconcile(ASK, world([d], [guest("work"), guest("media")],
                                 asks={d.id: answered("work")},
                                 overrides={d.identity: Override(OverrideKind.ATTACH, "media")}))
-    assert plan.steps == (Attach(d.slot, d, "media", ""),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="media", rule=""),)
 
 
 def test_pci_safety_wins_over_an_answer():
@@ -154,13 +157,14 @@ def test_unmatched_ask_asks_about_inserted_devices_only():
 
 def test_disconnected_keeps_answers_pending():
     d = usb()
-    plan = reconcile(ASK, World({d.id: d}, None, asks={d.id: answered("work")}))
+    plan = reconcile(ASK, World(devices={d.id: d}, guests=None, asks={d.id: answered("work")}))
     a = plan.assignments[d.id]
     assert (a.state, a.guest) == (State.PENDING, "work")
 
 
 def test_policy_mistakes_in_ask_rules_and_settings_are_located(tmp_path):
-    from phyllod.core.policy import PolicyError, load_policy
+    from phyllod.core.policy_problems import PolicyError
+    from phyllod.host.policy_files import load_policy
 
     a = tmp_path / "10-a.toml"
     a.write_text('[settings]\nunmatched = "maybe"\nask_timeout = 0\ncolour = 1\n\n'

@@ -22,15 +22,8 @@ from phyllod.core.guest_runs import (
     without_ending,
 )
 from phyllod.core.model import Assignment, GuestState, State
-from phyllod.core.reconcile import (
-    Attach,
-    Detach,
-    Operation,
-    OpKind,
-    World,
-    reconcile,
-    record_failure,
-)
+from phyllod.core.plan import Attach, Detach, Operation, OpKind, World, record_failure
+from phyllod.core.reconcile import reconcile
 
 KBD = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
 D = usb()
@@ -42,24 +35,27 @@ def work(state: GuestState = GuestState.RUNNING, run: int = 7, holds: bool = Tru
 
 
 RUN = Run(UUID, 7)
-ATTACHED = Assignment(D.id, State.ATTACHED, "work", "kbd", "attached to 'work' by rule 'kbd'")
+ATTACHED = Assignment(device_id=D.id, state=State.ATTACHED, guest="work", rule="kbd",
+                      reason="attached to 'work' by rule 'kbd'")
 
 
 def world(guests, **kw) -> World:
-    return World({D.id: D}, {g.name: g for g in guests}, **kw)
+    return World(devices={D.id: D}, guests={g.name: g for g in guests}, **kw)
 
 
 # ------------------------------------------------------------------ the first look, at the bind
 
 @pytest.mark.parametrize(("assignment", "guests", "inflight", "mark"), [
     # Attached by phyllod, the guest runs and holds our hostdev: watched.
-    (ATTACHED, [work()], set(), HostBind(RUN, "work", D.alias, "usbhid")),
+    (ATTACHED, [work()], set(), HostBind(run=RUN, guest="work", alias=D.alias, driver="usbhid")),
     # phyllod's own attach or detach is under way: binds are expected.
     (ATTACHED, [work()], {D.slot}, None),
     # Not attached (pending, host, failed): nothing of ours to repair.
-    (Assignment(D.id, State.PENDING, "work", "kbd", "guest 'work' is not running"),
+    (Assignment(device_id=D.id, state=State.PENDING, guest="work", rule="kbd",
+                reason="guest 'work' is not running"),
      [work(GuestState.SHUTOFF)], set(), None),
-    (Assignment(D.id, State.HOST, "", "", "no rule matches"), [work()], set(), None),
+    (Assignment(device_id=D.id, state=State.HOST, guest="", rule="", reason="no rule matches"),
+     [work()], set(), None),
     # The guest is gone from the snapshot, or not running any more.
     (ATTACHED, [], set(), None),
     (ATTACHED, [work(GuestState.SHUTOFF)], set(), None),
@@ -75,8 +71,8 @@ def test_which_binds_leave_a_mark(assignment, guests, inflight, mark):
 
 # ------------------------------------------------------------------ the judgement
 
-WATCHED = HostBind(RUN, "work", D.alias, "usbhid")
-CHECKED = HostBind(RUN, "work", D.alias, "usbhid", checked=True)
+WATCHED = HostBind(run=RUN, guest="work", alias=D.alias, driver="usbhid")
+CHECKED = HostBind(run=RUN, guest="work", alias=D.alias, driver="usbhid", checked=True)
 
 
 @pytest.mark.parametrize(("order", "bind", "guest_now", "ending", "verdict"), [
@@ -126,7 +122,7 @@ def test_an_ending_run_is_sent_nothing_and_holds_nothing():
     deny = policy('[[rule]]\nname="no"\nmatch={vendor="0627"}\naction="deny"\n')
     assert reconcile(deny, world([work()], ending=frozenset({RUN}))).steps == ()
     # Unplugged meanwhile: the stale hostdev of a stopping guest is not chased either.
-    gone = World({}, {"work": work()}, ending=frozenset({RUN}))
+    gone = World(devices={}, guests={"work": work()}, ending=frozenset({RUN}))
     assert reconcile(KBD, gone).steps == ()
     assert without_ending({"work": work()}, frozenset({RUN}))["work"].hostdevs == ()
 
@@ -150,7 +146,7 @@ def test_the_next_run_gets_one_attach_and_no_detach():
     stale = record_failure(None, OpKind.DETACH, "work", "domain is not running", 10.0, RUN)
     plan = reconcile(KBD, world([work(run=8, holds=False)], binds={D.slot: CHECKED},
                                 failures={D.slot: stale}, now=10.1))
-    assert plan.steps == (Attach(D.slot, D, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=D.slot, device=D, guest="work", rule="kbd"),)
     assert plan.let_go == (D.slot,)
 
 
@@ -164,7 +160,8 @@ def test_a_failure_counts_for_its_run_only():
     backing_off = world([work(holds=False)], failures={D.slot: again}, now=0.2)
     assert reconcile(KBD, backing_off).steps == ()
     next_run = world([work(run=8, holds=False)], failures={D.slot: again}, now=0.2)
-    assert reconcile(KBD, next_run).steps == (Attach(D.slot, D, "work", "kbd"),)
+    assert reconcile(KBD, next_run).steps == (Attach(slot=D.slot, device=D, guest="work",
+                                                     rule="kbd"),)
 
 
 def test_own_calls_in_flight_are_left_to_finish():

@@ -45,17 +45,18 @@ def test_parse_domain_hostdevs_round_trip_and_foreign_forms():
       </hostdev>
     </devices></domain>"""
     assert parse_hostdevs(domain) == (
-        Hostdev(d.alias, "0627", "0001", 1, 9),
-        Hostdev("hostdev1", "046d", "c52b", None, None),
-        Hostdev("", "", "", 3, 10),
-        Hostdev("", subsystem=Subsystem.PCI, address="0000:03:00.0"),
+        Hostdev(alias=d.alias, vendor="0627", product="0001", bus=1, device=9),
+        Hostdev(alias="hostdev1", vendor="046d", product="c52b", bus=None, device=None),
+        Hostdev(alias="", vendor="", product="", bus=3, device=10),
+        Hostdev(alias="", subsystem=Subsystem.PCI, address="0000:03:00.0"),
     )
     assert parse_hostdevs(domain)[0].owned
     assert not parse_hostdevs(domain)[1].owned
 
 
 def test_pci_hostdev_is_managed_by_address_with_our_alias():
-    d = Device(Subsystem.PCI, "/sys/devices/pci0000:00/0000:00:1c.0/0000:03:00.0",
+    d = Device(subsystem=Subsystem.PCI,
+               sys_path="/sys/devices/pci0000:00/0000:00:1c.0/0000:03:00.0",
                address="0000:03:00.0", vendor="8086", product="2723", device_class="028000")
     root = ET.fromstring(hostdev_xml(d))
     assert (root.get("type"), root.get("managed")) == ("pci", "yes")

@@ -8,9 +8,11 @@ from dataclasses import replace
 from factories import guest, pci, policy
 
 from phyllod.core.model import HostFacts, PciFunction, State
-from phyllod.core.reconcile import Attach, World, reconcile
+from phyllod.core.plan import Attach, World
+from phyllod.core.reconcile import reconcile
 
-PORT = PciFunction("0000:00:01.0", "8086", "1901", class_code="060400", driver="pcieport",
+PORT = PciFunction(address="0000:00:01.0", vendor="8086", device="1901", class_code="060400",
+                   driver="pcieport",
                    iommu_group=1)
 GPU = pci("0000:01:00.0", "10de", "1b80", "030000", group=2, driver="nouveau")
 AUDIO = pci("0000:01:00.1", "10de", "10f0", "040300", group=3, driver="snd_hda_intel")
@@ -21,24 +23,25 @@ def facts() -> HostFacts:
     neither with a reset of its own: the kernel shows no reset file for them."""
     functions = {PORT.address: PORT}
     for d in (GPU, AUDIO):
-        functions[d.address] = PciFunction(d.address, d.vendor, d.product,
+        functions[d.address] = PciFunction(address=d.address, vendor=d.vendor, device=d.product,
                                            class_code=d.device_class, driver=d.driver,
                                            iommu_group=d.iommu_group, reset_method="",
                                            reset_shown=False, parent=PORT.address)
-    return HostFacts(True, functions=functions,
+    return HostFacts(iommu_enabled=True, functions=functions,
                      groups={1: (PORT.address,), 2: (GPU.address,), 3: (AUDIO.address,)})
 
 
 def world() -> World:
-    return World({d.id: d for d in (GPU, AUDIO)}, {"gaming": guest("gaming")}, host=facts())
+    return World(devices={d.id: d for d in (GPU, AUDIO)}, guests={"gaming": guest("gaming")},
+                 host=facts())
 
 
 def test_bus_mates_going_to_the_same_guest_lift_no_reset():
     both = policy('[[rule]]\nname="gpu"\nmatch={vendor="10de"}\nguest="gaming"\n')
     plan = reconcile(both, world())
     # Each attaches alone (different groups), nothing to prepare: no group mate.
-    assert set(plan.steps) == {Attach(GPU.slot, GPU, "gaming", "gpu"),
-                                 Attach(AUDIO.slot, AUDIO, "gaming", "gpu")}
+    assert set(plan.steps) == {Attach(slot=GPU.slot, device=GPU, guest="gaming", rule="gpu"),
+                                 Attach(slot=AUDIO.slot, device=AUDIO, guest="gaming", rule="gpu")}
 
 
 def test_a_bus_mate_left_on_the_host_keeps_no_reset():

@@ -10,17 +10,13 @@ from hypothesis import strategies as st
 
 from phyllod.core.model import HostFacts, PciFunction
 from phyllod.core.safety.pci import (
-    OPT_IN,
-    Finding,
-    Level,
-    Risk,
-    Verdict,
     bus_mates,
     group_members,
     iommu_table,
     pci_verdict,
     safety,
 )
+from phyllod.core.safety.verdict import OPT_IN, Finding, Level, Risk, Verdict
 
 NIC = "0000:03:00.0"
 PORT = "0000:00:1c.0"
@@ -30,7 +26,7 @@ AUDIO = "0000:03:00.1"
 
 def fn(address: str, class_code: str = "020000", driver: str = "e1000e", group: int | None = 7,
        **kw: object) -> PciFunction:
-    return PciFunction(address, vendor="8086", device="10d3", class_code=class_code,
+    return PciFunction(address=address, vendor="8086", device="10d3", class_code=class_code,
                        driver=driver, iommu_group=group, **kw)  # type: ignore[arg-type]
 
 

@@ -4,14 +4,10 @@ import pytest
 from factories import usb
 
 from phyllod.core.model import Device, Subsystem
-from phyllod.core.policy import (
-    Action,
-    PolicyError,
-    load_policy,
-    load_policy_dir,
-    parse_policy_text,
-    policy_files,
-)
+from phyllod.core.policy import Action
+from phyllod.core.policy_parser import parse_policy_text
+from phyllod.core.policy_problems import PolicyError
+from phyllod.host.policy_files import load_policy, load_policy_dir, policy_files
 
 DESK = """\
 # a comment
@@ -72,7 +68,8 @@ def test_matching_on_identity_fields():
     assert port.match.matches(usb(port="1-4")) and not port.match.matches(usb(port="1-4.1"))
     stick = usb(interfaces=("080650",))
     assert deny.match.matches(stick)
-    nic = Device(Subsystem.PCI, "/sys/devices/pci0000:00/0000:03:00.0", address="0000:03:00.0",
+    nic = Device(subsystem=Subsystem.PCI, sys_path="/sys/devices/pci0000:00/0000:03:00.0",
+                 address="0000:03:00.0",
                  vendor="8086", product="2723", device_class="028000")
     assert wifi.match.matches(nic) and not wifi.match.matches(yubikey)
     assert not port.match.matches(nic)
@@ -81,8 +78,10 @@ def test_matching_on_identity_fields():
 def test_class_is_a_prefix():
     rules, problems = parse('[[rule]]\nname="net"\nmatch={class="0280"}\nguest="r"\n')
     assert not problems
-    nic = Device(Subsystem.PCI, "/x", address="0000:03:00.0", device_class="028000")
-    audio = Device(Subsystem.PCI, "/y", address="0000:00:1f.3", device_class="040300")
+    nic = Device(subsystem=Subsystem.PCI, sys_path="/x", address="0000:03:00.0",
+                 device_class="028000")
+    audio = Device(subsystem=Subsystem.PCI, sys_path="/y", address="0000:00:1f.3",
+                   device_class="040300")
     assert rules[0].match.matches(nic) and not rules[0].match.matches(audio)
 
 

@@ -39,15 +39,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
-from phyllod.core.policy import (
-    FileContent,
-    Policy,
-    PolicyError,
-    Problem,
-    Rule,
-    load_policy,
-    parse_policy_text,
-)
+from phyllod.core.policy import Policy, Rule
+from phyllod.core.policy_parser import FileContent, parse_policy_text
+from phyllod.core.policy_problems import PolicyError, Problem
+from phyllod.host.policy_files import load_policy
 
 T = TypeVar("T")
 

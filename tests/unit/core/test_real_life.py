@@ -7,16 +7,19 @@ from factories import guest, held, host, pci, policy, usb
 
 from phyllod.core.guest_runs import HostBind, Run
 from phyllod.core.model import HostFacts, PciFunction, State
-from phyllod.core.policy import OnSleep, parse_policy_text
-from phyllod.core.reconcile import Attach, Detach, Sleep, World, reconcile
-from phyllod.core.safety.pci import Risk, pci_verdict
+from phyllod.core.plan import Attach, Detach, Sleep, World
+from phyllod.core.policy import OnSleep
+from phyllod.core.policy_parser import parse_policy_text
+from phyllod.core.reconcile import reconcile
+from phyllod.core.safety.pci import pci_verdict
 from phyllod.core.safety.usb import usb_verdict
+from phyllod.core.safety.verdict import Risk
 
 KBD = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
 
 
 def world(devices=(), guests=(), **kw) -> World:
-    return World({d.id: d for d in devices}, {g.name: g for g in guests}, **kw)
+    return World(devices={d.id: d for d in devices}, guests={g.name: g for g in guests}, **kw)
 
 
 # ------------------------------------------------------------------ policy keys
@@ -73,8 +76,9 @@ def test_going_to_sleep_detaches_usb_devices_phyllod_placed_and_keeps_pci():
     g = guest("work", hostdevs=(held(kbd), replace(held(nic), subsystem=nic.subsystem,
                                                    address=nic.address, alias=nic.alias)))
     plan = reconcile(p, world([kbd, nic], [g], sleep=Sleep(), host=host(nic)))
-    assert plan.steps == (Detach(kbd.slot, "work", held(kbd), "the host is going to sleep",
-                                   kbd.id),)
+    assert plan.steps == (Detach(slot=kbd.slot, guest="work", hostdev=held(kbd),
+                                 why="the host is going to sleep",
+                                   device_id=kbd.id),)
     assert plan.assignments[kbd.id].state is State.DETACHING
     assert plan.assignments[nic.id].state is State.ATTACHED
 
@@ -126,10 +130,12 @@ def test_a_vanished_device_moves_nothing_until_its_window_ends():
 def test_a_device_its_guest_lost_is_detached_to_be_attached_again():
     d = usb()
     work = guest("work", hostdevs=(held(d),))
-    bind = HostBind(Run(work.uuid, work.run), "work", d.alias, "usbhid", checked=True)
+    bind = HostBind(run=Run(work.uuid, work.run), guest="work", alias=d.alias, driver="usbhid",
+                    checked=True)
     plan = reconcile(KBD, world([d], [work], binds={d.slot: bind}))
-    assert plan.steps == (Detach(d.slot, "work", held(d), "its guest lost it to a reset on "
-                                   "the host; attaching it again", d.id),)
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=held(d),
+                                 why="its guest lost it to a reset on "
+                                   "the host; attaching it again", device_id=d.id),)
     assert plan.let_go == ()
 
 
@@ -138,8 +144,8 @@ def test_reset_before_attach_is_carried_to_the_attach_and_port_below_is_said():
     p = policy('[[rule]]\nname="desk"\nmatch={port_below="1-2"}\nguest="work"\n'
                'reset_before_attach=true\n')
     plan = reconcile(p, world([d], [guest("work")]))
-    assert plan.steps == (Attach(d.slot, d, "work", "desk", reset=True,
-                                   source="by rule 'desk' (behind port 1-2)"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="desk", reset=True,
+                                   decided_by="by rule 'desk' (behind port 1-2)"),)
     assert plan.assignments[d.id].reason == ("attaching to 'work' by rule 'desk' "
                                              "(behind port 1-2)")
 
@@ -185,9 +191,11 @@ def test_a_hub_carrying_the_only_keyboard_is_refused_unless_the_rule_accepts_it(
 
 
 def test_a_usb_controller_carrying_the_only_keyboard_is_an_opt_in_pci_risk():
-    xhci = PciFunction("0000:00:14.0", "8086", "a36d", class_code="0c0330", driver="xhci_hcd",
+    xhci = PciFunction(address="0000:00:14.0", vendor="8086", device="a36d", class_code="0c0330",
+                       driver="xhci_hcd",
                        iommu_group=3, reset_method="flr")
-    facts = HostFacts(True, functions={xhci.address: xhci}, groups={3: (xhci.address,)},
+    facts = HostFacts(iommu_enabled=True, functions={xhci.address: xhci},
+                      groups={3: (xhci.address,)},
                       keyboards={KEYBOARD_PATH: "QEMU USB Keyboard"})
     verdict = pci_verdict(xhci.address, facts)
     assert [f.risk for f in verdict.blocking] == [Risk.HOST_KEYBOARD]
@@ -199,9 +207,10 @@ def test_a_usb_controller_carrying_the_only_keyboard_is_an_opt_in_pci_risk():
 @pytest.mark.parametrize(("reset_method", "blocked"), [("", True), (None, False),
                                                        ("flr bus", False)])
 def test_a_pci_function_without_a_reset_method_is_refused_unless_accepted(reset_method, blocked):
-    nic = PciFunction("0000:03:00.0", "8086", "10d3", class_code="020000", driver="e1000e",
+    nic = PciFunction(address="0000:03:00.0", vendor="8086", device="10d3", class_code="020000",
+                      driver="e1000e",
                       iommu_group=7, reset_method=reset_method)
-    facts = HostFacts(True, functions={nic.address: nic}, groups={7: (nic.address,)})
+    facts = HostFacts(iommu_enabled=True, functions={nic.address: nic}, groups={7: (nic.address,)})
     verdict = pci_verdict(nic.address, facts)
     assert (not verdict.ok) is blocked
     if blocked:

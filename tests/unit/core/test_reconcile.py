@@ -15,28 +15,20 @@ from phyllod.core.model import (
     State,
     Subsystem,
 )
-from phyllod.core.reconcile import (
-    BACKOFF,
-    Attach,
-    Detach,
-    Operation,
-    OpKind,
-    World,
-    reconcile,
-    record_failure,
-)
+from phyllod.core.plan import BACKOFF, Attach, Detach, Operation, OpKind, World, record_failure
+from phyllod.core.reconcile import reconcile
 
 KBD_TO_WORK = policy('[[rule]]\nname="kbd"\nmatch={vendor="0627"}\nguest="work"\n')
 
 
 def world(devices=(), guests=(), **kw) -> World:
-    return World({d.id: d for d in devices}, {g.name: g for g in guests}, **kw)
+    return World(devices={d.id: d for d in devices}, guests={g.name: g for g in guests}, **kw)
 
 
 def test_attach_when_guest_runs():
     d = usb()
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work")]))
-    assert plan.steps == (Attach(d.slot, d, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="kbd"),)
     a = plan.assignments[d.id]
     assert (a.state, a.guest, a.rule) == (State.ATTACHING, "work", "kbd")
 
@@ -64,14 +56,16 @@ def test_target_by_uuid():
     g = guest("work", uuid="8f1b2a6e-0d8e-4a57-9a1c-7f4bd1f0c2aa")
     p = policy('[[rule]]\nname="k"\nmatch={port="1-2"}\n'
                'guest="8F1B2A6E-0D8E-4A57-9A1C-7F4BD1F0C2AA"\n')
-    assert reconcile(p, world([d], [g])).steps == (Attach(d.slot, d, "work", "k"),)
+    assert reconcile(p, world([d], [g])).steps == (Attach(slot=d.slot, device=d, guest="work",
+                                                          rule="k"),)
 
 
 def test_unplugged_device_leaves_its_guest():
     d = usb()
     g = guest("work", hostdevs=(held(d),))
     plan = reconcile(KBD_TO_WORK, world([], [g]))
-    assert plan.steps == (Detach(d.slot, "work", held(d), "the device is gone"),)
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=held(d),
+                                 why="the device is gone"),)
 
 
 def test_hostdevs_placed_by_hand_are_never_touched_when_stale():
@@ -84,11 +78,12 @@ def test_replug_removes_the_old_enumeration_first_then_attaches():
     old, new = usb(devnum=5), usb(devnum=9)
     g = guest("work", hostdevs=(held(old),))
     plan = reconcile(KBD_TO_WORK, world([new], [g]))
-    assert plan.steps == (Detach(old.slot, "work", held(old), "it came back with a new "
+    assert plan.steps == (Detach(slot=old.slot, guest="work", hostdev=held(old),
+                                 why="it came back with a new "
                                    "device number; removing the old one"),)
     assert plan.assignments[new.id].state is State.PENDING
     plan = reconcile(KBD_TO_WORK, world([new], [guest("work")]))
-    assert plan.steps == (Attach(new.slot, new, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=new.slot, device=new, guest="work", rule="kbd"),)
 
 
 def test_recycled_device_number_in_another_port_is_not_adopted():
@@ -96,15 +91,16 @@ def test_recycled_device_number_in_another_port_is_not_adopted():
     other = usb(port="1-3", devnum=5)
     g = guest("work", hostdevs=(held(old),))
     plan = reconcile(KBD_TO_WORK, world([other], [g]))
-    assert plan.steps == (Attach(other.slot, other, "work", "kbd"),
-                            Detach(old.slot, "work", held(old), "the device is gone"))
+    assert plan.steps == (Attach(slot=other.slot, device=other, guest="work", rule="kbd"),
+                            Detach(slot=old.slot, guest="work", hostdev=held(old),
+                                   why="the device is gone"))
 
 
 def test_two_identical_devices_only_the_ruled_port_moves():
     left, right = usb(port="1-2", devnum=3), usb(port="1-3", devnum=4)
     p = policy('[[rule]]\nname="left"\nmatch={vendor="0627", port="1-2"}\nguest="work"\n')
     plan = reconcile(p, world([left, right], [guest("work")]))
-    assert plan.steps == (Attach(left.slot, left, "work", "left"),)
+    assert plan.steps == (Attach(slot=left.slot, device=left, guest="work", rule="left"),)
     assert plan.assignments[right.id].state is State.HOST
 
 
@@ -124,7 +120,8 @@ def test_deny_wins_even_over_a_hand_placed_hostdev():
     p = policy('[[rule]]\nname="no"\nmatch={vendor="0627"}\naction="deny"\n')
     h = held(d, owned=False)
     plan = reconcile(p, world([d], [guest("work", hostdevs=(h,))]))
-    assert plan.steps == (Detach(d.slot, "work", h, "denied by rule 'no'", d.id),)
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=h, why="denied by rule 'no'",
+                                 device_id=d.id),)
     plan = reconcile(p, world([d], [guest("work")]))
     assert plan.steps == () and plan.assignments[d.id].state is State.DENIED
 
@@ -133,7 +130,8 @@ def test_rule_removed_sends_phyllods_devices_home_but_not_hand_placed_ones():
     d = usb()
     empty = policy("")
     plan = reconcile(empty, world([d], [guest("work", hostdevs=(held(d),))]))
-    assert plan.steps == (Detach(d.slot, "work", held(d), "no rule matches it any more", d.id),)
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=held(d),
+                                 why="no rule matches it any more", device_id=d.id),)
     plan = reconcile(empty, world([d], [guest("work", hostdevs=(held(d, owned=False),))]))
     assert plan.steps == ()
     assert plan.assignments[d.id].reason == "attached outside phyllod; no rule matches it"
@@ -181,7 +179,7 @@ def test_failures_back_off_then_give_up():
     assert plan.assignments[d.id].state is State.FAILED
     assert "attempt 1" in plan.assignments[d.id].reason
     plan = reconcile(KBD_TO_WORK, replace(w, now=BACKOFF[0]))
-    assert plan.steps == (Attach(d.slot, d, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="kbd"),)
     plan = reconcile(KBD_TO_WORK, replace(w, failures={d.slot: f}, now=1e9))
     assert plan.steps == () and plan.wake_at is None
     assert "gave up" in plan.assignments[d.id].reason
@@ -191,12 +189,12 @@ def test_failure_for_another_guest_does_not_hold_back():
     d = usb()
     f = record_failure(None, OpKind.ATTACH, "play", "e", now=0.0)
     plan = reconcile(KBD_TO_WORK, world([d], [guest("work")], failures={d.slot: f}))
-    assert plan.steps == (Attach(d.slot, d, "work", "kbd"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule="kbd"),)
 
 
 def test_libvirt_unreachable_changes_nothing():
     d = usb()
-    plan = reconcile(KBD_TO_WORK, World({d.id: d}, None))
+    plan = reconcile(KBD_TO_WORK, World(devices={d.id: d}, guests=None))
     assert plan.steps == ()
     assert plan.assignments[d.id].reason == "libvirt is not connected"
 
@@ -212,8 +210,8 @@ def apply(guests: dict[str, Guest], actions) -> dict[str, Guest]:
     guests = dict(guests)
     for a in actions:
         if isinstance(a, Attach):
-            h = Hostdev(a.device.alias, a.device.vendor, a.device.product,
-                           a.device.busnum, a.device.devnum)
+            h = Hostdev(alias=a.device.alias, vendor=a.device.vendor, product=a.device.product,
+                           bus=a.device.busnum, device=a.device.devnum)
             g = guests[a.guest]
             guests[a.guest] = replace(g, hostdevs=(*g.hostdevs, h))
         else:
@@ -337,7 +335,7 @@ def attach_to(name: str) -> dict:
 def test_manual_attach_without_rule():
     d = usb()
     plan = reconcile(policy(""), world([d], [guest("work")], overrides=attach_to("work")))
-    assert plan.steps == (Attach(d.slot, d, "work", ""),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="work", rule=""),)
     a = plan.assignments[d.id]
     assert (a.state, a.guest, a.rule) == (State.ATTACHING, "work", "")
     assert a.reason == "attaching to 'work' by a manual override; no rule matches it"
@@ -356,7 +354,7 @@ def test_manual_attach_wins_over_a_rule_and_says_so():
     # Once out of work, it goes to play, and stays there at the next reconcile.
     plan = reconcile(KBD_TO_WORK, replace(w, guests={"work": guest("work"),
                                                     "play": guest("play")}))
-    assert plan.steps == (Attach(d.slot, d, "play", ""),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="play", rule=""),)
     settled = world([d], [guest("work"), guest("play", hostdevs=(held(d),))],
                     overrides=attach_to("play"))
     assert reconcile(KBD_TO_WORK, settled).steps == ()
@@ -394,14 +392,14 @@ def test_override_follows_a_serial_to_another_port():
     assert before.identity == after.identity != before.id
     overrides = {before.identity: Override(OverrideKind.ATTACH, "work")}
     plan = reconcile(policy(""), world([after], [guest("work")], overrides=overrides))
-    assert plan.steps == (Attach(after.slot, after, "work", ""),)
+    assert plan.steps == (Attach(slot=after.slot, device=after, guest="work", rule=""),)
     # Without a serial, only the port identifies it.
     assert usb("1-2").identity == "usb:1-2"
 
 
 def test_override_while_libvirt_is_away():
     d = usb()
-    w = World({d.id: d}, None, overrides=attach_to("work"))
+    w = World(devices={d.id: d}, guests=None, overrides=attach_to("work"))
     a = reconcile(policy(""), w).assignments[d.id]
     assert (a.state, a.guest) == (State.PENDING, "work")
 
@@ -418,7 +416,7 @@ def pci_world(devices, facts, guests=(), **kw) -> World:
 def test_pci_alone_in_its_group_is_attached_managed():
     d = pci()
     plan = reconcile(WIFI_TO_ROUTER, pci_world([d], host(d, bridges={"0000:00:1c.0": 5})))
-    assert plan.steps == (Attach(d.slot, d, "router", "wifi"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="router", rule="wifi"),)
     assert plan.assignments[d.id].state is State.ATTACHING
 
 
@@ -443,15 +441,16 @@ def test_pci_group_moves_together_one_attach_at_a_time():
     audio = pci("0000:01:00.1", "10de", "10f0", "040300", group=1, driver="snd_hda_intel")
     both = policy('[[rule]]\nname="gpu"\nmatch={vendor="10de"}\nguest="router"\n')
     plan = reconcile(both, pci_world([gpu, audio], host(gpu, audio)))
-    assert plan.steps == (Attach(gpu.slot, gpu, "router", "gpu", ("0000:01:00.1",)),)
+    assert plan.steps == (Attach(slot=gpu.slot, device=gpu, guest="router", rule="gpu",
+                                 prepare=("0000:01:00.1",)),)
     assert plan.assignments[audio.id].state is State.PENDING
     assert plan.assignments[audio.id].reason == "waiting for the rest of IOMMU group 1"
     # The GPU is in; its audio function now sits on vfio-pci: attached without preparing.
-    g = guest("router", hostdevs=(Hostdev(gpu.alias, subsystem=Subsystem.PCI,
+    g = guest("router", hostdevs=(Hostdev(alias=gpu.alias, subsystem=Subsystem.PCI,
                                           address=gpu.address),))
     facts = host(gpu, audio, drivers={gpu.address: "vfio-pci", audio.address: "vfio-pci"})
     plan = reconcile(both, pci_world([gpu, audio], facts, [g]))
-    assert plan.steps == (Attach(audio.slot, audio, "router", "gpu"),)
+    assert plan.steps == (Attach(slot=audio.slot, device=audio, guest="router", rule="gpu"),)
     assert plan.assignments[gpu.id].state is State.ATTACHED
 
 
@@ -463,7 +462,7 @@ def test_pci_risks_block_unless_the_rule_accepts_them_by_name():
     accepting = policy('[[rule]]\nname="wifi"\nmatch={class="0280"}\nguest="router"\n'
                        'allow_risks=["acs-override"]\n')
     plan = reconcile(accepting, pci_world([d], facts))
-    assert plan.steps == (Attach(d.slot, d, "router", "wifi"),)
+    assert plan.steps == (Attach(slot=d.slot, device=d, guest="router", rule="wifi"),)
     assert "security warning" in plan.assignments[d.id].reason
     # A manual attach cannot accept a risk: only a rule names one.
     manual = {d.identity: Override(OverrideKind.ATTACH, "router")}
@@ -473,12 +472,12 @@ def test_pci_risks_block_unless_the_rule_accepts_them_by_name():
 
 def test_pci_hostdev_is_recognised_by_address_and_removed_when_the_device_goes():
     d = pci()
-    h = Hostdev(d.alias, subsystem=Subsystem.PCI, address=d.address)
+    h = Hostdev(alias=d.alias, subsystem=Subsystem.PCI, address=d.address)
     facts = host(d, drivers={d.address: "vfio-pci"})
     plan = reconcile(WIFI_TO_ROUTER, pci_world([d], facts, [guest("router", hostdevs=(h,))]))
     assert plan.steps == () and plan.assignments[d.id].state is State.ATTACHED
     plan = reconcile(WIFI_TO_ROUTER, pci_world([], host(), [guest("router", hostdevs=(h,))]))
-    assert plan.steps == (Detach(d.slot, "router", h, "the device is gone"),)
+    assert plan.steps == (Detach(slot=d.slot, guest="router", hostdev=h, why="the device is gone"),)
 
 
 def test_pci_unsafe_is_denied_even_while_the_guest_is_off():

@@ -173,17 +173,17 @@ def test_a_third_twin_keeps_the_choice_with_the_first():
 ])
 def test_explain_says_what_identifies_the_device(present, line):
     d = _present(*present)["usb:1-2"]
-    text = explain(d, Assignment(d.id, State.HOST, reason="no rule matches"), None)
+    text = explain(d, Assignment(device_id=d.id, state=State.HOST, reason="no rule matches"), None)
     assert line in text.splitlines()
 
 
 def test_explain_and_describe_use_the_hardware_database_names():
     nic = replace(pci(), vendor_db="Intel Corporation", model_db="Wi-Fi 6 AX200")
     assert nic.describe() == "pci:0000:03:00.0 (8086:2723 Intel Corporation Wi-Fi 6 AX200)"
-    text = explain(nic, Assignment(nic.id, State.HOST), None).splitlines()
+    text = explain(nic, Assignment(device_id=nic.id, state=State.HOST), None).splitlines()
     assert text[1] == "identity: pci:0000:03:00.0 (its PCI address)"
     own = replace(usb(), manufacturer="Logitech", product_name="USB Receiver",
                   vendor_db="Logitech, Inc.", model_db="Unifying Receiver")
     assert own.describe() == "usb:1-2 (0627:0001 Logitech USB Receiver)"
     assert "hardware database: Logitech, Inc. Unifying Receiver" in explain(
-        own, Assignment(own.id, State.HOST), None).splitlines()
+        own, Assignment(device_id=own.id, state=State.HOST), None).splitlines()

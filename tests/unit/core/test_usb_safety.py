@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from phyllod.core.model import Device, HostFacts, Subsystem
-from phyllod.core.safety.pci import Risk
 from phyllod.core.safety.usb import usb_verdict
+from phyllod.core.safety.verdict import Risk
 
 USB1 = "/sys/devices/pci0000:00/0000:00:14.0/usb1"
 HUB = f"{USB1}/1-1"
@@ -24,7 +24,7 @@ STICK_SDA1 = f"{STICK}/1-1.3:1.0/host6/target6:0:0/6:0:0:0/block/sda/sda1"
 
 
 def usb(path: str, hub: bool = False) -> Device:
-    return Device(Subsystem.USB, path, port=path.rsplit("/", 1)[1],
+    return Device(subsystem=Subsystem.USB, sys_path=path, port=path.rsplit("/", 1)[1],
                   device_class="09" if hub else "00")
 
 

@@ -17,18 +17,11 @@ import pytest
 from factories import usb
 from hangs import within
 
-from phyllod.core import policy as policy_module
-from phyllod.core.policy import (
-    MAX_MESSAGE,
-    MAX_PROBLEMS,
-    Policy,
-    PolicyError,
-    Problem,
-    load_policy,
-    load_policy_dir,
-    parse_policy_text,
-    policy_files,
-)
+from phyllod.core.policy import Policy
+from phyllod.core.policy_parser import parse_policy_text
+from phyllod.core.policy_problems import MAX_MESSAGE, MAX_PROBLEMS, PolicyError, Problem
+from phyllod.host import policy_files as policy_module
+from phyllod.host.policy_files import load_policy, load_policy_dir, policy_files
 
 ATTACH = '[[rule]]\nname = "keyboard to work"\nmatch = { vendor = "0627" }\nguest = "work"\n'
 DENY = '[[rule]]\nname = "never the keyboard"\nmatch = { vendor = "0627" }\naction = "deny"\n'

@@ -8,18 +8,20 @@ import pytest
 from factories import usb
 
 from phyllod.core.model import Ask, AskOutcome, Assignment, State
-from phyllod.core.reconcile import Plan, Question
+from phyllod.core.plan import Plan, Question
 from phyllod.service.asks import Asks, withdrawal
 
 D = usb(vendor="1050")
-ASKING = Assignment(D.id, State.ASKING, reason="waiting for an answer")
+ASKING = Assignment(device_id=D.id, state=State.ASKING, reason="waiting for an answer")
 
 
 @pytest.mark.parametrize(("assignment", "why"), [
     (ASKING, None),
     (None, "the device is gone"),
-    (Assignment(D.id, State.DENIED, reason="denied by rule 'no'"), "denied by rule 'no'"),
-    (Assignment(D.id, State.ATTACHED, "work", reason="by override"), "by override"),
+    (Assignment(device_id=D.id, state=State.DENIED, reason="denied by rule 'no'"),
+     "denied by rule 'no'"),
+    (Assignment(device_id=D.id, state=State.ATTACHED, guest="work", reason="by override"),
+     "by override"),
 ])
 def test_withdrawal(assignment, why) -> None:
     assert withdrawal(assignment) == why
@@ -46,7 +48,7 @@ async def test_a_request_is_withdrawn_by_an_unplug() -> None:
 
 @pytest.mark.parametrize(("assignment", "open_after"), [
     (ASKING, True),
-    (Assignment(D.id, State.DENIED, reason="denied"), False),  # a reload denied it
+    (Assignment(device_id=D.id, state=State.DENIED, reason="denied"), False),  # a reload denied it
     (None, False),  # the device left the plan
 ])
 async def test_a_request_is_withdrawn_when_no_longer_asked_for(assignment, open_after) -> None:

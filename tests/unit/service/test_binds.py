@@ -14,7 +14,7 @@ from phyllod.service.binds import HostBinds, after_grace
 KBD = usb()
 WORK = guest("work", hostdevs=(held(KBD),))
 RUN = run_of(WORK)
-BIND = HostBind(RUN, "work", KBD.alias, "usbhid")
+BIND = HostBind(run=RUN, guest="work", alias=KBD.alias, driver="usbhid")
 
 
 @pytest.mark.parametrize(("guest_now", "ending", "present", "kept"), [
@@ -41,7 +41,7 @@ class Rig:
         self.ending = ending
         self.binds = HostBinds(
             release_grace=0.01, guests=lambda: self.guests,
-            assignment=lambda i: Assignment(i, State.ATTACHED, "work"),
+            assignment=lambda i: Assignment(device_id=i, state=State.ATTACHED, guest="work"),
             inflight=lambda: set(), ending=lambda: self.ending,
             on_slot=lambda slot: KBD if slot == KBD.slot else None,
             refresh_guest=self.refresh, spawn=lambda c: asyncio.ensure_future(c),

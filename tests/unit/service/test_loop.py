@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from phyllod.core.model import HostFacts
-from phyllod.core.reconcile import Plan, World
+from phyllod.core.plan import Plan, World
 from phyllod.service.loop import Loop
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from factories import guest, held, policy, usb
 
-from phyllod.core.model import Assignment, GuestState, State
+from phyllod.core.model import Assignment, GuestState, Override, OverrideKind, State
 from phyllod.service.guests import reconnect_delays
 from phyllod.service.operations import deny_rule_refusal, settled
 from phyllod.service.publish import changed, status_line
 from phyllod.service.steps import still_held
 
 D = usb()
-HOST = Assignment(D.id, State.HOST)
-ATTACHING = Assignment(D.id, State.ATTACHING, "work")
+HOST = Assignment(device_id=D.id, state=State.HOST)
+ATTACHING = Assignment(device_id=D.id, state=State.ATTACHING, guest="work")
 
 
 @pytest.mark.parametrize(("a", "in_flight", "kicked", "turned", "done"), [
@@ -30,9 +30,10 @@ def test_settled(a, in_flight, kicked, turned, done) -> None:
 def test_a_deny_rule_refuses_a_manual_attach() -> None:
     deny = policy('[[rule]]\nname = "no"\nmatch = { vendor = "0627" }\naction = "deny"\n')
     allow = policy('[[rule]]\nname = "k"\nmatch = { vendor = "0627" }\nguest = "work"\n')
-    assert deny_rule_refusal(deny, D) == f"{D.id} is denied by rule 'no' (test.toml:1)"
-    assert deny_rule_refusal(allow, D) is None
-    assert deny_rule_refusal(policy(""), D) is None
+    to_work = Override(OverrideKind.ATTACH, "work")
+    assert deny_rule_refusal(deny, D, to_work) == f"{D.id} is denied by rule 'no' (test.toml:1)"
+    assert deny_rule_refusal(allow, D, to_work) is None
+    assert deny_rule_refusal(policy(""), D, to_work) is None
 
 
 @pytest.mark.parametrize(("assignments", "away", "broken", "line"), [
@@ -46,7 +47,7 @@ def test_status_line(assignments, away, broken, line) -> None:
 
 
 def test_changed_leaves_out_transitions_and_what_did_not_change() -> None:
-    attached = Assignment(D.id, State.ATTACHED, "work")
+    attached = Assignment(device_id=D.id, state=State.ATTACHED, guest="work")
     assert changed({}, {D.id: HOST}) == [HOST]
     assert changed({D.id: HOST}, {D.id: HOST}) == []
     assert changed({D.id: HOST}, {D.id: ATTACHING}) == []

@@ -8,20 +8,22 @@ import pytest
 from factories import held, usb
 
 from phyllod.core.model import Assignment, State
-from phyllod.core.reconcile import Attach, Detach, Plan
+from phyllod.core.plan import Attach, Detach, Plan
 from phyllod.service.sleep import HostSleep, still_leaving
 
 D = usb()
-DETACH = Detach(D.slot, "work", held(D), "the host is going to sleep", D.id)
-SLEEPING = {D.id: Assignment(D.id, State.SLEEPING)}
-DETACHING = {D.id: Assignment(D.id, State.DETACHING, "work")}
+DETACH = Detach(slot=D.slot, guest="work", hostdev=held(D), why="the host is going to sleep",
+                device_id=D.id)
+SLEEPING = {D.id: Assignment(device_id=D.id, state=State.SLEEPING)}
+DETACHING = {D.id: Assignment(device_id=D.id, state=State.DETACHING, guest="work")}
 
 
 @pytest.mark.parametrize(("plan", "leaving"), [
     (Plan(assignments=SLEEPING, steps=()), False),
     (Plan(assignments=SLEEPING, steps=(DETACH,)), True),
     (Plan(assignments=DETACHING, steps=()), True),
-    (Plan(assignments=SLEEPING, steps=(Attach(D.slot, D, "work", "k"),)), False),
+    (Plan(assignments=SLEEPING, steps=(Attach(slot=D.slot, device=D, guest="work", rule="k"),)),
+     False),
 ])
 def test_still_leaving(plan, leaving) -> None:
     assert still_leaving(plan) is leaving
