@@ -237,7 +237,7 @@ def test_missing_sysfs_gives_nothing(tmp_path):
 
 @pytest.mark.parametrize("ps2", [True, False])
 def test_verdicts_over_read_facts(tb, ps2):
-    """usb_safety and pci_safety over what was read: the stick holds a mount; the
+    """core/safety (usb, pci) over what was read: the stick holds a mount; the
     keyboard itself, its hub and the controller block only when they carry the
     host's only keyboard (the host loses the same whichever of them leaves)."""
     desk(tb, ps2=ps2)
