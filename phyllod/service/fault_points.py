@@ -46,7 +46,7 @@ async def _hold(point: str) -> None:
 
 
 async def point(name: str) -> None:
-    """A seam between two moves of the work (e.g. after a libvirt call returned): hold here if armed."""
+    """A seam between two moves of the work (a libvirt call returned...): hold if armed."""
     if _armed(name):
         await _hold(name)
 

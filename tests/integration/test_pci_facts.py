@@ -1,4 +1,4 @@
-"""Host facts read from a umockdev sysfs, then weighed: host/sysfs.py and core/safety/pci.py end to end.
+"""Host facts read from a umockdev sysfs, then weighed: host/sysfs and core/safety/pci.
 
 The reader is pointed at /sys itself: umockdev-wrapper redirects it (and
 os.readlink, which the symlink attributes need) into the testbed.
