@@ -8,7 +8,6 @@ a deny) closes it. When a request is withdrawn is :func:`withdrawal`, pure.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 
@@ -16,6 +15,7 @@ from phyllod.core.model import Ask, AskOutcome, Assignment, Device, Request, Sta
 from phyllod.core.plan import Plan, Question
 from phyllod.host.systemd_glue import MessageId
 from phyllod.service.journal import fields, log
+from phyllod.service.timers import Timers
 
 
 def withdrawal(assignment: Assignment | None) -> str | None:
@@ -37,7 +37,7 @@ class Asks:
         self.standing: dict[str, Ask] = {}
         self.newly_plugged: set[str] = set()
         self.requests: dict[int, Request] = {}
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._deadlines: Timers[int] = Timers()
         self._next_number = 1
 
     def new_plug(self, device_id: str) -> None:
@@ -80,13 +80,10 @@ class Asks:
 
     def close(self, number: int) -> None:
         self.requests.pop(number, None)
-        timer = self._timers.pop(number, None)
-        if timer is not None:
-            timer.cancel()
+        self._deadlines.stop(number)
 
     def cancel(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
+        self._deadlines.stop_all()
 
     def _open(self, q: Question, d: Device, timeout: int) -> None:
         if not q.candidates:
@@ -100,8 +97,7 @@ class Asks:
         self.requests[number] = Request(
             number=number, device_id=d.id, description=d.describe(),
             candidates=q.candidates, deadline_usec=deadline, rule=q.rule)
-        self._timers[number] = asyncio.get_running_loop().call_later(
-            timeout, self._expire, number)
+        self._deadlines.start(number, timeout, self._expire, number)
         self.standing[d.id] = Ask(AskOutcome.PENDING, candidates=q.candidates)
         log.info("request %d: where does %s go? (%s or the host; %ds to answer)", number,
                  d.describe(), ", ".join(q.candidates), timeout,

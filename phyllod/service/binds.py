@@ -10,7 +10,6 @@ This part keeps the marks and their timers; the judging is
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Set
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from phyllod.core.guest_runs import BindVerdict, HostBind, Run, holds_on, host_bind, judge_bind
 from phyllod.core.model import Assignment, Device, Guest
 from phyllod.service.journal import fields, log
+from phyllod.service.timers import Timers
 
 
 def after_grace(bind: HostBind, guest: Guest | None, ending: Set[Run],
@@ -52,7 +52,7 @@ class HostBinds:
         self._spawn = spawn
         self._changed = changed
         self.marks: dict[str, HostBind] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._graces: Timers[str] = Timers()
 
     def host_bound(self, d: Device, driver: str) -> None:
         """A host driver bound ``d``: if phyllod placed it in a running guest, watch it."""
@@ -69,8 +69,7 @@ class HostBinds:
             return
         self.unwatch(d.slot)
         self.marks[d.slot] = bind
-        self._timers[d.slot] = asyncio.get_running_loop().call_later(
-            self._release_grace, self._grace_over, d.slot, bind)
+        self._graces.start(d.slot, self._release_grace, self._grace_over, d.slot, bind)
         log.info("%s: the host's %s bound it while in '%s'; watching %.1fs whether '%s' "
                  "is letting go of it", d.describe(), driver, bind.guest,
                  self._release_grace, bind.guest, **where)
@@ -96,16 +95,12 @@ class HostBinds:
 
     def unwatch(self, slot: str) -> None:
         self.marks.pop(slot, None)
-        timer = self._timers.pop(slot, None)
-        if timer is not None:
-            timer.cancel()
+        self._graces.stop(slot)
 
     def cancel(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
+        self._graces.stop_all()
 
     def _grace_over(self, slot: str, bind: HostBind) -> None:
-        self._timers.pop(slot, None)
         self._spawn(self._judge(slot, bind))
 
     async def _judge(self, slot: str, bind: HostBind) -> None:

@@ -20,6 +20,7 @@ from phyllod.core.serial_trust import with_identities
 from phyllod.host.systemd_glue import MessageId
 from phyllod.host.udev_source import DeviceGone, DeviceSeen, DevicesRescanned, UdevEvent
 from phyllod.service.journal import fields, log
+from phyllod.service.timers import Timers
 
 
 class PlugChange(StrEnum):
@@ -79,7 +80,7 @@ class Plugs:
         self.judged: dict[str, Device] = {}
         #: Vanished devices (by id, still in ``devices``) → when phyllod stops waiting.
         self.vanished: dict[str, float] = {}
-        self._vanish_timers: dict[str, asyncio.TimerHandle] = {}
+        self._windows: Timers[str] = Timers()
 
     def present_at_start(self, devices: Iterable[Device]) -> None:
         """The coldplug: "present at start", as opposed to plugged in (USBGuard's words)."""
@@ -104,8 +105,7 @@ class Plugs:
         return next((d for d in self.devices.values() if d.slot == slot), None)
 
     def cancel(self) -> None:
-        for timer in self._vanish_timers.values():
-            timer.cancel()
+        self._windows.stop_all()
 
     def _rescanned(self, devices: Iterable[Device]) -> None:
         """udev's monitor overflowed and the present set was listed again."""
@@ -134,15 +134,13 @@ class Plugs:
             return
         loop = asyncio.get_running_loop()
         self.vanished[device_id] = loop.time() + wait
-        self._vanish_timers[device_id] = loop.call_later(wait, self._gone, device_id)
+        self._windows.start(device_id, wait, self._gone, device_id)
         log.info("%s vanished; waiting %.1fs for it to return", d.describe(), wait,
                  **fields(device=d.id))
 
     def _stop_waiting(self, device_id: str) -> None:
         self.vanished.pop(device_id, None)
-        timer = self._vanish_timers.pop(device_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._windows.stop(device_id)
 
     def _gone(self, device_id: str) -> None:
         """The device did not return in time (or has no window): it is unplugged."""

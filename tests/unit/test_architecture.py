@@ -56,8 +56,10 @@ HOST_SHARED = frozenset({"phyllod.host.safe_read"})
 #: only the first may import it.
 HOST_ADAPTER_PARTS = {"phyllod.host.sysfs_acs": "phyllod.host.sysfs"}
 #: What service/ parts share that is no part (no state, no decisions): the
-#: fault-injection seams and the journal fields of the daemon's log records.
-SERVICE_SHARED = frozenset({"phyllod.service.fault_points", "phyllod.service.journal"})
+#: fault-injection seams, the journal fields of the daemon's log records, and
+#: one-shot timers by key.
+SERVICE_SHARED = frozenset({"phyllod.service.fault_points", "phyllod.service.journal",
+                            "phyllod.service.timers"})
 SERVICE_ROOT = "phyllod.service.root"
 CONTRACT = "phyllod.contract"
 FOLDERS = ("core", "host", "bus", "service", "ctl", "applet")
