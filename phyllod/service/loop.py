@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Callable, Iterable
 
 from phyllod.core.model import HostFacts
-from phyllod.core.plan import Attach, Detach, Plan, World
+from phyllod.core.plan import Plan, Step, World
 from phyllod.core.policy import Policy
 from phyllod.core.reconcile import reconcile
 
@@ -29,7 +29,7 @@ class Loop:
                  policy: Callable[[], Policy | None],
                  world: Callable[[float, HostFacts], World],
                  after: Callable[[Plan], None],
-                 start_steps: Callable[[Iterable[Attach | Detach]], None],
+                 start_steps: Callable[[Iterable[Step]], None],
                  stopping: Callable[[], bool]) -> None:
         self._read = read_facts
         self._policy = policy

@@ -18,14 +18,13 @@ from typing import Any, Protocol, TypeVar
 from phyllod.core.guest_runs import Run, run_of
 from phyllod.core.hostdev_xml import hostdev_xml
 from phyllod.core.model import Device, Guest, Hostdev, State, Subsystem
-from phyllod.core.plan import Attach, Detach, Failure, Operation, OpKind, record_failure
+from phyllod.core.plan import Attach, Detach, Failure, Operation, OpKind, Step, record_failure
 from phyllod.host.libvirt_client import LibvirtClient, LibvirtError
 from phyllod.host.systemd_glue import MessageId
 from phyllod.host.usb_reset import UsbResetError, reset_usb_device
 from phyllod.service.journal import fields, log
 
 T = TypeVar("T")
-Step = Attach | Detach
 
 
 class FaultPoints(Protocol):
