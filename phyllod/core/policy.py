@@ -9,9 +9,10 @@ and reading the drop-in directory :mod:`phyllod.host.policy_files`'.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 
 from phyllod.core.model import Device, Subsystem
 
@@ -110,8 +111,14 @@ class Match:
 
 
 def _any_interface(prefixes: tuple[str, ...], device: Device) -> bool:
-    """Whether one of ``device``'s interface triplets begins with one of ``prefixes``."""
-    return any(c.startswith(prefixes) for c in device.interface_classes)
+    """Whether one of ``device``'s interface triplets begins with one of ``prefixes``.
+
+    A loop, not ``any()`` over a generator, which costs more than the test itself.
+    """
+    for c in device.interface_classes:  # noqa: SIM110  (see above)
+        if c.startswith(prefixes):
+            return True
+    return False
 
 
 def is_below(port: str, top: str) -> bool:
@@ -177,9 +184,10 @@ class Settings:
 # position that matches wins. A key is a necessary condition only, never the
 # verdict, so a match word the index does not know is simply not filed under.
 
-#: The keys a device looks up in one filing, given the lengths of the keys filed
-#: there (what a prefix filing cuts the device's values to).
-_DeviceKeys = Callable[[Device, Collection[int]], Iterable[Hashable]]
+#: The keys a device looks up in a filing whose keys are many (its ports, the
+#: prefixes of its interfaces), given the lengths of the keys filed there, ascending
+#: (what a prefix filing cuts the device's values to).
+_DeviceKeys = Callable[[Device, tuple[int, ...]], Iterable[Hashable]]
 
 
 def _given(value: str) -> tuple[str, ...]:
@@ -187,67 +195,72 @@ def _given(value: str) -> tuple[str, ...]:
     return (value,) if value else ()
 
 
-def _ports(device: Device, _lengths: Collection[int]) -> tuple[str, ...]:
+def _ports(device: Device, _lengths: tuple[int, ...]) -> tuple[str, ...]:
     """The device's port and its peers: ``port`` holds for one of them (USB only,
     which Match.matches checks)."""
     return (device.port, *device.peer_ports)
 
 
-def _port_tops(device: Device, lengths: Collection[int]) -> Iterable[str]:
+def _port_tops(device: Device, lengths: tuple[int, ...]) -> list[str]:
     """Every port a ``port_below`` rule the device is behind can name: each of its
     ports and the hub ports above them (``1-2.3.1``, ``1-2.3``, ``1-2``), cut to the
     longest the rules name, so a hostile port string costs no more than the policy's."""
-    most = max(lengths)
+    most = lengths[-1]
+    tops = []
     for port in (device.port, *device.peer_ports):
         dot = port.find(".", 0, most + 1)
         while dot != -1:
-            yield port[:dot]
+            tops.append(port[:dot])
             dot = port.find(".", dot + 1, most + 1)
         if len(port) <= most:
-            yield port
+            tops.append(port)
+    return tops
 
 
-def _interface_prefixes(device: Device, lengths: Collection[int]) -> set[str]:
+def _interface_prefixes(device: Device, lengths: tuple[int, ...]) -> set[str]:
     """The prefixes of the device's interface triplets an ``interface_class`` rule can give."""
     return {c[:n] for c in device.interface_classes for n in lengths if n <= len(c)}
 
 
-def _class_prefixes(device: Device, lengths: Collection[int]) -> set[str]:
+def _class_prefixes(device: Device, lengths: tuple[int, ...]) -> set[str]:
     """The prefixes of the device class a ``class`` rule can give."""
     dc = device.device_class
     return {dc[:n] for n in lengths if n <= len(dc)}
 
 
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """One kind of condition a rule can be filed under: the rule's keys, and the
+    device's one key (``key``, read in C by an attrgetter) or its many (``keys``)."""
+
+    rule_keys: Callable[[Match], tuple[Hashable, ...]]
+    key: Callable[[Device], Hashable] | None = None
+    keys: _DeviceKeys | None = None
+
+
 #: What a rule can be filed under, most selective first (a rule goes under the first
-#: its match gives): the rule's keys, and the keys a device looks up. A prefix key
-#: (``interface_class``, ``class``) is looked up by cutting the device's value to each
-#: length filed; ``port_below`` by each port above the device's; an interface list
-#: goes under each of its prefixes. ``not_interface_class`` rules out, so it files
-#: nothing.
-_FILINGS: tuple[tuple[Callable[[Match], tuple[Hashable, ...]], _DeviceKeys], ...] = (
-    (lambda m: _given(m.address), lambda d, _: (d.address,)),
-    (lambda m: _given(m.serial), lambda d, _: (d.serial,)),
-    (lambda m: ((m.vendor, m.product),) if m.vendor and m.product else (),
-     lambda d, _: ((d.vendor, d.product),)),
-    (lambda m: _given(m.port), _ports),
-    (lambda m: _given(m.product_name), lambda d, _: (d.product_name,)),
-    (lambda m: _given(m.vendor), lambda d, _: (d.vendor,)),
-    (lambda m: _given(m.manufacturer), lambda d, _: (d.manufacturer,)),
-    (lambda m: _given(m.product), lambda d, _: (d.product,)),
-    (lambda m: _given(m.port_below), _port_tops),
-    (lambda m: m.interface_class, _interface_prefixes),
-    (lambda m: _given(m.device_class), _class_prefixes),
-    (lambda m: _given(m.subsystem), lambda d, _: (d.subsystem,)),
+#: its match gives). A prefix key (``interface_class``, ``class``) is looked up by
+#: cutting the device's value to each length filed, ``port_below`` by each port above
+#: the device's; an interface list goes under each of its prefixes.
+#: ``not_interface_class`` rules out, so it files nothing.
+_KINDS = (
+    _Kind(lambda m: _given(m.address), key=attrgetter("address")),
+    _Kind(lambda m: _given(m.serial), key=attrgetter("serial")),
+    _Kind(lambda m: ((m.vendor, m.product),) if m.vendor and m.product else (),
+          key=attrgetter("vendor", "product")),
+    _Kind(lambda m: _given(m.port), keys=_ports),
+    _Kind(lambda m: _given(m.product_name), key=attrgetter("product_name")),
+    _Kind(lambda m: _given(m.vendor), key=attrgetter("vendor")),
+    _Kind(lambda m: _given(m.manufacturer), key=attrgetter("manufacturer")),
+    _Kind(lambda m: _given(m.product), key=attrgetter("product")),
+    _Kind(lambda m: _given(m.port_below), keys=_port_tops),
+    _Kind(lambda m: m.interface_class, keys=_interface_prefixes),
+    _Kind(lambda m: _given(m.device_class), keys=_class_prefixes),
+    _Kind(lambda m: _given(m.subsystem), key=attrgetter("subsystem")),
 )
 
-
-@dataclass(frozen=True, slots=True)
-class _Filing:
-    """The rules filed under one kind of condition: key → rule positions, ascending."""
-
-    device_keys: _DeviceKeys
-    buckets: Mapping[Hashable, tuple[int, ...]]
-    lengths: frozenset[int]
+#: Rule positions filed under each key, ascending.
+_Buckets = Mapping[Hashable, tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,49 +268,59 @@ class _RuleIndex:
     """Where a device's first matching rule can be among a policy's rules (see above)."""
 
     tries: tuple[Callable[[Device], bool], ...]
+    by_key: tuple[tuple[Callable[[Device], Hashable], _Buckets], ...]
+    by_keys: tuple[tuple[_DeviceKeys, _Buckets, tuple[int, ...]], ...]
     unfiled: tuple[int, ...]
-    filings: tuple[_Filing, ...]
 
     @classmethod
     def of(cls, rules: Sequence[Rule]) -> _RuleIndex:
-        buckets: list[dict[Hashable, list[int]]] = [{} for _ in _FILINGS]
+        filed: list[dict[Hashable, list[int]]] = [{} for _ in _KINDS]
         unfiled: list[int] = []
         for position, rule in enumerate(rules):
-            for (rule_keys, _), filed in zip(_FILINGS, buckets, strict=True):
-                keys = rule_keys(rule.match)
+            for kind, buckets in zip(_KINDS, filed, strict=True):
+                keys = kind.rule_keys(rule.match)
                 if keys:
                     for key in dict.fromkeys(keys):
-                        filed.setdefault(key, []).append(position)
+                        buckets.setdefault(key, []).append(position)
                     break
             else:
                 unfiled.append(position)
-        filings = tuple(
-            _Filing(device_keys=device_keys, buckets={k: tuple(v) for k, v in filed.items()},
-                    lengths=frozenset(len(k) for k in filed if isinstance(k, str)))
-            for (_, device_keys), filed in zip(_FILINGS, buckets, strict=True) if filed)
-        return cls(tuple(rule.match.matches for rule in rules), tuple(unfiled), filings)
+        by_key, by_keys = [], []
+        for kind, buckets in zip(_KINDS, filed, strict=True):
+            frozen = {k: tuple(v) for k, v in buckets.items()}
+            if kind.key is not None and frozen:
+                by_key.append((kind.key, frozen))
+            elif kind.keys is not None and frozen:
+                lengths = tuple(sorted({len(k) for k in frozen if isinstance(k, str)}))
+                by_keys.append((kind.keys, frozen, lengths))
+        return cls(tuple(rule.match.matches for rule in rules), tuple(by_key), tuple(by_keys),
+                   tuple(unfiled))
 
     def first(self, device: Device) -> int | None:
         """The position of the first rule that matches ``device``; None if none does."""
-        tries = self.tries
-        best = len(tries)
-        # The most selective filings first: an early find cuts the others' tries short.
-        for filing in self.filings:
-            buckets = filing.buckets
-            for key in filing.device_keys(device, filing.lengths):
-                for position in buckets.get(key, ()):
-                    if position >= best:
-                        break
-                    if tries[position](device):
-                        best = position
-                        break
-        for position in self.unfiled:
+        end = best = len(self.tries)
+        # The most selective filings first: an early find cuts the later tries short.
+        for key_of, buckets in self.by_key:
+            positions = buckets.get(key_of(device))
+            if positions is not None and positions[0] < best:
+                best = self._first_of(positions, device, best)
+        for keys_of, buckets, lengths in self.by_keys:
+            for key in keys_of(device, lengths):
+                positions = buckets.get(key)
+                if positions is not None and positions[0] < best:
+                    best = self._first_of(positions, device, best)
+        if self.unfiled and self.unfiled[0] < best:
+            best = self._first_of(self.unfiled, device, best)
+        return best if best < end else None
+
+    def _first_of(self, positions: tuple[int, ...], device: Device, best: int) -> int:
+        """The first of ``positions`` before ``best`` whose rule matches, else ``best``."""
+        for position in positions:
             if position >= best:
                 break
-            if tries[position](device):
-                best = position
-                break
-        return best if best < len(tries) else None
+            if self.tries[position](device):
+                return position
+        return best
 
 
 @dataclass(frozen=True, slots=True)
