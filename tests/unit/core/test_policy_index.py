@@ -98,6 +98,33 @@ def test_every_single_rule_is_found_where_it_matches(drawn: list[Match], device:
         assert (Policy((rule,)).match(device) is rule) is m.matches(device), m
 
 
+def documented(m: Match, d: Device) -> bool:
+    """Match's docstring, word for word: each condition given holds (the reference for
+    Match.matches, whose order of tests is tuned for speed)."""
+    ports = [d.port, *d.peer_ports] if d.subsystem is Subsystem.USB else []
+
+    def interface(prefixes: tuple[str, ...]) -> bool:
+        return any(c.startswith(p) for c in d.interface_classes for p in prefixes)
+
+    exact = [(m.subsystem, d.subsystem), (m.vendor, d.vendor), (m.product, d.product),
+             (m.serial, d.serial), (m.manufacturer, d.manufacturer),
+             (m.product_name, d.product_name)]
+    return (all(not want or want == have for want, have in exact)
+            and (not m.port or m.port in ports)
+            and (not m.port_below or (not d.is_hub and any(
+                p == m.port_below or p.startswith(m.port_below + ".") for p in ports)))
+            and (not m.address or (d.subsystem is Subsystem.PCI and m.address == d.address))
+            and d.device_class.startswith(m.device_class)
+            and (not m.interface_class or interface(m.interface_class))
+            and not (m.not_interface_class and interface(m.not_interface_class)))
+
+
+@settings(max_examples=2000, derandomize=True, database=None, deadline=None)
+@given(matches, devices)
+def test_a_match_means_what_its_docstring_says(m: Match, device: Device) -> None:
+    assert m.matches(device) is documented(m, device)
+
+
 def test_a_device_tries_only_the_rules_filed_under_its_own_values(monkeypatch) -> None:
     """Counts, not times: 100 rules on vendor:product, one on a serial, one with no
     exact key; a device tries the rules under its own ids and serial, and the last
