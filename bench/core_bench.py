@@ -47,6 +47,11 @@ def policy(n_rules: int, devs: list[Device], guests: int, rng: random.Random) ->
     return Policy(content.rules)
 
 
+def linear_match(p: Policy, device: Device) -> Rule | None:
+    """Policy.match as it was before the rule index: every rule in turn (the baseline)."""
+    return next((rule for rule in p.rules if rule.match.matches(device)), None)
+
+
 def world(devs: list[Device], n_guests: int, held_every: int) -> World:
     guests = {}
     for g in range(n_guests):
@@ -56,11 +61,6 @@ def world(devs: list[Device], n_guests: int, held_every: int) -> World:
         guests[f"g{g}"] = Guest(name=f"g{g}", uuid=f"uuid-{g}", state=GuestState.RUNNING,
                                 hostdevs=hostdevs)
     return World(devices={d.id: d for d in devs}, guests=guests)
-
-
-def linear_match(p: Policy, device: Device) -> Rule | None:
-    """Policy.match as it was before the rule index: every rule in turn (the baseline)."""
-    return next((rule for rule in p.rules if rule.match.matches(device)), None)
 
 
 def median_seconds(fn: Callable[[], object], repeat: int = 21) -> float:
