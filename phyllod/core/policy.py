@@ -174,8 +174,9 @@ class Settings:
 # Every device is matched at every reconcile (each udev event, guest event, reload),
 # and trying each rule in turn made matching most of a reconcile's time: 1,000
 # devices under 200 rules that mostly miss are 200,000 tries. So each rule is filed
-# under one exact condition its match gives (the most selective first), and a device
-# tries only the rules filed under its own values, plus the few that give none.
+# under one condition its match gives (the most selective kind first: its serial,
+# its vendor:product, its port...), and a device tries only the rules filed under its
+# own values, plus the few rules that give none (only ``not_interface_class``).
 #
 # Why this finds what trying every rule finds: a rule is filed under keys that every
 # device it matches looks up (each filing's device keys include the rule's key
@@ -299,7 +300,8 @@ class _RuleIndex:
     def first(self, device: Device) -> int | None:
         """The position of the first rule that matches ``device``; None if none does."""
         end = best = len(self.tries)
-        # The most selective filings first: an early find cuts the later tries short.
+        # One-key filings first (a lookup each), then the many-key ones, then the rules
+        # filed under nothing: each find cuts the later tries short.
         for key_of, buckets in self.by_key:
             positions = buckets.get(key_of(device))
             if positions is not None and positions[0] < best:
