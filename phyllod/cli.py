@@ -93,17 +93,23 @@ def check_policy(files: list[Path], policy_dir: Path) -> int:
     print(f"unmatched devices plugged in: {settings.unmatched}; "
           f"ask_timeout: {settings.ask_timeout}s")
     devices = list(with_identities({d.id: d for d in _present_devices()}).values())
-    claimed: set[str] = set()
+    # Each device under its first matching rule, as the daemon finds it (Policy.match);
+    # by the rule's identity, since two rules may be equal (a file given twice).
+    claimed: dict[int, list[Device]] = {}
+    rest: list[Device] = []
+    for d in devices:
+        first = policy.match(d)
+        if first is None:
+            rest.append(d)
+        else:
+            claimed.setdefault(id(first), []).append(d)
     for rule in policy.rules:
         target = f"{rule.action} to {rule.guest}" if rule.guest else str(rule.action)
         if rule.candidates:
             target = f"{rule.action}: {', '.join(rule.candidates)} or the host"
         print(f"{rule.file}:{rule.line}: rule '{rule.name}' ({target})")
-        for d in devices:
-            if d.id not in claimed and rule.match.matches(d):
-                claimed.add(d.id)
-                print(f"    matches {d.describe()}{_doubt(d)}")
-    rest = [d for d in devices if d.id not in claimed]
+        for d in claimed.get(id(rule), ()):
+            print(f"    matches {d.describe()}{_doubt(d)}")
     if rest:
         fate = "asked about when plugged in" if settings.unmatched == "ask" \
             else "they stay on the host"
