@@ -43,7 +43,7 @@ from itertools import compress
 from operator import attrgetter, is_not
 from typing import TypeVar
 
-from phyllod.core.guest_runs import HostBind, Run, without_ending
+from phyllod.core.guest_runs import HostBind, without_ending
 from phyllod.core.holdings_index import HoldingsIndex, Moved
 from phyllod.core.model import Ask, Assignment, Device, Guest, HostFacts, Override, Subsystem
 from phyllod.core.plan import Failure, Operation, Plan, Question, Sleep, Step, World
@@ -132,7 +132,6 @@ class Seen:
     asks: Mapping[str, Ask] = field(default_factory=dict)
     vanished: Mapping[str, float] = field(default_factory=dict)
     inserted: frozenset[str] = frozenset()
-    ending: frozenset[Run] = frozenset()
     sleep: Sleep | None = None
     host: HostFacts | None = None
     now: float = float("-inf")
@@ -278,7 +277,7 @@ class _Turn:
         plan = shares.plan(assignments, planner.steps[steps:], planner.wakeups[wakeups:])
         return Reconciled(plan, self.policy, Seen(
             devices=self.devices, guests=self.guests, inserted=world.inserted,
-            ending=world.ending, sleep=world.sleep, host=world.host, now=world.now,
+            sleep=world.sleep, host=world.host, now=world.now,
             results=results, holdings=holdings, by_slot=by_slot, by_identity=by_identity,
             by_ref=by_ref, busy=busy, coupled=frozenset(self.coupled),
             assignments=assignments, ids=ids, shares=shares, **copies), len(order))
@@ -318,18 +317,17 @@ class _Turn:
             dirty |= _lookup(seen.by_ref, refs)
             slots |= {s for s, f in world.failures.items() if f.guest in names}
             dirty |= {i for i in seen.busy if seen.results[i].questions}
-        if world.ending != seen.ending:
-            slots |= world.binds.keys()
-        else:
-            uuids = {g.uuid for old, new in pairs for g in (old, new) if g is not None}
-            slots |= {s for s, b in world.binds.items() if b.run.uuid in uuids}
+        # A run libvirt said is ending shows here as its guest stopping: a bind's
+        # verdict changes only with the guest of its UUID.
+        uuids = {g.uuid for old, new in pairs for g in (old, new) if g is not None}
+        slots |= {s for s, b in world.binds.items() if b.run.uuid in uuids}
         if world.now != seen.now:
             dirty |= {i for i in seen.busy if seen.results[i].wakeups}
         host_changed = world.host is not seen.host and world.host != seen.host
         if host_changed:
             dirty |= _lookup(seen.by_ref, seen.by_ref.keys())
         dirty |= _lookup(seen.by_slot, slots) | _lookup(seen.by_identity, identities)
-        if coupled and (heads or host_changed or not dirty.isdisjoint(coupled)):
+        if coupled and (heads or host_changed or not dirty.isdisjoint(coupled | seen.coupled)):
             dirty |= coupled
         return dirty & self.devices.keys()
 
