@@ -15,23 +15,26 @@ its own. What one device's plan reads, and so what makes it stale:
   (work in flight, its failure, a host driver's bind);
 - who holds it (:mod:`phyllod.core.holdings_index`, by signature) and
   whether a stale hostdev holds its slot;
-- the guest its decision names (by name or UUID), the guest of its failure
-  (by name), the guest of its bind (by UUID, hostdevs included), and, for a
-  device it asks about, every running guest;
-- the host facts, if it may be attached (the safety verdicts);
+- the guest its decision names (by name or UUID: a guest that came, went or
+  changed its state or run), the guest of its failure (by name), the guest of
+  its bind (by UUID, its hostdevs too; a run libvirt said is ending shows
+  there, as a stopping guest), and, for a device it asks about, every guest;
+- the host facts, if its decision names a guest (the safety verdicts);
 - the clock, if its plan set a wake-up (a backoff, a debounce window, the
-  settle after resume: their reasons count the seconds down);
+  settle after resume: their reasons count the seconds down; the clock never
+  goes back, or it starts over);
+- the host's sleep (when it changes, every device is planned again);
 - PCI devices (and any device with an IOMMU group) weigh each other (group
   mates going along, one attach per group at a time): when one of them may
   have changed, or a guest's run or state did, or the host facts, all of them
   are planned again, in reconcile's order.
 
-The stale hostdevs are planned again every turn (there are few). It starts
-over (plans everything, keeping matches where it can) when there is nothing
-to build on, the policy object changed, the clock went back, the guests
-changed order, or the host's sleep changed (every device weighs it);
-libvirt away, a broken policy or devices not keyed by their id get
-reconcile's own plan, with nothing kept. Pure: no clock, no I/O.
+The stale hostdevs are planned every turn (there are few). It starts over
+(plans everything, keeping the matches it may) when there is nothing to build
+on, the policy is another object (a reload: no match is kept), the clock went
+back or the guests changed order. While libvirt is away or the policy is
+broken, and for devices not keyed by their id, it returns reconcile's own
+plan and keeps nothing. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -178,7 +181,7 @@ def replan(previous: Reconciled | None, policy: Policy | None, world: World) -> 
 
 
 def _changed(old: Mapping[K, V], new: Mapping[K, V]) -> set[K]:
-    """The keys whose values differ, or that only one side has."""
+    """The keys whose values differ, or that only one side has (no value is None)."""
     if old is new or old == new:
         return set()
     # The keys whose value is another object (or none), found at C speed: a

@@ -244,6 +244,12 @@ class Events(RuleBasedStateMachine):
         g = self.guests[name]
         self.guests[name] = replace(g, state=GuestState.RUNNING, run=max(g.run, 0) + 1)
 
+    @rule(name=st.sampled_from(GUESTS), n=st.integers(0, 3))
+    def redefined(self, name: str, n: int) -> None:
+        """Undefined and defined again under its name: another UUID (or its first)."""
+        g = self.guests[name]
+        self.guests[name] = replace(g, uuid=UUIDS[name] if n == 0 else f"{UUIDS[name][:-1]}{n}a")
+
     @rule(name=st.sampled_from(GUESTS))
     def guest_ending(self, name: str) -> None:
         """libvirt said this run is stopping, before the guest is read again."""
