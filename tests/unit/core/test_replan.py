@@ -32,7 +32,16 @@ from phyllod.core.model import (
     PciFunction,
     Subsystem,
 )
-from phyllod.core.plan import Attach, Detach, Operation, OpKind, Sleep, World, record_failure
+from phyllod.core.plan import (
+    Attach,
+    Detach,
+    Failure,
+    Operation,
+    OpKind,
+    Sleep,
+    World,
+    record_failure,
+)
 from phyllod.core.reconcile import reconcile
 from phyllod.core.replan import Reconciled, replan
 from phyllod.core.serial_trust import with_identities
@@ -122,7 +131,7 @@ class Events(RuleBasedStateMachine):
         self.guests = {g: guest(g, GuestState.SHUTOFF if g == "off" else GuestState.RUNNING,
                                 uuid=UUIDS[g]) for g in GUESTS}
         self.inflight: dict[str, Operation] = {}
-        self.failures: dict = {}
+        self.failures: dict[str, Failure] = {}
         self.overrides: dict[str, Override] = {}
         self.asks: dict[str, Ask] = {}
         self.remembered: dict[str, str] = {}
@@ -144,8 +153,6 @@ class Events(RuleBasedStateMachine):
         for address in pcis:
             self.devices[f"pci:{address}"] = pci_device(address)
         self.previous: Reconciled | None = None
-        self.planned = 0
-        self.turns = 0
 
     def world(self) -> World:
         return World(devices=self.devices, guests=self.guests, inflight=self.inflight,
@@ -165,8 +172,6 @@ class Events(RuleBasedStateMachine):
         assert got.plan.let_go == want.let_go
         assert list(got.plan.assignments.items()) == list(want.assignments.items())
         self.previous = got
-        self.planned += got.planned
-        self.turns += 1
 
     def _judged(self) -> None:
         """As the plugs part does after every change to the present set."""
