@@ -151,6 +151,9 @@ class Seen:
 
 
 _NOTHING = Seen()
+#: Devices that came or went past which the ids are sorted afresh rather than
+#: each put in its place (a start, a resync).
+_RESORT = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +398,9 @@ class _Turn:
         them): the last turn's with this turn's changes, rebuilt if devices came."""
         seen = self.seen
         ids = seen.ids
-        if self.came or self.gone:
+        if len(self.moved) > _RESORT:
+            ids = tuple(sorted(self.devices))
+        elif self.came or self.gone:
             order = list(ids)
             for device_id in self.gone:
                 del order[bisect_left(order, device_id)]

@@ -430,8 +430,10 @@ def test_one_plug_plans_one_device():
     devices = {d.id: d for d in (usb_device(f"3-{i}", 2 + i, "0627", f"S{i}")
                                  for i in range(1, 60))}
     guests = {g: guest(g, uuid=UUIDS[g]) for g in GUESTS}
-    first = replan(None, p, World(devices=devices, guests=guests))
+    at_start = World(devices=devices, guests=guests)
+    first = replan(None, p, at_start)
     assert first.planned == len(devices)
+    assert list(first.plan.assignments.items()) == list(reconcile(p, at_start).assignments.items())
     new = usb_device("1-1", 7, "1050", "K")
     plugged = World(devices={**devices, new.id: new}, guests=guests, inserted=frozenset({new.id}))
     after = replan(first, p, plugged)
