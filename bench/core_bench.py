@@ -11,12 +11,14 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from phyllod.core.model import Device, Guest, GuestState, Hostdev, Subsystem
 from phyllod.core.plan import World
 from phyllod.core.policy import Policy, Rule
 from phyllod.core.policy_parser import parse_policy_text
 from phyllod.core.reconcile import reconcile
+from phyllod.core.replan import replan
 
 
 def devices(n: int, rng: random.Random) -> list[Device]:
@@ -97,6 +99,30 @@ def main() -> None:
           f"  = {1000 / full:,.0f} decisions/s")
     print(f"  one event's reconcile at that scale / desk baseline: {full / desk:,.0f}x;"
           f" reconcile / match: {full / match:.2f}x")
+    plugged, unplugged = incremental(big_policy, big_world, big_devs, rng)
+    print(f"  one plug event, incremental, 1,000 x 200 x 20:  {plugged * 1e3:9.3f} ms plugged,"
+          f" {unplugged * 1e3:.3f} ms unplugged = {plugged / full:.4f}x, {unplugged / full:.4f}x"
+          " the full reconcile")
+
+
+def incremental(p: Policy, big: World, devs: list[Device], rng: random.Random
+                ) -> tuple[float, float]:
+    """One event as the daemon's loop takes it (core/replan after the last turn's plan):
+    a device no rule matches plugged into a port in the middle of the id order, and a
+    device a guest holds unplugged (its hostdev is then stale: one detach)."""
+    last = replan(None, p, big)
+    new = replace(devices(1, rng)[0], sys_path="/sys/x/new", port="5-11.1", busnum=5,
+                  devnum=120)
+    plugged = replace(big, devices={**big.devices, new.id: new}, now=1.0,
+                      inserted=frozenset({new.id}))
+    held = devs[500]
+    assert any(h.alias == held.alias for g in (big.guests or {}).values() for h in g.hostdevs)
+    unplugged = replace(big, devices={i: d for i, d in big.devices.items() if i != held.id},
+                        now=1.0)
+    for w in (plugged, unplugged):
+        assert replan(last, p, w).plan == reconcile(p, w), "replan must agree with reconcile"
+    return (median_seconds(lambda: replan(last, p, plugged), repeat=201),
+            median_seconds(lambda: replan(last, p, unplugged), repeat=201))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,15 @@ def decide(policy: Policy, device: Device, *, override: Override | None = None,
     the question about this plug stands (by id), ``remembered`` the answer kept
     for its identity (a guest, or "" for the host).
     """
-    rule = policy.match(device)
+    return ladder(policy, policy.match(device), override=override, ask=ask,
+                  remembered=remembered)
+
+
+def ladder(policy: Policy, rule: Rule | None, *, override: Override | None = None,
+           ask: Ask | None = None, remembered: str | None = None) -> Decision:
+    """:func:`decide` for a device whose first matching rule is already known
+    (``rule``): the incremental planner keeps each device's match while the
+    device and the policy stay the same, and matching is most of the cost."""
     if rule is not None and rule.action is Action.DENY:
         rung, guest = Rung.DENY, None
     elif override is not None:
@@ -84,6 +92,7 @@ def decide(policy: Policy, device: Device, *, override: Override | None = None,
     else:
         rung, guest = Rung.RULE, rule.guest if rule.action is Action.ATTACH else None
     return Decision(rung, guest, rule, override)
+
 
 def _rule_asks(policy: Policy, rule: Rule | None) -> bool:
     """Whether the person at the machine decides where the rule leaves it: an ask

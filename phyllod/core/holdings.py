@@ -11,8 +11,9 @@ stale: its device is gone, or came back with a new number.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from phyllod.core.model import Device, Guest, Hostdev, Subsystem
 
@@ -23,6 +24,17 @@ class Holding:
 
     guest: Guest
     hostdev: Hostdev
+
+
+class Held(Protocol):
+    """What the planner reads of the holdings: built afresh (:class:`Holdings`) or
+    kept up to date from turn to turn (:mod:`phyllod.core.holdings_index`)."""
+
+    @property
+    def holders(self) -> Mapping[str, Sequence[Holding]]: ...
+
+    @property
+    def stale(self) -> Sequence[Holding]: ...
 
 
 class Holdings:

@@ -10,12 +10,12 @@ cost the host) and words the reason a person reads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from phyllod.core.decide import Decision, Rung, decide, policy_note
+from phyllod.core.decide import Decision, Rung, ladder, policy_note
 from phyllod.core.guest_runs import BindVerdict, judge_bind, run_of
-from phyllod.core.holdings import Holding, Holdings
+from phyllod.core.holdings import Held, Holding, Holdings
 from phyllod.core.model import (
     AskOutcome,
     Assignment,
@@ -63,7 +63,7 @@ class _Grounds:
         return f"{text}; {self.policy_disagrees}" if self.policy_disagrees else text
 
 
-def _owned(held: list[Holding]) -> Holding | None:
+def _owned(held: Sequence[Holding]) -> Holding | None:
     """The first holding phyllod placed."""
     for h in held:
         if h.hostdev.owned:
@@ -77,20 +77,31 @@ class Planner:
     It collects the steps (at most one per slot is kept), the times to look
     again (``wakeups``), the questions to open and the binds that were a guest
     letting go; each device's ``device`` call says where it stands.
+
+    :mod:`phyllod.core.replan` plans only some devices and hands in what it
+    keeps from turn to turn: the ``holdings``, each device's first matching
+    ``rules`` (by id), and the ``pci`` devices (all of them, or none when no
+    PCI device is planned: they only weigh each other).
     """
 
-    def __init__(self, policy: Policy, world: World, guests: Mapping[str, Guest]) -> None:
+    def __init__(self, policy: Policy, world: World, guests: Mapping[str, Guest], *,
+                 holdings: Held | None = None, rules: Mapping[str, Rule | None] | None = None,
+                 pci: Iterable[Device] | None = None) -> None:
         self.policy = policy
         self.world = world
         self.guests = guests
-        self.holdings = Holdings(world.devices, guests)
+        self.holdings = holdings if holdings is not None else Holdings(world.devices, guests)
         self.stale_slots = {h.hostdev.slot for h in self.holdings.stale}
+        self.rules = rules or {}
+        #: Each device's decision (by id), asked once per planner.
+        self.decisions: dict[str, Decision] = {}
         self.steps: list[Step] = []
         self.wakeups: list[float] = []
         self.questions: list[Question] = []
         self.let_go: list[str] = []
         self.by_uuid = {g.uuid: g for g in guests.values()}
-        pci = [d for d in world.devices.values() if d.subsystem is Subsystem.PCI]
+        if pci is None:
+            pci = [d for d in world.devices.values() if d.subsystem is Subsystem.PCI]
         #: Where each PCI device is sent (guest UUID), to see which group mates go together.
         self.pci_targets = {d.address: t.uuid for d in pci
                             if (t := self._target_guest(d)) is not None}
@@ -100,9 +111,16 @@ class Planner:
 
     def decision(self, d: Device, device_id: str) -> Decision:
         """The ladder's decision for ``d`` (whose id is ``device_id``)."""
-        world, identity = self.world, d.identity
-        return decide(self.policy, d, override=world.overrides.get(identity),
-                      ask=world.asks.get(device_id), remembered=world.remembered.get(identity))
+        made = self.decisions.get(device_id)
+        if made is None:
+            world, identity = self.world, d.identity
+            rules = self.rules
+            rule = rules[device_id] if device_id in rules else self.policy.match(d)
+            made = ladder(self.policy, rule, override=world.overrides.get(identity),
+                          ask=world.asks.get(device_id),
+                          remembered=world.remembered.get(identity))
+            self.decisions[device_id] = made
+        return made
 
     def _target_guest(self, d: Device) -> Guest | None:
         """The guest the ladder sends ``d`` to, if any."""
@@ -164,7 +182,7 @@ class Planner:
         if op is not None:
             state = State.ATTACHING if op.kind is OpKind.ATTACH else State.DETACHING
             return stays(state, op.guest, f"{op.kind} in progress")
-        held = self.holdings.holders.get(device_id, [])
+        held = self.holdings.holders.get(device_id, ())
         if device_id in self.world.vanished:
             return self._vanished(d, rule_name, held)
         if self.world.sleep is not None and self._sleeps(d, rule, held):
@@ -212,7 +230,7 @@ class Planner:
             self.let_go.append(slot)
         return verdict is BindVerdict.TAKEN_BACK
 
-    def _vanished(self, d: Device, rule: str, held: list[Holding]) -> Assignment:
+    def _vanished(self, d: Device, rule: str, held: Sequence[Holding]) -> Assignment:
         """Gone from the host, maybe for a moment: wait for it before touching any guest."""
         until = self.world.vanished[d.id]
         self.wakeups.append(until)
@@ -222,7 +240,7 @@ class Planner:
         return Assignment(device_id=d.id, state=State.ATTACHED if held else State.HOST,
                           guest=guest, rule=rule, reason=reason)
 
-    def _sleeps(self, d: Device, rule: Rule | None, held: list[Holding]) -> bool:
+    def _sleeps(self, d: Device, rule: Rule | None, held: Sequence[Holding]) -> bool:
         """Whether ``d`` leaves its guest for the host's sleep: it is (or would be) in
         a guest by phyllod's doing, and its rule (or the default) says detach."""
         on_sleep = rule.on_sleep_for(d) if rule is not None else default_on_sleep(d)
@@ -230,7 +248,8 @@ class Planner:
             return False
         return _owned(held) is not None or (not held and self._target_guest(d) is not None)
 
-    def _sleeping(self, d: Device, rule: str, held: list[Holding], sleep: Sleep) -> Assignment:
+    def _sleeping(self, d: Device, rule: str, held: Sequence[Holding],
+                  sleep: Sleep) -> Assignment:
         target = self._target_guest(d)
         owned = _owned(held)
         if owned is not None:
@@ -246,7 +265,7 @@ class Planner:
                           guest=target.name if target is not None else "", rule=rule,
                           reason=reason)
 
-    def _host(self, d: Device, held: list[Holding], grounds: _Grounds) -> Assignment:
+    def _host(self, d: Device, held: Sequence[Holding], grounds: _Grounds) -> Assignment:
         """A person sent the device to the host: remove it from any guest, ours or not."""
         reason = "kept on the host by a manual override"
         if held:
@@ -254,7 +273,7 @@ class Planner:
         return Assignment(device_id=d.id, state=State.HOST, rule="",
                           reason=grounds.noted(reason))
 
-    def _ask(self, d: Device, decision: Decision, held: list[Holding]) -> Assignment:
+    def _ask(self, d: Device, decision: Decision, held: Sequence[Holding]) -> Assignment:
         """A device the person at the machine decides for; never moved without an answer."""
         rule = decision.rule
         name = rule.name if rule else ""
@@ -309,7 +328,7 @@ class Planner:
                 named.append(g.name)
         return tuple(named)
 
-    def _deny(self, d: Device, rule: Rule, held: list[Holding],
+    def _deny(self, d: Device, rule: Rule, held: Sequence[Holding],
               override: Override | None) -> Assignment:
         reason = f"denied by rule '{rule.name}'"
         if override is not None and override.kind is OverrideKind.ATTACH:
@@ -319,7 +338,7 @@ class Planner:
         return Assignment(device_id=d.id, state=State.DENIED, rule=rule.name, reason=reason)
 
     def _attach(self, d: Device, ref: str, grounds: _Grounds,
-                held: list[Holding]) -> Assignment:
+                held: Sequence[Holding]) -> Assignment:
         target = find_guest(ref, self.guests)
         name = target.name if target else ref
 
@@ -395,9 +414,11 @@ class Planner:
                    else usb_verdict(d, self.world.host, grounds.allowed_risks))
         return f"; {verdict.reason()}" if verdict.ok and verdict.warnings else ""
 
-    def stale(self) -> None:
-        """Remove hostdevs phyllod placed for devices that are gone."""
-        present = {d.slot for d in self.world.devices.values()}
+    def stale(self, present: Container[str] | None = None) -> None:
+        """Remove hostdevs phyllod placed for devices that are gone (``present``: the
+        slots of the present devices, if known)."""
+        if present is None:
+            present = {d.slot for d in self.world.devices.values()}
         for h in self.holdings.stale:
             slot = h.hostdev.slot
             if slot in self.world.inflight:

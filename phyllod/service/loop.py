@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from phyllod.core.model import HostFacts
 from phyllod.core.plan import Plan, Step, World
 from phyllod.core.policy import Policy
-from phyllod.core.reconcile import reconcile
+from phyllod.core.replan import Reconciled, replan
 
 
 class Loop:
@@ -44,6 +44,8 @@ class Loop:
         self._wake: asyncio.TimerHandle | None = None
         self._facts_stale = False
         self.facts_reads = 0
+        #: The last turn's plan and what the next one builds on.
+        self.reconciled: Reconciled | None = None
         self.host = self.read_facts()
 
     def kick(self) -> None:
@@ -69,10 +71,13 @@ class Loop:
         return self.read_facts() if self._facts_stale else self.host
 
     def turn(self) -> None:
-        """Reconcile the world as it is now, and act on the plan."""
+        """Reconcile the world as it is now, and act on the plan (replan: the same plan
+        as reconcile's, planning again only what changed since the last turn)."""
         self.kicked = False
         loop = asyncio.get_running_loop()
-        plan = reconcile(self._policy(), self._world(loop.time(), self.facts()))
+        self.reconciled = replan(self.reconciled, self._policy(),
+                                 self._world(loop.time(), self.facts()))
+        plan = self.reconciled.plan
         self._after(plan)
         self.turns += 1
         self._turned.set()

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from phyllod.core.model import HostFacts
+from phyllod.core.model import Device, HostFacts, Subsystem
 from phyllod.core.plan import Plan, World
+from phyllod.core.policy import Policy
 from phyllod.service.loop import Loop
 
 
@@ -60,3 +61,25 @@ async def test_a_kick_after_a_turn_makes_another() -> None:
     loop.kick()
     await asyncio.sleep(0)
     assert loop.turns == 2
+
+
+async def test_a_turn_plans_again_only_what_changed() -> None:
+    """The loop keeps the last turn's Reconciled: a turn after nothing changed plans no
+    device, one after a plug plans that device (counts, the plans are reconcile's)."""
+    devices = {f"usb:1-{i}": Device(subsystem=Subsystem.USB, sys_path=f"/sys/u/1-{i}",
+                                    port=f"1-{i}", busnum=1, devnum=1 + i) for i in range(1, 6)}
+    policy = Policy()
+    loop = Loop(read_facts=HostFacts, policy=lambda: policy,
+                world=lambda now, host: World(devices=devices, guests={}, now=now, host=host),
+                after=lambda plan: None, start_steps=lambda steps: None,
+                stopping=lambda: False)
+    planned = []
+    for plug in (None, None, "usb:1-9"):
+        if plug is not None:
+            devices[plug] = Device(subsystem=Subsystem.USB, sys_path="/sys/u/1-9", port="1-9",
+                                   busnum=1, devnum=20)
+        loop.kick()
+        await asyncio.sleep(0)
+        assert loop.reconciled is not None
+        planned.append(loop.reconciled.planned)
+    assert planned == [5, 0, 1]
