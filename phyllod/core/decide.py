@@ -74,7 +74,8 @@ def ladder(policy: Policy, rule: Rule | None, *, override: Override | None = Non
            ask: Ask | None = None, remembered: str | None = None) -> Decision:
     """:func:`decide` for a device whose first matching rule is already known
     (``rule``): the incremental planner keeps each device's match while the
-    device and the policy stay the same, and matching is most of the cost."""
+    device and the policy stay the same, so a turn matches only the devices
+    that changed."""
     if rule is not None and rule.action is Action.DENY:
         rung, guest = Rung.DENY, None
     elif override is not None:

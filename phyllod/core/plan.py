@@ -10,7 +10,7 @@ live here too: the daemon records them, reconcile reads them back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -152,6 +152,19 @@ class Detach:
 
 #: A planned libvirt call (the policy's verb is an ``Action``; this is what carries it out).
 Step = Attach | Detach
+
+
+def first_per_slot(steps: Iterable[Step], taken: Iterable[str] = ()) -> tuple[Step, ...]:
+    """The first step of each slot, in order, leaving out the slots in ``taken``:
+    a plan holds at most one step per slot (several stale enumerations of one
+    slot are removed one at a time; a flapping device cannot race itself)."""
+    slots = set(taken)
+    out = []
+    for step in steps:
+        if step.slot not in slots:
+            slots.add(step.slot)
+            out.append(step)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -40,7 +40,7 @@ from phyllod.core.decide import Rung, decide
 from phyllod.core.guest_runs import without_ending
 from phyllod.core.holdings import Holdings
 from phyllod.core.model import Assignment, Guest, OverrideKind, State
-from phyllod.core.plan import Plan, World
+from phyllod.core.plan import Plan, World, first_per_slot
 from phyllod.core.planner import Planner
 from phyllod.core.policy import Policy
 
@@ -102,13 +102,6 @@ def reconcile(policy: Policy | None, world: World) -> Plan:
     assignments = {d.id: planner.device(d) for d in sorted(world.devices.values(),
                                                           key=lambda d: d.id)}
     planner.stale()
-    # Several stale enumerations of one slot are removed one at a time.
-    seen: set[str] = set()
-    steps = []
-    for step in planner.steps:
-        if step.slot not in seen:
-            seen.add(step.slot)
-            steps.append(step)
-    return Plan(assignments=assignments, steps=tuple(steps),
+    return Plan(assignments=assignments, steps=first_per_slot(planner.steps),
                 wake_at=min(planner.wakeups, default=None), questions=tuple(planner.questions),
                 let_go=tuple(planner.let_go))

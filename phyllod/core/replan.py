@@ -49,7 +49,16 @@ from typing import TypeVar
 from phyllod.core.guest_runs import HostBind, without_ending
 from phyllod.core.holdings_index import HoldingsIndex, Moved
 from phyllod.core.model import Ask, Assignment, Device, Guest, HostFacts, Override, Subsystem
-from phyllod.core.plan import Failure, Operation, Plan, Question, Sleep, Step, World
+from phyllod.core.plan import (
+    Failure,
+    Operation,
+    Plan,
+    Question,
+    Sleep,
+    Step,
+    World,
+    first_per_slot,
+)
 from phyllod.core.planner import Planner
 from phyllod.core.policy import Policy, Rule
 from phyllod.core.reconcile import reconcile
@@ -85,20 +94,13 @@ class Shares:
     per slot)."""
 
     steps: tuple[Step, ...] = ()
-    slots: frozenset[str] = frozenset()
     wake_at: float | None = None
     questions: tuple[Question, ...] = ()
     let_go: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, busy: list[DevicePlan]) -> Shares:
-        slots: set[str] = set()
-        steps = []
-        for step in (s for r in busy for s in r.steps):
-            if step.slot not in slots:
-                slots.add(step.slot)
-                steps.append(step)
-        return cls(steps=tuple(steps), slots=frozenset(slots),
+        return cls(steps=first_per_slot(s for r in busy for s in r.steps),
                    wake_at=min((w for r in busy for w in r.wakeups), default=None),
                    questions=tuple(q for r in busy for q in r.questions),
                    let_go=tuple(s for r in busy for s in r.let_go))
@@ -107,15 +109,11 @@ class Shares:
              stale_wakeups: list[float]) -> Plan:
         """The plan, the stale hostdevs' steps and wake-ups after the devices', as
         reconcile orders them (a slot keeps its first step)."""
-        steps = list(self.steps)
+        steps = self.steps
         if stale_steps:
-            slots = set(self.slots)
-            for step in stale_steps:
-                if step.slot not in slots:
-                    slots.add(step.slot)
-                    steps.append(step)
+            steps += first_per_slot(stale_steps, (s.slot for s in self.steps))
         wakeups = [*stale_wakeups, *(() if self.wake_at is None else (self.wake_at,))]
-        return Plan(assignments=assignments, steps=tuple(steps),
+        return Plan(assignments=assignments, steps=steps,
                     wake_at=min(wakeups, default=None), questions=self.questions,
                     let_go=self.let_go)
 
