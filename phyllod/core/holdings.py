@@ -26,6 +26,16 @@ class Holding:
     hostdev: Hostdev
 
 
+def numbered_is(h: Hostdev, d: Device) -> bool:
+    """Whether a USB hostdev that names a bus and device number refers to ``d``, the
+    device with that number: its ids, if given, are ``d``'s, and an owned hostdev
+    names the slot it was made for (a device that re-enumerated elsewhere with a
+    recycled number is not it)."""
+    if (h.vendor and h.vendor != d.vendor) or (h.product and h.product != d.product):
+        return False
+    return not h.owned or h.slot == d.slot
+
+
 class Held(Protocol):
     """What the planner reads of the holdings: built afresh (:class:`Holdings`) or
     kept up to date from turn to turn (:mod:`phyllod.core.holdings_index`)."""
@@ -70,12 +80,6 @@ class Holdings:
             return self.by_pci_address.get(h.address)
         if h.bus is not None and h.device is not None:
             d = self.by_address.get((h.bus, h.device))
-            if d is None:
-                return None
-            if (h.vendor and h.vendor != d.vendor) or (h.product and h.product != d.product):
-                return None
-            # An owned hostdev names the slot it was made for: a device that
-            # re-enumerated elsewhere with a recycled number is not it.
-            return d if not h.owned or h.slot == d.slot else None
+            return d if d is not None and numbered_is(h, d) else None
         candidates = self.by_ids.get((h.vendor, h.product), [])
         return candidates[0] if len(candidates) == 1 else None

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from phyllod.core.holdings import Holding
+from phyllod.core.holdings import Holding, numbered_is
 from phyllod.core.model import Device, Guest, Hostdev, Subsystem
 
 #: What resolves a hostdev: ("a", bus, device), ("i", vendor, product), ("p", address, "").
@@ -233,8 +233,4 @@ class _Resolver:
         device_id = next(iter(ids)) if len(ids) == 1 else max(ids, key=self._later())
         if key[0] == "p":
             return device_id
-        d = self.devices[device_id]
-        if (h.vendor and h.vendor != d.vendor) or (h.product and h.product != d.product):
-            return None
-        # An owned hostdev names the slot it was made for (see Holdings._resolve).
-        return device_id if not h.owned or h.slot == d.slot else None
+        return device_id if numbered_is(h, self.devices[device_id]) else None
