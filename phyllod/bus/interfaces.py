@@ -61,11 +61,14 @@ class Published(ServiceInterface):
         super().__init__(self.INTERFACE)
         self.values = values
 
-    def update(self, values: dict[str, Any]) -> None:
+    def update(self, values: dict[str, Any]) -> bool:
+        """Take ``values``; emit PropertiesChanged with those that changed, if any
+        (and say whether any did)."""
         changed = {k: v for k, v in values.items() if self.values.get(k) != v}
         self.values = values
         if changed:
             self.emit_properties_changed(changed)
+        return bool(changed)
 
     def variants(self) -> dict[str, Variant]:
         return {k: Variant(self.SIGNATURES[k], v) for k, v in self.values.items()}

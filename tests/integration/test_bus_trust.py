@@ -290,7 +290,8 @@ async def test_one_value_out_of_range_hides_only_its_object(
         assert len(unfit) == 2 and "Bus (1099511627776) does not fit D-Bus type u" in \
             unfit[0].message
         assert "IOMMU group 1099511627776 is not shown" in unfit[1].message
-        assert service.stats.skipped == 2
+        # Left out once: the second publish did not change it, so it was not looked at again.
+        assert service.stats.skipped == 1
         # The device comes back as soon as its values fit.
         service.publish(_snapshot(good, _usb("1-3")))
         r = await _busctl(system_bus, "get-property", NAME, device_path("usb:1-3"),
