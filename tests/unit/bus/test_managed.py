@@ -1,5 +1,6 @@
 """GetManagedObjects' answer joined from entries marshalled one by one equals dbus-fast's
-marshalling of the whole dict, byte for byte (bus/managed.py's alignment argument)."""
+marshalling of the whole dict, byte for byte (bus/managed.py's alignment argument),
+and an entry is marshalled once per change of its object."""
 
 from __future__ import annotations
 
@@ -43,26 +44,27 @@ def test_joined_entries_are_the_whole_dict_marshalled(count: int) -> None:
     objects = _tree(count)
     managed = _filled(objects)
     whole = {p: v for p, v in objects.items() if p != ROOT}
-    assert managed.answer("/")[0] == marshal_body(MANAGED_OBJECTS_SIGNATURE, objects)
-    assert managed.answer(ROOT)[0] == marshal_body(MANAGED_OBJECTS_SIGNATURE, whole)
+    assert managed.answer("/") == marshal_body(MANAGED_OBJECTS_SIGNATURE, objects)
+    assert managed.answer(ROOT) == marshal_body(MANAGED_OBJECTS_SIGNATURE, whole)
 
 
 def test_nothing_below_a_path_is_an_empty_array() -> None:
     managed = _filled(_tree(3))
-    assert managed.answer("/elsewhere")[0] == marshal_body(MANAGED_OBJECTS_SIGNATURE, {})
+    assert managed.answer("/elsewhere") == marshal_body(MANAGED_OBJECTS_SIGNATURE, {})
 
 
-def test_an_answer_is_joined_once_per_change_and_entries_are_marshalled_once() -> None:
+def test_entries_are_marshalled_once_per_change() -> None:
     objects = _tree(5)
     managed = _filled(objects)
     assert managed.marshalled == 6
-    assert managed.answer(ROOT)[1] and not managed.answer(ROOT)[1]
+    assert managed.answer(ROOT) == managed.answer(ROOT) and managed.marshalled == 6
     path = f"{ROOT}/devices/d2"
     objects[path] = {"me.phyllo.Phyllod1.Device": _values(99)}
     managed.put(path, "me.phyllo.Phyllod1.Device", _values(99))
-    answer, joined = managed.answer("/")
-    assert joined and answer == marshal_body(MANAGED_OBJECTS_SIGNATURE, objects)
+    assert managed.answer("/") == marshal_body(MANAGED_OBJECTS_SIGNATURE, objects)
+    assert managed.entry(path) == marshal_body(MANAGED_OBJECTS_SIGNATURE,
+                                               {path: objects[path]})[8:]
     managed.drop(path)
     del objects[path]
-    assert managed.answer("/") == (marshal_body(MANAGED_OBJECTS_SIGNATURE, objects), True)
+    assert managed.answer("/") == marshal_body(MANAGED_OBJECTS_SIGNATURE, objects)
     assert managed.marshalled == 7 and len(managed) == 5 and path not in managed

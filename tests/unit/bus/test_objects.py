@@ -147,7 +147,8 @@ def test_each_publish_shows_what_a_fresh_tree_shows_and_marshals_only_what_chang
         assert bus.exported == set(now)
         # Each object's entry of GetManagedObjects, byte for byte (their order may
         # differ: a device that came back comes last; test_managed checks the join).
-        assert tree.objects._entries == oracle.objects._entries
+        assert {p: tree.objects.entry(p) for p in now} == \
+            {p: oracle.objects.entry(p) for p in now}
         changed = {p for p, v in now.items() if before.get(p) != v}
         assert tree.objects.marshalled - marshalled == len(changed)
 
@@ -158,7 +159,6 @@ def _kept(tree: ObjectTree) -> dict[str, int]:
              if isinstance(value, (dict, set, list))}
     sizes["held"] = sum(map(len, tree._held.values()))
     sizes["entries"] = len(tree.objects)
-    sizes["answers"] = len(tree.objects._answers)
     return sizes
 
 
