@@ -20,6 +20,11 @@ main's code from ``git worktree add``, in the same run):
   again each time so the state compared is the same: growth between the two
   is what the events leaked.
 
+A floor is measured too, once: a Python process that imports only the libraries
+the daemon runs on (asyncio, libvirt-python, dbus-fast, pyudev, python-systemd),
+opens libvirt's test driver and idles in an asyncio loop: what any daemon
+written this way costs before a line of its own code.
+
 Each figure is the median of ``--samples`` reads a fifth of a second apart.
 The daemon is the real one (``python -m phyllod.cli``), on a private bus,
 over umockdev devices, as in bench/dbus_bench.py; the bench process runs
@@ -31,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,6 +132,33 @@ class Run:
         time.sleep(2.0)  # the attach retries the last plugs started settle
 
 
+FLOOR = """\
+import asyncio, libvirt, pyudev, systemd.daemon, systemd.journal
+import dbus_fast.aio
+conn = libvirt.open("test:///default")
+print("ready", flush=True)
+asyncio.run(asyncio.sleep(3600))
+"""
+
+
+def floor(samples: int, preload: bool) -> Figure:
+    """The libraries' own cost (see the module's docstring), with or without umockdev's
+    preload (which the daemon runs under here, not in production)."""
+    env = {"PATH": "/usr/bin:/bin"}
+    if preload:
+        env.update({k: v for k, v in os.environ.items() if k.startswith(("LD_", "UMOCKDEV"))})
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        return Figure("libraries only" + (", umockdev's preload" if preload else ""), "floor",
+                      0, 0, 0, **sample(proc.pid, samples))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def measure(tree: Path, label: str, args: argparse.Namespace) -> list[Figure]:
     figures = []
     with tempfile.TemporaryDirectory(prefix="phyllod-memory-") as tmp, ExitStack() as stack:
@@ -154,6 +188,12 @@ def measure(tree: Path, label: str, args: argparse.Namespace) -> list[Figure]:
 
 def report(figures: list[Figure], labels: list[str]) -> None:
     mib = 1024
+    for f in figures:
+        if f.case == "floor":
+            print(f"floor ({f.tree}: imports, a libvirt test connection, an idle asyncio "
+                  f"loop): anon {f.anon_kib / mib:.1f} MiB, PSS {f.pss_kib / mib:.1f} MiB, "
+                  f"RSS {f.rss_kib / mib:.1f} MiB\n")
+    figures = [f for f in figures if f.case != "floor"]
     print("| case | devices, guests | events | " + " | ".join(
         f"{label}: anon / PSS / RSS MiB" for label in labels) + " |")
     print("|---|---|---:|" + "---:|" * len(labels))
@@ -192,7 +232,7 @@ def main() -> int:
         return 1
     trees = [(tree.resolve(), f"{tree.resolve().name} (baseline)") for tree in args.baseline]
     trees.append((ROOT, f"{ROOT.name} (this)"))
-    figures = []
+    figures = [floor(args.samples, preload=False), floor(args.samples, preload=True)]
     for tree, label in trees:
         figures += measure(tree, label, args)
     if args.json:
