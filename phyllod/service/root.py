@@ -185,7 +185,8 @@ class Daemon:
         """Each part takes its share of a plan, before its steps start."""
         for slot in plan.let_go:
             self.binds.let_go(slot)
-        self.binds.keep_present({d.slot for d in self.plugs.devices.values()})
+        if self.binds.marks:  # rare; every present device's slot is worth a turn's cost
+            self.binds.keep_present({d.slot for d in self.plugs.devices.values()})
         if self.guests.guests is not None and self.policy.policy is not None:
             self.asks.after_turn(plan, self.plugs.devices, self.policy.ask_timeout)
         self.publisher.report(plan.assignments)
