@@ -115,7 +115,7 @@ def start_daemon(stack: ExitStack, devices: int, work: Path, tree: Path = ROOT) 
     proc = DaemonProcess(
         ["--bus", bus.address, "--connect", "test:///default",
          "--policy-dir", str(work / "policy.d"), "--state-dir", str(work / "state")],
-        child_env(**tb.env, NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(tree)))
+        child_env(**tb.env, NOTIFY_SOCKET=str(notify.path)), tree=tree)
     stack.callback(proc.stop)
     try:
         notify.wait_for("READY=1", timeout=300)

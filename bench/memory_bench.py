@@ -110,7 +110,7 @@ class Run:
         self.proc = DaemonProcess(
             ["--bus", self.bus.address, "--connect", f"test://{node}",
              "--policy-dir", str(work / "policy.d"), "--state-dir", str(work / "state")],
-            child_env(**self.tb.env, NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(tree)))
+            child_env(**self.tb.env, NOTIFY_SOCKET=str(notify.path)), tree=tree)
         stack.callback(self.proc.stop)
         try:
             notify.wait_for("READY=1", timeout=300)
