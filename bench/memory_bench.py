@@ -218,8 +218,10 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=500,
                         help="leaf devices behind hubs (default 500: 550 device objects)")
     parser.add_argument("--guests", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=1000, help="uevents before the first "
-                        "churn figure (default 1000)")
+    parser.add_argument("--warmup", type=int, default=2000, help="uevents before the first "
+                        "churn figure (default 2000: past the step the interpreter's table "
+                        "of interned strings takes some 1,000-2,000 events in, see "
+                        "tests/integration/test_load.py)")
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--baseline", type=Path, action="append", default=[],
