@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +98,9 @@ class Daemon:
         return 0
 
 
-def start_daemon(stack: ExitStack, devices: int, work: Path) -> Daemon:
-    """Bus, testbed with ``devices`` plugged, then phyllod; all stopped by ``stack``."""
+def start_daemon(stack: ExitStack, devices: int, work: Path, tree: Path = ROOT) -> Daemon:
+    """Bus, testbed with ``devices`` plugged, then phyllod (the code of ``tree``); all
+    stopped by ``stack``."""
     bus = private_bus.PrivateSystemBus()
     stack.callback(bus.stop)
     bus.start()
@@ -114,7 +115,7 @@ def start_daemon(stack: ExitStack, devices: int, work: Path) -> Daemon:
     proc = DaemonProcess(
         ["--bus", bus.address, "--connect", "test:///default",
          "--policy-dir", str(work / "policy.d"), "--state-dir", str(work / "state")],
-        child_env(**tb.env, NOTIFY_SOCKET=str(notify.path)))
+        child_env(**tb.env, NOTIFY_SOCKET=str(notify.path)), tree=tree)
     stack.callback(proc.stop)
     try:
         notify.wait_for("READY=1", timeout=300)
@@ -199,15 +200,41 @@ async def call(bus: MessageBus, msg: Message) -> Message:
     return reply
 
 
+CHANGED = "usb:1-2"  # the device whose Override each "after a change" round flips
+
+
+def changes(bus: MessageBus) -> Callable[[], Awaitable[None]]:
+    """A change of one device (its Override, by Detach then ClearOverride), published
+    before the call returns: what each GetManagedObjects after a change follows."""
+    flips = [("Detach", "s", [CHANGED]), ("ClearOverride", "s", [CHANGED])]
+    turn = 0
+
+    async def change() -> None:
+        nonlocal turn
+        member, signature, body = flips[turn % 2]
+        turn += 1
+        await call(bus, Message(destination=NAME, path=OBJ, interface=MANAGER, member=member,
+                                signature=signature, body=body))
+    return change
+
+
 async def bench_inprocess(main: Daemon, scale: Daemon | None, rounds: int
                           ) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Round trips, interleaved; also the GetManagedObjects reply sizes (bytes, marshalled)."""
+    """Round trips, interleaved; also the GetManagedObjects reply sizes (bytes, marshalled).
+
+    The row "after one device changed" times a GetManagedObjects that follows,
+    untimed, a change of one device: the answer for that state is not made yet.
+    """
     targets: list[tuple[str, MessageBus, Callable[[], Message]]] = []
+    before: dict[str, Callable[[], Awaitable[None]]] = {}
     buses: list[MessageBus] = []
     try:
         bus = await MessageBus(bus_address=main.bus.address).connect()
         buses.append(bus)
         targets += [(name, bus, make) for name, make in calls(main.devices).items()]
+        after_change = "in-process: phyllod GetManagedObjects after a change"
+        targets.append((after_change, bus, targets[-1][2]))
+        before[after_change] = changes(bus)
         if scale is not None:
             small = await MessageBus(bus_address=scale.bus.address).connect()
             buses.append(small)
@@ -229,6 +256,8 @@ async def bench_inprocess(main: Daemon, scale: Daemon | None, rounds: int
         for _ in range(rounds):
             rng.shuffle(targets)
             for name, b, make in targets:
+                if name in before:
+                    await before[name]()
                 msg = make()
                 t0 = time.perf_counter()
                 await call(b, msg)
@@ -378,6 +407,9 @@ def main() -> int:
     parser.add_argument("--flood-clients", type=int, default=4,
                         help="processes flooding as nobody; 0: no flood case (default 4)")
     parser.add_argument("--flood-seconds", type=float, default=20.0)
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="run the daemon from this source tree (another branch's "
+                             "worktree, for a before/after); default: this checkout")
     parser.add_argument("--flood-client", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flood_client:  # one flooder, run by start_flood as nobody
@@ -400,16 +432,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="phyllod-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         (work / "main").mkdir()
-        main_d = start_daemon(stack, args.devices, work / "main")
+        main_d = start_daemon(stack, args.devices, work / "main", args.tree.resolve())
         rss_setup = main_d.rss_kib()
         scale_d = None
         if 0 < args.scale_devices != args.devices:
             (work / "scale").mkdir()
-            scale_d = start_daemon(stack, args.scale_devices, work / "scale")
+            scale_d = start_daemon(stack, args.scale_devices, work / "scale", args.tree.resolve())
         first_state = asyncio.run(state_of_first(main_d))
 
-        print("phyllod D-Bus benchmark (private bus configured like the system bus, "
-              "shipped policy; libvirt test:///default, empty policy)")
+        print(f"phyllod D-Bus benchmark, daemon from {args.tree.resolve()} (private bus "
+              "configured like the system bus, shipped policy; libvirt test:///default, "
+              "empty policy)")
         print("baseline: org.freedesktop.DBus.GetId, answered by dbus-daemon itself "
               "(no systemd here);")
         print("  phyllod calls take one more hop (bus → phyllod → bus); phyllod Peer.Ping is "

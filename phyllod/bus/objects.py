@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from dbus_fast.aio import MessageBus
 
@@ -26,11 +26,11 @@ from phyllod.bus.interfaces import (
     Published,
     RequestInterface,
 )
-from phyllod.bus.strings import fit, marshal_body
+from phyllod.bus.managed import ManagedObjects
+from phyllod.bus.strings import fit
 from phyllod.contract import (
     DEVICE_PROPERTIES,
     GUEST_PROPERTIES,
-    MANAGED_OBJECTS_SIGNATURE,
     MANAGER_IFACE,
     MANAGER_PROPERTIES,
     REQUEST_IFACE,
@@ -43,6 +43,7 @@ from phyllod.contract import (
 )
 from phyllod.core import errors
 from phyllod.core.bounds import bounded, excerpt
+from phyllod.core.diff import changed_keys
 from phyllod.core.model import (
     Assignment,
     Device,
@@ -56,13 +57,20 @@ from phyllod.core.model import (
 
 log = logging.getLogger("phyllod")
 
+V = TypeVar("V")
+
 #: States in which a guest holds a device (listed in the guest's ``Devices``).
 _HELD = (State.ATTACHED, State.DETACHING)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
-    """Everything the bus shows, taken by the daemon after each reconcile."""
+    """Everything the bus shows, taken by the daemon after each reconcile.
+
+    The mappings may be the daemon's parts' own, changed in place later: the
+    tree keeps copies of what it compares (see :class:`ObjectTree`); the calls
+    it names devices and guests for read them as they are now.
+    """
 
     devices: Mapping[str, Device]
     assignments: Mapping[str, Assignment]
@@ -83,7 +91,6 @@ class Stats:
     """Counts since start (SIGUSR1's log line, the tests): what the bus costs phyllod."""
 
     generations: int = 0  # states published
-    objects_built: int = 0  # GetManagedObjects answers built (once per state and path)
     objects_served: int = 0
     oversized: int = 0  # calls refused for their size
     reads_refused: int = 0  # GetManagedObjects refused: too many of one caller waiting
@@ -128,8 +135,27 @@ def manager_values(s: Snapshot) -> dict[str, Any]:
     }
 
 
+def _follow(seen: dict[str, V], now: Mapping[str, V], keys: set[str]) -> None:
+    """Bring the copy ``seen`` level with ``now`` at ``keys`` (the others are equal)."""
+    for k in keys:
+        value = now.get(k)
+        if value is None:
+            seen.pop(k, None)
+        else:
+            seen[k] = value
+
+
 class ObjectTree:
-    """The exported objects, by path, for the snapshot published last."""
+    """The exported objects, by path, for the snapshot published last.
+
+    A publish costs what changed: the tree keeps its own copy of what it last
+    published (the parts change their mappings in place) and re-evaluates only
+    the devices whose device or assignment is another object, or whose choices
+    (override, remembered answer) changed; the guests whose guest changed or
+    whose held devices did. Only those objects are re-marshalled and signalled
+    (``PropertiesChanged``; ``InterfacesAdded``/``Removed`` for those that came
+    or went).
+    """
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
@@ -141,11 +167,19 @@ class ObjectTree:
         self.requests: dict[str, RequestInterface] = {}
         self._device_ids: dict[str, str] = {}  # path → device id
         self._request_numbers: dict[str, int] = {}  # path → request number
-        #: GetManagedObjects' answers by path, marshalled, for the state published last.
-        self._objects_cache: dict[str, bytes] = {}
+        #: GetManagedObjects' answers, marshalled object by object.
+        self.objects = ManagedObjects()
         #: Objects left out of the bus because a value does not fit its D-Bus type.
         self._unfit: set[str] = set()
-        self._unfit_now: set[str] = set()
+        #: What was published last, as copies: the devices and assignments by id,
+        #: the choices, the guests by UUID.
+        self._devices: dict[str, Device] = {}
+        self._assignments: dict[str, Assignment] = {}
+        self._choices: tuple[dict[str, Override], dict[str, str]] = ({}, {})
+        self._guests: dict[str, Guest] = {}
+        #: The guest holding each device object (by path), and the paths each guest holds.
+        self._holder: dict[str, str] = {}
+        self._held: dict[str, set[str]] = {}
 
     def export(self, bus: MessageBus, manager: ManagerInterface, snapshot: Snapshot) -> None:
         """Put the root object on ``bus``, then everything ``snapshot`` shows."""
@@ -156,38 +190,21 @@ class ObjectTree:
     # ------------------------------------------------------------ publishing
 
     def publish(self, s: Snapshot) -> None:
-        """Make the exported objects match ``s``; emit only what changed.
+        """Make the exported objects match ``s``; re-marshal and emit only what changed.
 
         An object with a value that does not fit its D-Bus type (a device number
         past ``u``) is left out, and logged once: marshalling it would fail
         every signal and every GetManagedObjects, for every object.
         """
         self.snapshot = s
-        self._objects_cache.clear()
         self.stats.generations += 1
         if self.bus is None or self.manager is None:
             return
-        held: dict[str, list[str]] = {}
-        devices: dict[str, dict[str, Any]] = {}
-        self._device_ids = {}
-        for device_id, d in s.devices.items():
-            a = s.assignments.get(device_id)
-            path = device_path(device_id)
-            values = self._fit(path, device_values(d, a, s.overrides.get(d.identity),
-                                                   s.remembered.get(d.identity)),
-                               DEVICE_PROPERTIES)
-            if values is None:
-                continue
-            devices[path] = values
-            self._device_ids[path] = device_id
-            if a is not None and a.state in _HELD and a.guest:
-                held.setdefault(a.guest, []).append(path)
-        self._sync(self.devices, devices, DeviceInterface)
+        touched: set[str] = set()  # guests whose held devices changed
+        for device_id in self._stale_devices(s):
+            self._device(s, device_id, touched)
         if s.guests is not None:
-            self._sync(self.guests, self._fit_all(
-                {guest_path(g.uuid): {"Name": g.name, "UUID": g.uuid, "State": str(g.state),
-                                      "Devices": sorted(held.get(g.name, []))}
-                 for g in s.guests.values()}, GUEST_PROPERTIES), GuestInterface)
+            self._publish_guests(s.guests, touched)
         requests = self._fit_all({request_path(n): request_values(r)
                                   for n, r in s.requests.items()}, REQUEST_PROPERTIES)
         self._request_numbers = {request_path(n): n for n in s.requests
@@ -195,8 +212,68 @@ class ObjectTree:
         self._sync(self.requests, requests, RequestInterface)
         manager = self._fit(ROOT, manager_values(s), MANAGER_PROPERTIES)
         if manager is not None:
-            self.manager.update(manager)
-        self._unfit, self._unfit_now = self._unfit_now, set()
+            self._show(ROOT, self.manager, manager)
+
+    def _stale_devices(self, s: Snapshot) -> set[str]:
+        """The ids whose object may differ from the one published: the device or its
+        assignment is another object, or (all of them) the choices changed."""
+        stale = changed_keys(self._devices, s.devices)
+        stale |= changed_keys(self._assignments, s.assignments)
+        choices = (s.overrides, s.remembered)
+        if choices != self._choices:  # a person's choice: rare, and few entries
+            self._choices = (dict(s.overrides), dict(s.remembered))
+            stale |= s.devices.keys()
+        _follow(self._devices, s.devices, stale)
+        _follow(self._assignments, s.assignments, stale)
+        return stale
+
+    def _device(self, s: Snapshot, device_id: str, touched: set[str]) -> None:
+        """Export, update or unexport one device's object; note the guests it left or joined."""
+        assert self.bus is not None
+        path = device_path(device_id)
+        d, a = s.devices.get(device_id), s.assignments.get(device_id)
+        values = None if d is None else self._fit(path, device_values(
+            d, a, s.overrides.get(d.identity), s.remembered.get(d.identity)), DEVICE_PROPERTIES)
+        holder = a.guest if values is not None and a is not None and a.state in _HELD else ""
+        before = self._holder.get(path, "")
+        if holder != before:
+            touched |= {g for g in (before, holder) if g}
+            if before:
+                self._held[before].discard(path)
+                if not self._held[before]:
+                    del self._held[before]
+                del self._holder[path]
+            if holder:
+                self._held.setdefault(holder, set()).add(path)
+                self._holder[path] = holder
+        if values is None:
+            self._device_ids.pop(path, None)
+            self._unexport(self.devices, path)
+            return
+        self._device_ids[path] = device_id
+        self._show(path, self.devices.get(path), values, self.devices, DeviceInterface)
+
+    def _publish_guests(self, guests: Mapping[str, Guest], touched: set[str]) -> None:
+        """The guest objects whose guest came, changed or went, or whose held devices did."""
+        changed = changed_keys(self._guests, guests)
+        if touched:
+            changed |= {k for k, g in guests.items() if g.name in touched}
+        for key in changed:
+            old, g = self._guests.get(key), guests.get(key)
+            if old is not None and (g is None or g.uuid != old.uuid):
+                self._unexport(self.guests, guest_path(old.uuid))
+            if g is None:
+                continue
+            path = guest_path(g.uuid)
+            values = self._fit(path, {"Name": g.name, "UUID": g.uuid, "State": str(g.state),
+                                      "Devices": sorted(self._held.get(g.name, ()))},
+                               GUEST_PROPERTIES)
+            if values is None:
+                self._unexport(self.guests, path)
+            else:
+                self._show(path, self.guests.get(path), values, self.guests, GuestInterface)
+        if changed:
+            self._guests = dict(guests)
 
     def _fit_all(self, wanted: dict[str, dict[str, Any]], signatures: Mapping[str, str]
                  ) -> dict[str, dict[str, Any]]:
@@ -212,49 +289,53 @@ class ObjectTree:
             fitted = fit(signatures[name], value)
             if fitted is None:
                 self.stats.skipped += 1
-                self._unfit_now.add(path)
                 if path not in self._unfit:
                     self._unfit.add(path)
                     log.error("%s is not shown on the bus: its %s (%s) does not fit D-Bus "
                               "type %s", path, name, bounded(repr(value), 200), signatures[name])
                 return None
             out[name] = fitted
+        self._unfit.discard(path)
         return out
+
+    def _show(self, path: str, obj: Published | None, values: dict[str, Any],
+              exported: dict[str, Any] | None = None,
+              make: Callable[[dict[str, Any]], Published] | None = None) -> None:
+        """Export a new object (``make`` it into ``exported``) or update one; re-marshal
+        its entry of GetManagedObjects if it came or changed."""
+        assert self.bus is not None
+        if obj is None:
+            assert exported is not None and make is not None
+            exported[path] = obj = make(values)
+            self.bus.export(path, obj)
+        elif not obj.update(values) and path in self.objects:
+            return
+        self.objects.put(path, obj.name, obj.variants())
+
+    def _unexport(self, exported: dict[str, Any], path: str) -> None:
+        assert self.bus is not None
+        self._unfit.discard(path)
+        if exported.pop(path, None) is not None:
+            self.bus.unexport(path)
+            self.objects.drop(path)
 
     def _sync(self, exported: dict[str, Any], wanted: dict[str, dict[str, Any]],
               make: Callable[[dict[str, Any]], Published]) -> None:
-        assert self.bus is not None
         for path in [p for p in exported if p not in wanted]:
-            self.bus.unexport(path)
-            del exported[path]
+            self._unexport(exported, path)
         for path, values in wanted.items():
-            obj = exported.get(path)
-            if obj is None:
-                exported[path] = obj = make(values)
-                self.bus.export(path, obj)
-            else:
-                obj.update(values)
+            self._show(path, exported.get(path), values, exported, make)
 
     def managed_objects(self, path: str) -> bytes:
-        """GetManagedObjects' answer below ``path``, marshalled once per published state.
+        """GetManagedObjects' answer below ``path``, joined from entries marshalled once
+        per change of their object (see managed.py).
 
         Reads are open to everyone: dbus-fast rebuilt and marshalled the whole
         tree (every property of every object) for each call, so a flood of
-        them from any user delayed everyone's answers. publish() drops the cache.
+        them from any user delayed everyone's answers.
         """
-        cached = self._objects_cache.get(path)
-        if cached is None:
-            self.stats.objects_built += 1
-            exported: dict[str, Published] = {**self.devices, **self.guests, **self.requests}
-            if self.manager is not None:
-                exported[ROOT] = self.manager
-            objects = {p: {obj.name: obj.variants()} for p, obj in exported.items()
-                       if path == "/" or p.startswith(path + "/")}
-            cached = marshal_body(MANAGED_OBJECTS_SIGNATURE, objects)
-            if objects or path in exported:  # only ancestors of objects: a bounded set
-                self._objects_cache[path] = cached
         self.stats.objects_served += 1
-        return cached
+        return self.objects.answer(path)
 
     # ------------------------------------------------------------ naming for the calls
 

@@ -157,8 +157,8 @@ class BusService:
     def stats_line(self) -> str:
         """Counts for SIGUSR1's log line: what reads cost and what polkit checks wait."""
         st = self.stats
-        line = (f"bus: {st.generations} states published, object list built "
-                f"{st.objects_built} times for {st.objects_served} GetManagedObjects, "
+        line = (f"bus: {st.generations} states published, {self.tree.objects.marshalled} "
+                f"object entries marshalled, {st.objects_served} GetManagedObjects answered, "
                 f"{st.reads_refused} refused (too many waiting), {st.oversized} oversized calls "
                 f"refused, {st.skipped} objects not shown")
         if self.bus is not None:

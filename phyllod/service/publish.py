@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+from phyllod.core.diff import changed_keys
 from phyllod.core.model import Assignment, Device, State
 from phyllod.host.systemd_glue import MessageId, notify
 from phyllod.service.journal import fields, log
@@ -21,9 +22,12 @@ TRANSITIONS = (State.ATTACHING, State.DETACHING)
 
 def changed(before: Mapping[str, Assignment],
             after: Mapping[str, Assignment]) -> list[Assignment]:
-    """The assignments worth a log line: new or changed, and not in transition."""
-    return [a for device_id, a in after.items()
-            if before.get(device_id) != a and a.state not in TRANSITIONS]
+    """The assignments worth a log line: new or changed, and not in transition.
+
+    A turn's assignments are mostly the very objects of the last (replan keeps
+    them, or the whole mapping): only the others are compared."""
+    return [after[device_id] for device_id in sorted(changed_keys(before, after))
+            if device_id in after and after[device_id].state not in TRANSITIONS]
 
 
 def status_line(assignments: Mapping[str, Assignment], libvirt_away: bool, uri: str,
@@ -53,8 +57,11 @@ class Publisher:
         self._libvirt_away = libvirt_away
         self._policy_broken = policy_broken
         self._publish = publish
-        self.assignments: dict[str, Assignment] = {}
+        #: The plan's own mapping: a plan's assignments are never changed after it is
+        #: made (replan makes a new mapping when one changes), so none is copied.
+        self.assignments: Mapping[str, Assignment] = {}
         self._status = ""
+        self._counted: tuple[Mapping[str, Assignment], bool, bool] | None = None
 
     def report(self, assignments: Mapping[str, Assignment]) -> None:
         """Log what changed, keep the assignments, tell systemd and the bus."""
@@ -66,13 +73,19 @@ class Publisher:
             level = logging.WARNING if a.state is State.FAILED else logging.INFO
             log.log(level, "%s: %s%s: %s", what, a.state, where, a.reason,
                     **fields(a.device_id, a.guest, a.rule, a.state, MessageId.DECISION))
-        self.assignments = dict(assignments)
+        self.assignments = assignments
         self.notify_status()
         self._publish()
 
     def notify_status(self) -> None:
-        status = status_line(self.assignments, self._libvirt_away(), self._uri,
-                             self._policy_broken())
+        """Tell systemd the status line if it changed (counted again only when the
+        assignments or the flags did)."""
+        counted = (self.assignments, self._libvirt_away(), self._policy_broken())
+        if self._counted is not None and counted[0] is self._counted[0] and \
+                counted[1:] == self._counted[1:]:
+            return
+        self._counted = counted
+        status = status_line(*counted[:2], self._uri, counted[2])
         if status != self._status:
             self._status = status
             notify(f"STATUS={status}")

@@ -185,21 +185,23 @@ class Daemon:
         """Each part takes its share of a plan, before its steps start."""
         for slot in plan.let_go:
             self.binds.let_go(slot)
-        self.binds.keep_present({d.slot for d in self.plugs.devices.values()})
+        if self.binds.marks:  # rare; every present device's slot is worth a turn's cost
+            self.binds.keep_present({d.slot for d in self.plugs.devices.values()})
         if self.guests.guests is not None and self.policy.policy is not None:
             self.asks.after_turn(plan, self.plugs.devices, self.policy.ask_timeout)
         self.publisher.report(plan.assignments)
         self.sleep.after_turn(plan)
 
     def _snapshot(self) -> Snapshot:
-        """Everything the bus shows."""
+        """Everything the bus shows: the parts' own mappings, not copies (the bus
+        copies only what it compares, and only what changed)."""
         return Snapshot(
             devices=self.plugs.devices, assignments=self.publisher.assignments,
             guests=self.guests.guests, overrides=self.choices.overrides,
             version=__version__, iommu_enabled=self.loop.host.iommu_enabled,
             policy_errors=self.policy.errors, policy_files=self.policy.files,
-            libvirt_uri=self.config.uri, remembered=dict(self.choices.remembered),
-            requests=dict(self.asks.requests), ask_timeout=self.policy.ask_timeout)
+            libvirt_uri=self.config.uri, remembered=self.choices.remembered,
+            requests=self.asks.requests, ask_timeout=self.policy.ask_timeout)
 
     def _publish(self) -> None:
         if self.bus is not None:

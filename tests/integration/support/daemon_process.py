@@ -149,11 +149,19 @@ class LineProcess:
 
 
 class DaemonProcess(LineProcess):
-    """``python -m phyllod.cli`` with stderr collected line by line."""
+    """``python -m phyllod.cli`` with stderr collected line by line.
 
-    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+    ``python -m`` puts its working directory first on ``sys.path``: a bench
+    running another tree's daemon (``tree``) runs it there, or the checkout
+    it was started from would be imported whatever PYTHONPATH says.
+    """
+
+    def __init__(self, args: Sequence[str], env: dict[str, str],
+                 tree: str | Path | None = None) -> None:
+        if tree is not None:
+            env = {**env, "PYTHONPATH": str(tree)}
         super().__init__([sys.executable, "-m", "phyllod.cli", "--log-target", "stderr", *args],
-                         env)
+                         env, cwd=tree)
 
     def wait_log(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
         """The first log line from index ``start`` on that matches ``pattern``."""
