@@ -8,8 +8,8 @@ adapter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 #: Prefix of the libvirt user alias (``ua-`` is libvirt's namespace for
@@ -302,6 +302,18 @@ class PciFunction:
         return self.class_code.startswith("06")
 
 
+class FactsPart(StrEnum):
+    """The host facts in parts, each read again only once something made it stale
+    (what makes which part stale: :func:`phyllod.service.loop.staled_by`)."""
+
+    #: The PCI functions, IOMMU groups, the IOMMU itself and the ACS override:
+    #: what a PCI uevent (a function come or gone, a driver bound) changes.
+    PCI = "pci"
+    #: What the host holds: mounted and swapped-on block devices and its
+    #: keyboards, which a USB device (a stick, a keyboard, a hub) brings or takes.
+    HOLDS = "holds"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostFacts:
     """What the host's kernel says about IOMMU isolation, read from sysfs and /proc."""
@@ -324,3 +336,17 @@ class HostFacts:
     #: pcie_acs_override= is on the command line but this kernel lacks the
     #: out-of-tree patch that reads it: groups are the hardware's own.
     acs_override_ignored: bool = False
+
+    def merged(self, fresh: HostFacts, parts: Iterable[FactsPart]) -> HostFacts:
+        """These facts with ``parts`` taken from ``fresh`` (read for those parts only)."""
+        return replace(self, **{name: getattr(fresh, name) for part in parts
+                                for name in PART_FIELDS[part]})
+
+
+#: Which of HostFacts' fields each part holds; together, all of them.
+PART_FIELDS: Mapping[FactsPart, tuple[str, ...]] = {
+    FactsPart.PCI: ("iommu_enabled", "acs_override", "acs_override_ignored", "functions",
+                    "groups"),
+    FactsPart.HOLDS: ("mounted", "block_mounts", "keyboards"),
+}
+ALL_PARTS = frozenset(FactsPart)

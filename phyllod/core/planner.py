@@ -231,11 +231,23 @@ class Planner:
         return verdict is BindVerdict.TAKEN_BACK
 
     def _vanished(self, d: Device, rule: str, held: Sequence[Holding]) -> Assignment:
-        """Gone from the host, maybe for a moment: wait for it before touching any guest."""
+        """Gone from the host, maybe for a moment: its plug (guest, answer, question)
+        waits out the window for it to return, and is then attached again.
+
+        A USB hostdev phyllod placed for it is taken out at once: it names the
+        device by bus and device number, which a device that returns never
+        has again (re-enumerated, it gets a new number), so it points at
+        nothing now and ever after, and only holds the guest's port.
+        """
         until = self.world.vanished[d.id]
         self.wakeups.append(until)
         left = max(0.0, until - self.world.now)
         reason = f"vanished from the host; waiting {left:.1f}s for it to return (debounce)"
+        owned = _owned(held)
+        if owned is not None and d.subsystem is Subsystem.USB:
+            return self._take_out(d, owned, rule, "it vanished from the host",
+                                  leaving=f"{reason}; removing its dead hostdev from "
+                                          f"'{owned.guest.name}'", failure_with_why=True)
         guest = held[0].guest.name if held else ""
         return Assignment(device_id=d.id, state=State.ATTACHED if held else State.HOST,
                           guest=guest, rule=rule, reason=reason)

@@ -23,7 +23,8 @@ Real life (what users of today's tools suffer from most) is modelled too:
 the host's sleep (``World.sleep``: devices whose rule says ``on_sleep =
 "detach"`` leave their guests before it and come back after resume, each on
 its own), a device that vanished and may return within its debounce window
-(``World.vanished``: nothing moves until it returns or the window ends), a
+(``World.vanished``: its plug waits until it returns or the window ends; only
+the dead USB hostdev phyllod placed for it leaves its guest at once), a
 device its guest lost to a reset on the host (``World.binds``, judged by
 ``guest_runs``: detached and attached again; a guest that let go of it as it
 stopped is no reset), and what the host would lose (``safety``). What is

@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 from phyllod.core import kernel_values as kv
 from phyllod.core.device_text import clean
-from phyllod.core.model import HostFacts, PciFunction
+from phyllod.core.model import ALL_PARTS, FactsPart, HostFacts, PciFunction
 from phyllod.host.sysfs_acs import kernel_ignores_acs_override
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,10 @@ def iommu_enabled(sys_root: Path = _SYS) -> bool:
 
 def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
                     mounts: str | None = None, swaps: str | None = None,
-                    proc_root: Path = _PROC) -> HostFacts:
-    """Everything the PCI safety check weighs, read in one pass.
+                    proc_root: Path = _PROC,
+                    parts: Collection[FactsPart] = ALL_PARTS) -> HostFacts:
+    """Everything the safety verdicts weigh, read in one pass; only ``parts`` of it
+    (the fields of the others are left empty, for :meth:`HostFacts.merged`).
 
     ``cmdline``, ``mounts`` (/proc/self/mountinfo or /proc/mounts format) and
     ``swaps`` (/proc/swaps) default to the running kernel's; tests pass text.
@@ -72,26 +74,27 @@ def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
     ``proc_root`` is where /proc/kallsyms is looked for (see
     :func:`kernel_ignores_acs_override`).
     """
-    if cmdline is None:
-        cmdline = _read(proc_root / "cmdline")
-    if mounts is None:
-        mounts = _read(Path("/proc/self/mountinfo")) or _read(Path("/proc/mounts"))
-    if swaps is None:
-        swaps = _read(Path("/proc/swaps"))
-    functions = {f.address: f for f in _pci_functions(sys_root)}
-    held = list(_held_blocks(sys_root, mounts, swaps))
-    acs_asked = any(w.startswith("pcie_acs_override=") for w in cmdline.split())
-    acs_ignored = acs_asked and kernel_ignores_acs_override(sys_root, proc_root)
-    return HostFacts(
-        iommu_enabled=iommu_enabled(sys_root),
-        acs_override=acs_asked and not acs_ignored,
-        acs_override_ignored=acs_ignored,
-        functions=functions,
-        groups=iommu_groups(sys_root),
-        mounted=_by_pci_address(held),
-        block_mounts=_by_sys_path(sys_root, held),
-        keyboards=host_keyboards(sys_root),
-    )
+    facts = HostFacts()
+    if FactsPart.PCI in parts:
+        if cmdline is None:
+            cmdline = _read(proc_root / "cmdline")
+        acs_asked = any(w.startswith("pcie_acs_override=") for w in cmdline.split())
+        acs_ignored = acs_asked and kernel_ignores_acs_override(sys_root, proc_root)
+        facts = replace(facts, iommu_enabled=iommu_enabled(sys_root),
+                        acs_override=acs_asked and not acs_ignored,
+                        acs_override_ignored=acs_ignored,
+                        functions={f.address: f for f in _pci_functions(sys_root)},
+                        groups=iommu_groups(sys_root))
+    if FactsPart.HOLDS in parts:
+        if mounts is None:
+            mounts = _read(Path("/proc/self/mountinfo")) or _read(Path("/proc/mounts"))
+        if swaps is None:
+            swaps = _read(Path("/proc/swaps"))
+        held = list(_held_blocks(sys_root, mounts, swaps))
+        facts = replace(facts, mounted=_by_pci_address(held),
+                        block_mounts=_by_sys_path(sys_root, held),
+                        keyboards=host_keyboards(sys_root))
+    return facts
 
 
 def pci_function(sys_root: Path, address: str) -> PciFunction | None:

@@ -4,9 +4,11 @@ Every input asks for a reconcile with :meth:`Loop.kick`; all the kicks of one
 loop turn make one reconcile. A turn reads the host facts at most once
 (drivers, groups, mounts, keyboards: a plug is several uevents, and in a slow
 VM one read costs ~0.3 s; read per event, they held the attach back by a
-second or more), builds the World, reconciles, hands the plan to the parts
-and starts its steps. A bus call that changed something waits for a turn
-after its change (:attr:`Loop.turns`, :meth:`Loop.next_turn`).
+second or more), and only the parts a uevent made stale (:func:`staled_by`:
+a USB plug re-reads what the host holds, never every PCI function's sysfs
+files), builds the World, reconciles, hands the plan to the parts and starts
+its steps. A bus call that changed something waits for a turn after its
+change (:attr:`Loop.turns`, :meth:`Loop.next_turn`).
 """
 
 from __future__ import annotations
@@ -15,17 +17,39 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 
-from phyllod.core.model import HostFacts
+from phyllod.core.model import ALL_PARTS, FactsPart, HostFacts, Subsystem
 from phyllod.core.plan import Plan, Step, World
 from phyllod.core.policy import Policy
 from phyllod.core.replan import Reconciled, replan
+from phyllod.host.udev_source import DeviceGone, DeviceSeen, UdevEvent
+
+#: What each subsystem's uevents can change. A USB device (its add, its
+#: interfaces, a driver's bind, its removal) brings or takes disks, mounts
+#: and keyboards, never a PCI function. A PCI uevent changes functions,
+#: drivers and groups, and also what sits below a controller (its disks and
+#: keyboards come and go with its driver). The sources we watch are only
+#: these two: a mount, a swapon or a partition's block device makes no
+#: uevent of ours, so what the host holds is read again on each of them, as
+#: it always was, and on a reload ("look again").
+_STALED: dict[str, frozenset[FactsPart]] = {
+    Subsystem.USB: frozenset({FactsPart.HOLDS}), Subsystem.PCI: ALL_PARTS}
+
+
+def staled_by(event: UdevEvent) -> frozenset[FactsPart]:
+    """The parts of the host facts ``event`` may have changed (all, for a rescan
+    after lost events)."""
+    if isinstance(event, DeviceSeen):
+        return _STALED[event.device.subsystem]
+    if isinstance(event, DeviceGone):  # only its id is known: "usb:1-2", "pci:0000:…"
+        return _STALED.get(event.device_id.partition(":")[0], ALL_PARTS)
+    return ALL_PARTS
 
 
 class Loop:
     """Whether a reconcile is asked for, how many turns were taken, the host facts
-    as last read (and whether a uevent made them stale), the next wake-up."""
+    as last read (and which parts a uevent made stale), the next wake-up."""
 
-    def __init__(self, *, read_facts: Callable[[], HostFacts],
+    def __init__(self, *, read_facts: Callable[[frozenset[FactsPart]], HostFacts],
                  policy: Callable[[], Policy | None],
                  world: Callable[[float, HostFacts], World],
                  after: Callable[[Plan], None],
@@ -42,11 +66,14 @@ class Loop:
         self.turns = 0
         self._turned = asyncio.Event()
         self._wake: asyncio.TimerHandle | None = None
-        self._facts_stale = False
+        self._stale: set[FactsPart] = set()
+        #: How many times host facts were read (any part), and each part.
         self.facts_reads = 0
+        self.part_reads = dict.fromkeys(FactsPart, 0)
         #: The last turn's plan and what the next one builds on.
         self.reconciled: Reconciled | None = None
-        self.host = self.read_facts()
+        self.host = HostFacts()
+        self.read_facts()
 
     def kick(self) -> None:
         """Ask for a reconcile soon; many kicks in one loop turn make one."""
@@ -54,21 +81,27 @@ class Loop:
             self.kicked = True
             asyncio.get_running_loop().call_soon(self.turn)
 
-    def facts_changed(self) -> None:
-        """A uevent came: the host facts are read again before the next decision."""
-        self._facts_stale = True
+    def facts_changed(self, parts: frozenset[FactsPart] = ALL_PARTS) -> None:
+        """A uevent came: ``parts`` are read again before the next decision."""
+        self._stale |= parts
 
     def read_facts(self) -> HostFacts:
-        """Read the host facts now (at start, and on reload: mounts and drivers
+        """Read all the host facts now (at start, and on reload: mounts and drivers
         change without uevents)."""
-        self._facts_stale = False
-        self.facts_reads += 1
-        self.host = self._read()
-        return self.host
+        self._stale = set(ALL_PARTS)
+        return self.facts()
 
     def facts(self) -> HostFacts:
-        """The host facts, read again if a uevent came since they were read."""
-        return self.read_facts() if self._facts_stale else self.host
+        """The host facts, the parts a uevent made stale read again."""
+        if self._stale:
+            parts = frozenset(self._stale)
+            self._stale = set()
+            self.facts_reads += 1
+            for part in parts:
+                self.part_reads[part] += 1
+            fresh = self._read(parts)
+            self.host = fresh if parts == ALL_PARTS else self.host.merged(fresh, parts)
+        return self.host
 
     def turn(self) -> None:
         """Reconcile the world as it is now, and act on the plan (replan: the same plan

@@ -47,7 +47,7 @@ from phyllod.service.binds import HostBinds
 from phyllod.service.choices import Choices
 from phyllod.service.guests import CONNECT_PATIENCE, Guests
 from phyllod.service.journal import fields, log
-from phyllod.service.loop import Loop
+from phyllod.service.loop import Loop, staled_by
 from phyllod.service.operations import Operations
 from phyllod.service.plugs import Plugs
 from phyllod.service.policy_in_force import PolicyInForce
@@ -145,7 +145,8 @@ class Daemon:
             forget_failures=lambda: self.steps.forget_failures(lambda _failure: True),
             spawn=self._spawn, changed=kick)
         # The loop: kicks, host facts read at most once per turn, reconcile, the plan.
-        self.loop = Loop(read_facts=read_host_facts, policy=lambda: self.policy.policy,
+        self.loop = Loop(read_facts=lambda parts: read_host_facts(parts=parts),
+                         policy=lambda: self.policy.policy,
                          world=self._world, after=self._after_turn,
                          start_steps=self.steps.start, stopping=lambda: self._stopping)
         # Publishing: each decision in the journal, systemd's STATUS=, the bus.
@@ -212,10 +213,10 @@ class Daemon:
 
     def _on_udev(self, event: UdevEvent) -> None:
         # Drivers, groups, mounts and keyboards weigh in the verdicts; each
-        # event may change them (a hub brings keyboards, a PCI rebind a group):
-        # they are read again before the next decision, once for all the events
-        # that came in meanwhile.
-        self.loop.facts_changed()
+        # event may change some of them (a hub brings keyboards, a PCI rebind a
+        # group): those are read again before the next decision, once for all
+        # the events that came in meanwhile.
+        self.loop.facts_changed(staled_by(event))
         self.plugs.on_udev(event)
 
     def _on_prepare_for_sleep(self, going: bool) -> None:
@@ -336,9 +337,10 @@ class Daemon:
         rss = next((int(line.split()[1]) for line in Path("/proc/self/status").read_text()
                     .splitlines() if line.startswith("VmRSS:")), 0) / 1024
         fds = sum(1 for _ in Path("/proc/self/fd").iterdir()) - 1  # not the one listing it
+        parts = ", ".join(f"{part} {n}" for part, n in self.loop.part_reads.items())
         log.info("memory: %srss %.1f MiB, %d fds, %d devices, %d guests; host facts read "
-                 "%d times", traced, rss, fds, len(self.plugs.devices),
-                 len(self.guests.guests or {}), self.loop.facts_reads)
+                 "%d times (%s)", traced, rss, fds, len(self.plugs.devices),
+                 len(self.guests.guests or {}), self.loop.facts_reads, parts)
         if self.bus is not None:
             log.info("%s", self.bus.stats_line())
 

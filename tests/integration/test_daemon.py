@@ -245,20 +245,29 @@ def test_watchdog_pings_come_from_the_loop(start_daemon: Start,
     proc.signal(signal.SIGCONT)
 
 
-FACTS_READ = re.compile(r"host facts read (\d+) times")
+FACTS_READ = re.compile(r"host facts read (\d+) times \(pci (\d+), holds (\d+)\)")
 
 
-def _facts_reads(daemon: DaemonProcess) -> int:
+def _facts_reads(daemon: DaemonProcess) -> tuple[int, int, int]:
+    """(reads of any part, of the PCI part, of what the host holds) so far."""
     mark = daemon.mark()
     daemon.signal(signal.SIGUSR1)
-    return int(daemon.wait_log(FACTS_READ.pattern, start=mark)[1])
+    match = daemon.wait_log(FACTS_READ.pattern, start=mark)
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def _since(before: tuple[int, int, int], daemon: DaemonProcess) -> tuple[int, int, int]:
+    after = _facts_reads(daemon)
+    return after[0] - before[0], after[1] - before[1], after[2] - before[2]
 
 
 def test_one_plug_reads_the_host_facts_once(
         ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
     """A plug is several uevents (the device, each interface): the host facts are read
     once for all of them before the decision, not once per event (in a slow VM one
-    read costs ~0.3 s, and per event they held the attach back by a second)."""
+    read costs ~0.3 s, and per event they held the attach back by a second), and of
+    them only what a USB device can change (mounts, keyboards), never the PCI part
+    (every PCI function's sysfs files, the IOMMU groups)."""
     daemon, _ = ready_on_work()
     before = _facts_reads(daemon)
     mark = daemon.mark()
@@ -268,4 +277,22 @@ def test_one_plug_reads_the_host_facts_once(
     finally:
         daemon.signal(signal.SIGCONT)
     daemon.wait_log(r"attaching usb:1-2 .* \(bus 1 device 5\)", start=mark)
-    assert _facts_reads(daemon) - before == 1
+    assert _since(before, daemon) == (1, 0, 1)
+
+
+def test_usb_plugs_and_unplugs_never_read_the_pci_part(
+        ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
+    """Uevents as they come, one turn each if they come apart: USB plugs and unplugs
+    read what the host holds at most once per uevent, the PCI part never."""
+    daemon, _ = ready_on_work()
+    before = _facts_reads(daemon)
+    mark = daemon.mark()
+    for devnum, port in enumerate(("1-2", "1-3", "1-4"), start=5):
+        usb_testbed.plug(port, devnum=devnum, interfaces=("030101", "030000"))
+    for port in ("1-2", "1-3", "1-4"):
+        daemon.wait_log(rf"attaching usb:{port} ", start=mark)
+        usb_testbed.unplug(port)
+        daemon.wait_log(rf"usb:{port} .* vanished", start=mark)
+    reads, pci, holds = _since(before, daemon)
+    uevents = 3 * (1 + 2) + 3  # each plug: the device and its two interfaces; the removes
+    assert pci == 0 and 1 <= holds == reads <= uevents, (reads, pci, holds)

@@ -1,5 +1,5 @@
 """Real life, daemon level: the host's sleep, vanishing devices, hubs, host keyboards,
-a guest letting go of its devices as it stops.
+a guest letting go of its devices as it stops, a device it holds vanishing.
 
 The real daemon on a private system bus with python-dbusmock's logind, over
 umockdev devices and libvirt's test driver (which refuses every attach, so
@@ -279,3 +279,28 @@ def test_a_host_driver_taking_a_device_from_a_running_guest_is_a_reset(phyllod: 
     assert "its guest lost it to a reset on the host; attaching it again" in line
     d.wait_line("detach ua-phyllod-usb1-2-5 from work failed: this function is not supported",
                 start)
+
+
+def test_a_vanished_device_leaves_its_guest_at_once_and_its_plug_waits(phyllod: Phyllod,
+                                                                       work: Work):
+    """The unplug of a device 'work' holds: its hostdev names device 5, which no
+    device that returns will be (re-enumerated, it is device 6), so it is detached
+    at once, within the debounce window, not after it; the plug waits out the
+    window, and the device back in time is the same plug, never an unplug."""
+    (phyllod.policy_dir / "10.toml").write_text("[settings]\ndebounce = 30\n\n"
+                                                + KEYBOARD_TO_WORK)
+    phyllod.start(uri=work.uri)
+    assert phyllod.proc is not None
+    d = phyllod.proc
+    d.wait_line("usb:1-2 (0627:0001 QEMU QEMU USB Keyboard): attached guest=work")
+    start = d.mark()
+    phyllod.tb.unplug("1-2")
+    d.wait_line("vanished; waiting 30.0s for it to return", start)
+    line = d.wait_line("detaching ua-phyllod-usb1-2-5 from work", start)
+    assert "(it vanished from the host)" in line
+    # The test driver refuses the detach: the refusal is said, with the window.
+    shown = poll(lambda: (s := phyllod.show("usb:1-2"))["State"] == "failed" and s)
+    assert shown["Reason"].startswith("it vanished from the host; detach failed"), shown
+    phyllod.tb.plug("1-2", devnum=6)
+    d.wait_line("returned (bus 1 device 6)", start)
+    assert not [ln for ln in d.lines[start:] if "unplugged" in ln], "never believed gone"

@@ -98,9 +98,11 @@ def test_what_is_behind_a_hub_follows_and_a_kvm_switch_burst_converges(lab_phyll
     assert p.l2_hostdev_aliases() == [first]
 
     # A KVM switch flips away and back: the hub and all behind it vanish and return.
+    # The keyboard's hostdev names a device number it never has again, so it
+    # leaves L2 at once; the plug waits out its window and is attached again.
     p.mark_journal()
     _unplug_hub(p, "hub1", ["kbd2"])
-    p.wait_journal(r"usb:1-3\.1 .*: attached guest=l2: vanished from the host; waiting")
+    p.wait_journal(r"detaching ua-phyllod-usb1-3_1-\d+ from l2 \(it vanished from the host\)")
     wait_until("the hub gone from L1", lambda: p.lab.run("test -e /sys/bus/usb/devices/1-3")[0])
     p.plug("hub1", port=3, driver="usb-hub")
     _plug_behind(p, "kbd2", "3.1")
@@ -112,7 +114,6 @@ def test_what_is_behind_a_hub_follows_and_a_kvm_switch_burst_converges(lab_phyll
     journal = p.journal()
     assert _count(r"detaching ua-phyllod-usb1-3_1", journal) == 1, journal
     assert _count(r"attaching usb:1-3\.1 ", journal) == 1, journal
-    assert "it came back with a new device number" in journal
     assert not re.search(r"unplugged \[?.*usb:1-3\.1", journal), "never believed gone"
     assert "attaching usb:1-3 " not in journal, "the hub itself never moves"
 

@@ -6,7 +6,7 @@ import pytest
 from factories import guest, held, host, pci, policy, usb
 
 from phyllod.core.guest_runs import HostBind, Run
-from phyllod.core.model import HostFacts, PciFunction, State
+from phyllod.core.model import Hostdev, HostFacts, PciFunction, State, Subsystem
 from phyllod.core.plan import Attach, Detach, Sleep, World
 from phyllod.core.policy import OnSleep
 from phyllod.core.policy_parser import parse_policy_text
@@ -115,16 +115,41 @@ def test_after_resume_devices_settle_then_each_is_attached():
 
 # ------------------------------------------------------------------ vanished, broken, reset
 
-def test_a_vanished_device_moves_nothing_until_its_window_ends():
+def test_a_vanished_device_waits_out_its_window_while_its_dead_hostdev_goes_at_once():
+    """A USB hostdev names the device by number, which a returning device never has
+    again: it is taken out at once; the plug waits for the device to return."""
     d = usb()
     plan = reconcile(KBD, world([d], [guest("work", hostdevs=(held(d),))],
                                 vanished={d.id: 4.0}, now=3.0))
+    assert plan.steps == (Detach(slot=d.slot, guest="work", hostdev=held(d),
+                                 why="it vanished from the host", device_id=d.id),)
+    assert plan.wake_at == 4.0
+    a = plan.assignments[d.id]
+    assert (a.state, a.guest) == (State.DETACHING, "work")
+    assert a.reason == ("vanished from the host; waiting 1.0s for it to return (debounce); "
+                        "removing its dead hostdev from 'work'")
+    # Out of the guest, it is still waited for: nothing else moves until the window ends.
+    plan = reconcile(KBD, world([d], [guest("work")], vanished={d.id: 4.0}, now=3.0))
     assert plan.steps == () and plan.wake_at == 4.0
     a = plan.assignments[d.id]
-    assert (a.state, a.guest) == (State.ATTACHED, "work")
-    assert a.reason == "vanished from the host; waiting 1.0s for it to return (debounce)"
-    plan = reconcile(KBD, world([d], [guest("work")], vanished={d.id: 4.0}, now=3.0))
-    assert plan.steps == () and plan.assignments[d.id].state is State.HOST
+    assert (a.state, a.reason) == (
+        State.HOST, "vanished from the host; waiting 1.0s for it to return (debounce)")
+    # Back within its window, re-enumerated with a new number: attached again.
+    back = replace(d, devnum=d.devnum + 1)
+    plan = reconcile(KBD, world([back], [guest("work")], now=3.5))
+    assert [type(s) for s in plan.steps] == [Attach]
+
+
+@pytest.mark.parametrize(("d", "owned"), [(usb(), False), (pci(), True)],
+                         ids=["usb-placed-by-a-person", "pci"])
+def test_a_vanished_device_leaves_what_it_does_not_own_or_a_pci_hostdev_in_place(d, owned):
+    """Only phyllod's own USB hostdevs are taken out at once: one a person placed is
+    theirs, and a PCI function in a guest cannot leave the host while vfio holds it."""
+    hostdev = (held(d, owned=owned) if d.subsystem is Subsystem.USB
+               else Hostdev(alias=d.alias, subsystem=Subsystem.PCI, address=d.address))
+    plan = reconcile(KBD, world([d], [guest("work", hostdevs=(hostdev,))],
+                                vanished={d.id: 4.0}, now=3.0))
+    assert plan.steps == () and plan.assignments[d.id].state is State.ATTACHED
 
 
 def test_a_device_its_guest_lost_is_detached_to_be_attached_again():
