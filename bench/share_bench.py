@@ -30,7 +30,7 @@ what is measured; an attach that succeeds is the lab's (bench/lab_latency.py).
 Idle, against this real libvirtd (whose keepalive the test driver lacks):
 after the plugs the daemon is left alone ``--idle-seconds`` and its threads'
 context switches (/proc/PID/task/*/status, voluntary + involuntary: every
-wake-up is one) are counted, per thread.
+wake-up is one; tests/integration/support/wakeups.py) are counted, per thread.
 
 A report, not a test (root, like the integration tier):
 ``umockdev-wrapper .venv/bin/python bench/share_bench.py [--plugs N] [--json FILE]``.
@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration" / "support"))
 import libvirt  # noqa: E402
 import libvirtd  # noqa: E402
 import testbed  # noqa: E402
+import wakeups  # noqa: E402
 from daemon_process import DaemonProcess, NotifySocket, child_env  # noqa: E402
 from policies import rule  # noqa: E402
 
@@ -138,31 +139,6 @@ def hostdev(bus: int, devnum: int) -> str:
     return (f"<hostdev mode='subsystem' type='usb'><source><vendor id='0x0627'/>"
             f"<product id='0x0001'/><address bus='{bus}' device='{devnum}'/></source>"
             f"</hostdev>")
-
-
-def task_switches(pid: int) -> dict[str, int]:
-    """Context switches so far, per thread."""
-    out: dict[str, int] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            status = (task / "status").read_text()
-        except OSError:
-            continue  # the thread ended meanwhile
-        values = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        # Python threads share the process's name: the main thread is the one
-        # whose id is the process's; the others are told apart by their id.
-        name = "main" if task.name == str(pid) else f"thread {task.name}"
-        count = (int(values.get("voluntary_ctxt_switches", "0"))
-                 + int(values.get("nonvoluntary_ctxt_switches", "0")))
-        out[name] = out.get(name, 0) + count
-    return out
-
-
-def idle_wakeups(pid: int, seconds: float) -> dict[str, int]:
-    before = task_switches(pid)
-    time.sleep(seconds)
-    after = task_switches(pid)
-    return {name: after[name] - before.get(name, 0) for name in after}
 
 
 def plug_once(i: int, tb: testbed.UsbTestbed, daemon: DaemonProcess, trace: Path,
@@ -258,7 +234,8 @@ def run(args: argparse.Namespace) -> dict:
         time.sleep(1.0)  # the start's own turns and retries settle
         for i in range(args.plugs):
             plug_once(i, tb, daemon, trace, dom, s)
-        idle = idle_wakeups(daemon.proc.pid, args.idle_seconds) if args.idle_seconds else {}
+        idle, ticks = (wakeups.over(daemon.proc.pid, args.idle_seconds) if args.idle_seconds
+                       else ({}, 0))
         conn.close()
         log = daemon.log()
     finally:
@@ -275,7 +252,7 @@ def run(args: argparse.Namespace) -> dict:
         "turns_before_issue": s.turns, "facts_reads_per_plug": s.facts_reads,
         "summary": {k: summary(v) for k, v in vars(s).items()
                     if k not in ("turns", "facts_reads")},
-        "idle": {"seconds": args.idle_seconds, "wakeups_by_thread": idle,
+        "idle": {"seconds": args.idle_seconds, "wakeups_by_thread": idle, "cpu_ticks": ticks,
                  "per_second": sum(idle.values()) / args.idle_seconds
                  if args.idle_seconds else None},
         "trace_unset_ns_per_call": trace_cost_ns(),
