@@ -37,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from performance_plot import latency_svg  # noqa: E402
 
-#: name → (command line after the interpreter, runs under umockdev-wrapper)
+#: name → (command line after the interpreter, runs under umockdev-wrapper). Each
+#: takes ``--json FILE``, but memory_bench prints its JSON list (``--json``) to stdout.
+STDOUT_JSON = frozenset({"memory"})
 BENCHES: dict[str, tuple[list[str], bool]] = {
     "core": (["bench/core_bench.py"], False),
     "dbus": (["bench/dbus_bench.py"], True),
@@ -64,13 +66,22 @@ def run(names: list[str], out: Path) -> dict[str, int]:
         if not (ROOT / argv[0]).exists():
             print(f"performance: {argv[0]} is not in this checkout; its rows say so")
             continue
-        cmd = [sys.executable, *argv, "--json", str(out / f"{name}.json")]
+        target = out / f"{name}.json"
+        cmd = [sys.executable, *argv, "--json"]
+        if name not in STDOUT_JSON:
+            cmd.append(str(target))
         if wrapped and wrapper:
             cmd = [wrapper, *cmd]
         print(f"performance: running {' '.join(argv)}", flush=True)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
-        codes[name] = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        if name in STDOUT_JSON:
+            done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+            if done.returncode == 0:
+                target.write_text(done.stdout)
+        else:
+            done = subprocess.run(cmd, cwd=ROOT, env=env)
+        codes[name] = done.returncode
     return codes
 
 
@@ -211,25 +222,31 @@ def dbus_rows(dbus: dict | None) -> list[list[str]]:
              f"{now / 50:.2f}x", verdict(now <= 10)]]
 
 
-def memory_rows(memory: dict | None) -> list[list[str]]:
-    """Helper B's bench: rows it states itself (``report``), else its figures flat."""
-    goal = "anon ≤ 16 MiB at 500 dev x 50 guests; no growth over 10k events"
-    if memory is None:
+def memory_rows(memory: list[dict] | None) -> list[list[str]]:
+    """bench/memory_bench.py's figures (a list: tree, case, devices, guests, events,
+    rss/pss/anon kB) for this tree: idle, loaded, and the growth over the churn."""
+    goal = "anon ≤ 16 MiB at 500 devices, 50 guests; no growth over 10k events"
+    mine = [f for f in memory or [] if str(f.get("tree", "")).endswith("(this)")]
+    if not mine:
         return [["Memory", ISSUE["memory"], "not run (bench/memory_bench.py)", goal, "-", "-"]]
-    if isinstance(memory.get("report"), list):
-        return [[str(r.get(k, "")) for k in ("figure", "baseline", "now", "goal", "ratio",
-                                               "verdict")] for r in memory["report"]]
-    flat = []
-
-    def walk(prefix: str, value: object) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k} ", v)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat.append(f"{prefix.strip()}: {value:,.1f}")
-    walk("", {k: v for k, v in memory.items() if k != "samples"})
-    return [["Memory (bench/memory_bench.py's figures)", ISSUE["memory"],
-             "; ".join(flat[:12]), goal, "-", "see figures"]]
+    by_case = {f["case"]: f for f in mine}
+    rows = []
+    for case in ("idle, nothing", "idle, loaded"):
+        f = by_case.get(case)
+        if f is not None:
+            anon = f["anon_kib"] / 1024
+            loaded = case == "idle, loaded"
+            rows.append([f"Memory, {case} ({f['devices']} device objects, {f['guests']} guests):"
+                         " anonymous (PSS, RSS) MiB", ISSUE["memory"],
+                         f"{anon:.1f} ({f['pss_kib'] / 1024:.1f}, {f['rss_kib'] / 1024:.1f})",
+                         "≤ 16 MiB anonymous" if loaded else "", f"{anon / 20.6:.2f}x",
+                         verdict(anon <= 16) if loaded else ""])
+    warm, churn = by_case.get("after warm-up"), by_case.get("after churn")
+    if warm and churn:
+        growth = churn["anon_kib"] - warm["anon_kib"]
+        rows.append([f"Memory growth over {churn['events'] - warm['events']:,} uevents after "
+                     "a warm-up (anonymous)", "", f"{growth:+d} kB", "no growth", "", ""])
+    return rows
 
 
 def render(results: dict[str, dict], codes: dict[str, int], shared: bool) -> str:

@@ -48,3 +48,16 @@ def test_a_failed_bench_is_named():
     text = performance.render({}, {"dbus": 1, "core": 0}, shared=True)
     assert "Benches that failed in this run: `dbus` (exit 1)" in text
     assert "was shared with other work" in text
+
+
+def test_memory_rows_are_this_trees_figures_from_memory_bench():
+    def figure(tree: str, case: str, anon_mib: float, events: int = 0) -> dict:
+        return {"tree": tree, "case": case, "devices": 550, "guests": 50, "events": events,
+                "rss_kib": 50 * 1024, "pss_kib": 30 * 1024, "anon_kib": int(anon_mib * 1024)}
+    memory = [figure("main (baseline)", "idle, loaded", 22.0),
+              figure("wt (this)", "idle, loaded", 15.0),
+              figure("wt (this)", "after warm-up", 15.0, 1000),
+              figure("wt (this)", "after churn", 15.5, 11000)]
+    rows = performance.memory_rows(memory)
+    assert rows[0][2] == "15.0 (30.0, 50.0)" and rows[0][-1] == "met"
+    assert rows[1][0].startswith("Memory growth over 10,000 uevents") and rows[1][2] == "+512 kB"
