@@ -32,8 +32,14 @@ after the plugs the daemon is left alone ``--idle-seconds`` and its threads'
 context switches (/proc/PID/task/*/status, voluntary + involuntary: every
 wake-up is one; tests/integration/support/wakeups.py) are counted, per thread.
 
+``--baseline DIR`` measures another source tree first, in the same run (its
+own libvirtd and testbed): a tree without the trace hook is measured from
+its log lines instead ("plugged in" → "attaching … attachDeviceFlags"), at
+the log's millisecond resolution and without the udev translation.
+
 A report, not a test (root, like the integration tier):
-``umockdev-wrapper .venv/bin/python bench/share_bench.py [--plugs N] [--json FILE]``.
+``umockdev-wrapper .venv/bin/python bench/share_bench.py [--plugs N] [--baseline DIR]
+[--json FILE]``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -132,7 +139,8 @@ def facts_reads(daemon: DaemonProcess) -> int:
     """How often the daemon has read the host facts (its SIGUSR1 memory line says)."""
     mark = daemon.mark()
     daemon.signal(signal.SIGUSR1)
-    return int(daemon.wait_log(r"host facts read (\d+) times", start=mark).group(1))
+    return int(daemon.wait_log(r"host facts read (\d+) times", start=mark,
+                               timeout=5).group(1))
 
 
 def hostdev(bus: int, devnum: int) -> str:
@@ -141,14 +149,36 @@ def hostdev(bus: int, devnum: int) -> str:
             f"</hostdev>")
 
 
+def log_ms(line: str) -> float:
+    """A stderr log line's own time (``2026-12-02 13:46:17,496 INFO …``), in ms."""
+    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp() * 1e3
+
+
+def from_log(lines: list[str]) -> tuple[float, float] | None:
+    """Without a trace (a tree older than host/trace): (plugged in → attachDeviceFlags
+    logged, → its failure logged) in seconds, at the log's millisecond resolution."""
+    seen = next((ln for ln in lines if f"usb:{BENCH_PORT} " in ln and "plugged in" in ln), None)
+    issued = next((ln for ln in lines if f"attaching usb:{BENCH_PORT} " in ln), None)
+    returned = next((ln for ln in lines if f" usb:{BENCH_PORT} to work " in ln
+                     and ("attach usb" in ln or "attached usb" in ln)), None)
+    if seen is None or issued is None or returned is None:
+        return None
+    return ((log_ms(issued) - log_ms(seen)) / 1e3, (log_ms(returned) - log_ms(issued)) / 1e3)
+
+
 def plug_once(i: int, tb: testbed.UsbTestbed, daemon: DaemonProcess, trace: Path,
               dom: libvirt.virDomain, s: Samples) -> None:
     devnum = 20 + i % 100
     reads = facts_reads(daemon)
+    mark = daemon.mark()
     t0 = time.monotonic_ns()
     tb.plug(BENCH_PORT, devnum=devnum, serial=BENCH_SERIAL)
-    points = wait("the attach call to return", lambda: (
-        p if first(p := read_trace(trace, t0), "attach-returned") else None))
+    daemon.wait_log(rf"attach(ed)? usb:{BENCH_PORT} to work (failed|in)", start=mark)
+    points = read_trace(trace, t0)
+    if not points and (logged := from_log(daemon.lines[mark:])) is not None:
+        s.share.append(logged[0])
+        s.call.append(logged[1])
     received = first(points, "udev-received")
     issued = first(points, "attach-call")
     step = first(points, "step-issued")
@@ -165,7 +195,8 @@ def plug_once(i: int, tb: testbed.UsbTestbed, daemon: DaemonProcess, trace: Path
         s.queued.append((start - received) / 1e9)
         if end is not None:
             s.turn.append((end - start) / 1e9)
-    s.facts_reads.append(facts_reads(daemon) - reads)
+    with contextlib.suppress(AssertionError):  # a tree whose SIGUSR1 line says no count
+        s.facts_reads.append(facts_reads(daemon) - reads)
     xml = hostdev(1, devnum)
     c0 = time.monotonic_ns()
     with contextlib.suppress(libvirt.libvirtError):  # phyllod's answer: no USB here
@@ -204,7 +235,8 @@ def trace_cost_ns() -> dict[str, float]:
     return best
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, tree: Path) -> dict:
+    """One tree's daemon (``tree``'s phyllod package) on its own libvirtd and testbed."""
     work = Path(tempfile.mkdtemp(prefix="phyllod-share-"))
     policy_dir = work / "policy.d"
     policy_dir.mkdir()
@@ -226,7 +258,9 @@ def run(args: argparse.Namespace) -> dict:
         notify = NotifySocket(work / "notify")
         daemon = DaemonProcess(["--policy-dir", str(policy_dir), "--connect", lv.uri],
                                child_env(**tb.env, NOTIFY_SOCKET=str(notify.path),
-                                         PHYLLOD_TRACE=str(trace)))
+                                         PHYLLOD_TRACE=str(trace), PYTHONPATH=str(tree),
+                                         # `python -m` would put our cwd (this tree) first
+                                         PYTHONSAFEPATH="1"))
         notify.wait_for("READY=1", timeout=60)
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised
         conn = libvirt.open(lv.uri)
@@ -246,7 +280,8 @@ def run(args: argparse.Namespace) -> dict:
         lv.kill_guests()
         lv.stop()
     return {
-        "bench": "share", "plugs": args.plugs, "desk_devices": args.desk,
+        "bench": "share", "tree": str(tree), "source": "trace" if trace.exists() else "log",
+        "plugs": args.plugs, "desk_devices": args.desk,
         "rules": POLICY.count("[[rule]]"),
         "samples_s": {k: v for k, v in vars(s).items() if k not in ("turns", "facts_reads")},
         "turns_before_issue": s.turns, "facts_reads_per_plug": s.facts_reads,
@@ -268,6 +303,9 @@ def main() -> int:
     parser.add_argument("--desk", type=int, default=19, help="devices present besides the "
                         "plugged one (default 19: 20 at desk scale)")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="another source tree (say main's, from git worktree add) to "
+                        "measure in the same run, first; repeatable")
     parser.add_argument("--json", type=Path, help="write every sample and the summary here")
     args = parser.parse_args()
     why = libvirtd.available() or testbed.available()
@@ -275,9 +313,17 @@ def main() -> int:
         print(f"share bench cannot run: {why}", file=sys.stderr)
         return 1
     os.environ.pop("PHYLLOD_TRACE", None)
-    result = run(args)
+    baselines = [run(args, tree.resolve()) for tree in args.baseline]
+    result = run(args, ROOT)
+    result["baselines"] = baselines
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
+    for other in baselines:
+        m = other["summary"]
+        print(f"baseline {other['tree']} (from its {other['source']}): received → issued "
+              + (f"median {m['share']['median_ms']:.2f} ms, p90 {m['share']['p90_ms']:.2f} ms; "
+                 if m["share"] else "not seen; ")
+              + (f"floor median {m['floor']['median_ms']:.2f} ms" if m["floor"] else ""))
     m = result["summary"]
     print(f"phyllod's share at desk scale ({args.desk + 1} devices, {result['rules']} rules, "
           f"{args.plugs} plugs; private libvirtd, umockdev, daemon as a subprocess)")
