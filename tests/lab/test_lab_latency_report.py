@@ -15,7 +15,8 @@ from lab_phyllod import LabPhyllod
 
 pytestmark = pytest.mark.lab
 
-#: Plugs of each tool: ~8 s a pair under TCG, so the report costs well under a minute.
+#: Plugs of each tool. A plug and unplug of both took 10-25 s under TCG on a loaded
+#: 2-CPU machine, so three cost one to two minutes of the lab's run.
 PLUGS = 3
 
 
