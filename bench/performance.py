@@ -180,6 +180,12 @@ def share_rows(share: dict | None) -> list[list[str]]:
         [f"Idle wake-ups against a real libvirtd ({idle['seconds']:.0f} s, by thread)",
          ISSUE["idle"], f"{idle['per_second']:.2f} /s ({threads}; {idle.get('cpu_ticks', '?')} CPU "
          "ticks)", "measured (keepalive)", "-", "-"],
+        *[[f"  the same run, the tree {b['tree']} (from its {b['source']}"
+            + (", at the log's ms resolution, without the udev translation)" if b["source"] ==
+               "log" else ")"), "", f"{b['summary']['share']['median_ms']:.2f} ms "
+            f"({b['summary']['share']['p90_ms']:.2f}); idle {b['idle']['per_second']:.2f} /s",
+            "≤ 2 ms", "", verdict(b["summary"]["share"]["median_ms"] <= 2.0)]
+          for b in share.get("baselines", []) if b["summary"].get("share")],
         ["Idle wake-ups on the test driver", ISSUE["idle"], "0 (tests/integration/"
          "test_idle.py asserts it, every run)", "0 /s", "-", "met while that test passes"],
         ["trace.point with PHYLLOD_TRACE unset, ns a call (an empty function beside it)", "",
