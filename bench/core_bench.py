@@ -1,17 +1,21 @@
 """Benchmark of the pure core: policy matching and reconcile at scale.
 
-A report, never an assertion: run ``.venv/bin/python bench/core_bench.py``.
+A report, never an assertion: run ``.venv/bin/python bench/core_bench.py [--json FILE]``
+(the JSON feeds bench/performance.py).
 Figures are medians over repeated runs, with ratios against a baseline
 measured in the same run (a typical desk: 10 devices, 10 rules).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import random
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from phyllod.core.model import Device, Guest, GuestState, Hostdev, Subsystem
 from phyllod.core.plan import World
@@ -75,6 +79,9 @@ def median_seconds(fn: Callable[[], object], repeat: int = 21) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the figures here (seconds)")
+    args = parser.parse_args()
     rng = random.Random(7)
     big_devs = devices(1000, rng)
     big_policy = policy(200, big_devs, 20, rng)
@@ -103,6 +110,14 @@ def main() -> None:
     print(f"  one plug event, incremental, 1,000 x 200 x 20:  {plugged * 1e3:9.3f} ms plugged,"
           f" {unplugged * 1e3:.3f} ms unplugged = {plugged / full:.4f}x, {unplugged / full:.4f}x"
           " the full reconcile")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "bench": "core", "scale": {"devices": 1000, "rules": 200, "guests": 20},
+            "median_s": {"desk_reconcile": desk, "match_1000": match,
+                         "linear_match_1000": linear, "index_build": build,
+                         "full_reconcile": full, "replan_plugged": plugged,
+                         "replan_unplugged": unplugged},
+            "decisions_per_s": {"indexed": 1000 / match, "linear": 1000 / linear}}, indent=1))
 
 
 def incremental(p: Policy, big: World, devs: list[Device], rng: random.Random

@@ -39,7 +39,7 @@ one call at a time; its median under flood is the figure to keep under 100 ms.
 The flooders' own counts (calls answered, by reply) are printed beside it.
 
 A report, not a test (root needed, as for the integration tests):
-``umockdev-wrapper .venv/bin/python bench/dbus_bench.py [--devices N]``.
+``umockdev-wrapper .venv/bin/python bench/dbus_bench.py [--devices N] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ async def root_under_flood(d: Daemon, rounds: int, seconds: float) -> list[float
     return samples
 
 
-def flood(d: Daemon, clients: int, seconds: float, rounds: int) -> None:
+def flood(d: Daemon, clients: int, seconds: float, rounds: int) -> dict:
     procs = start_flood(d, clients, seconds)
     try:
         samples = asyncio.run(root_under_flood(d, rounds, seconds))
@@ -361,13 +361,16 @@ def flood(d: Daemon, clients: int, seconds: float, rounds: int) -> None:
     print(f"\nflood: {clients} clients as nobody, {FLOOD_WINDOW} calls in flight each, "
           f"{seconds:.0f} s (3/4 GetManagedObjects, 1/4 Explain with a 1 MiB argument)")
     print("  flooders' replies: " + ", ".join(f"{k}: {v}" for k, v in sorted(totals.items())))
+    found = {"clients": clients, "seconds": seconds, "replies": totals,
+             "root_explain_s": samples}
     if len(samples) < 3:
         print(f"  root: only {len(samples)} answers during the flood")
-        return
+        return found
     med, p90 = spread(samples)
     print(f"  root Manager.Explain under flood: median {med * 1e3:.1f} ms, p90 {p90 * 1e3:.1f} "
           f"ms, mean {statistics.mean(samples) * 1e3:.1f} ms, max {max(samples) * 1e3:.1f} ms, "
           f"{len(samples)} calls; daemon alive: {d.proc.alive}")
+    return found
 
 
 # --- report -----------------------------------------------------------------------------
@@ -411,6 +414,8 @@ def main() -> int:
                         help="run the daemon from this source tree (another branch's "
                              "worktree, for a before/after); default: this checkout")
     parser.add_argument("--flood-client", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="write every sample here (seconds), for "
+                        "bench/performance.py")
     args = parser.parse_args()
     if args.flood_client:  # one flooder, run by start_flood as nobody
         print(json.dumps(asyncio.run(flood_client(args.flood_client, args.flood_seconds))))
@@ -466,10 +471,16 @@ def main() -> int:
         busctl = bench_busctl(cases, args.busctl_rounds)
         table(f"busctl, process spawn included, {args.busctl_rounds} rounds interleaved",
               busctl, "busctl: bus GetId (baseline)")
+        flooded = {}
         if args.flood_clients > 0:
-            flood(main_d, args.flood_clients, args.flood_seconds, args.rounds)
+            flooded = flood(main_d, args.flood_clients, args.flood_seconds, args.rounds)
             sys.stdout.flush()
         print(f"\ndaemon VmRSS after the benchmark: {main_d.rss_kib() / 1024:.1f} MiB")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "bench": "dbus", "devices": args.devices, "in_process_s": results,
+                "reply_bytes": sizes, "busctl_s": busctl, "flood": flooded,
+                "rss_kib_after": main_d.rss_kib()}, indent=1))
     return 0
 
 

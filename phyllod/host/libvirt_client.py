@@ -29,6 +29,7 @@ import libvirt
 
 from phyllod.core.hostdev_xml import parse_hostdevs
 from phyllod.core.model import Guest, GuestState
+from phyllod.host import trace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -276,7 +277,11 @@ class LibvirtClient:
 
     def _attach(self, name: str, xml: str) -> Guest | None:
         dom = self._require().lookupByName(name)
-        dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        trace.point("attach-call", name)
+        try:
+            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        finally:
+            trace.point("attach-returned", name)
         return self._one_guest(name)
 
     async def attach(self, name: str, xml: str) -> Guest | None:
@@ -285,7 +290,11 @@ class LibvirtClient:
 
     def _detach(self, name: str, alias: str) -> Guest | None:
         dom = self._require().lookupByName(name)
-        dom.detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        trace.point("detach-call", name)
+        try:
+            dom.detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        finally:
+            trace.point("detach-returned", name)
         return self._one_guest(name)
 
     async def detach(self, name: str, alias: str) -> Guest | None:

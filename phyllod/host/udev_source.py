@@ -21,6 +21,7 @@ import pyudev
 from phyllod.core import kernel_values as kv
 from phyllod.core.device_text import REPLACEMENT, clean
 from phyllod.core.model import Device, Subsystem
+from phyllod.host import trace
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +352,7 @@ class UdevWatcher:
                 continue
             if dev is None:
                 return
+            trace.point("udev-received", dev)
             try:
                 event = self._translate(dev)
             except Exception:  # a malformed device must not stop the daemon

@@ -21,6 +21,7 @@ from phyllod.core.model import ALL_PARTS, FactsPart, HostFacts, Subsystem
 from phyllod.core.plan import Plan, Step, World
 from phyllod.core.policy import Policy
 from phyllod.core.replan import Reconciled, replan
+from phyllod.host import trace
 from phyllod.host.udev_source import DeviceGone, DeviceSeen, UdevEvent
 
 #: What each subsystem's uevents can change. A USB device (its add, its
@@ -107,6 +108,7 @@ class Loop:
         """Reconcile the world as it is now, and act on the plan (replan: the same plan
         as reconcile's, planning again only what changed since the last turn)."""
         self.kicked = False
+        trace.point("turn-start", self.turns)
         loop = asyncio.get_running_loop()
         self.reconciled = replan(self.reconciled, self._policy(),
                                  self._world(loop.time(), self.facts()))
@@ -116,11 +118,11 @@ class Loop:
         self._turned.set()
         self._turned = asyncio.Event()
         self.cancel()
-        if self._stopping():
-            return
-        self._start_steps(plan.steps)
-        if plan.wake_at is not None:
-            self._wake = loop.call_at(plan.wake_at, self.kick)
+        if not self._stopping():
+            self._start_steps(plan.steps)
+            if plan.wake_at is not None:
+                self._wake = loop.call_at(plan.wake_at, self.kick)
+        trace.point("turn-end", self.turns)
 
     async def next_turn(self, timeout: float) -> None:
         """Wait for the next turn, at most ``timeout`` seconds."""

@@ -19,6 +19,7 @@ from phyllod.core.guest_runs import Run, run_of
 from phyllod.core.hostdev_xml import hostdev_xml
 from phyllod.core.model import Device, Guest, Hostdev, State, Subsystem
 from phyllod.core.plan import Attach, Detach, Failure, Operation, OpKind, Step, record_failure
+from phyllod.host import trace
 from phyllod.host.libvirt_client import LibvirtClient, LibvirtError
 from phyllod.host.systemd_glue import MessageId
 from phyllod.host.usb_reset import UsbResetError, reset_usb_device
@@ -143,6 +144,7 @@ class Steps:
                 await self._client.to_vfio(address)
                 prepared.append(address)
             await self._faults.point("attach-before")
+            trace.point("step-issued", d.id)
             guest = await self._faults.around("attach",
                                               self._client.attach(a.guest, hostdev_xml(d)))
         except LibvirtError as e:
@@ -186,6 +188,7 @@ class Steps:
         failed = fields(a.device_id, a.guest, "", State.FAILED, MessageId.DETACH_FAILED)
         try:
             await self._faults.point("detach-before")
+            trace.point("step-issued", alias)
             guest = await self._faults.around("detach", self._client.detach(a.guest, alias))
             self._store_guest(a.guest, guest)
             if still_held(guest, a.hostdev):

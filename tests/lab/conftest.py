@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 import lab as lab_harness
+import latency
 from lab_phyllod import L2, LabPhyllod
 
 DEFAULT_CACHE = "/var/tmp/phyllod-lab"
@@ -68,3 +69,12 @@ def lab_phyllod(lab: Any) -> Iterator[LabPhyllod]:
         yield driver
     finally:
         driver.reset()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The latency report of test_lab_latency_report, in the run's own output (CI's log),
+    not only under ``-s``: a short table, no assertion."""
+    for lines in latency.REPORTS:
+        terminalreporter.section("lab latency (a report, not asserted)")
+        for line in lines:
+            terminalreporter.write_line(line)

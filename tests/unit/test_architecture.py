@@ -50,8 +50,8 @@ THIRD_PARTY = {
     "package": frozenset(),
 }
 
-#: Helpers host/ adapters share: reading a file an attacker may have placed.
-HOST_SHARED = frozenset({"phyllod.host.safe_read"})
+#: Helpers host/ adapters share: reading a file an attacker may have placed, the trace hook.
+HOST_SHARED = frozenset({"phyllod.host.safe_read", "phyllod.host.trace"})
 #: One adapter written in two files: the second is a part of the first, and
 #: only the first may import it.
 HOST_ADAPTER_PARTS = {"phyllod.host.sysfs_acs": "phyllod.host.sysfs"}
