@@ -131,6 +131,8 @@ class LibvirtClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: dict[int, list[int]] = {}  # id(conn) -> event callback ids
+        #: Domain handles by name, for the open connection (see :meth:`_domain`).
+        self._domains: dict[str, libvirt.virDomain] = {}
 
     @property
     def connected(self) -> bool:
@@ -164,6 +166,7 @@ class LibvirtClient:
 
     def _open(self) -> libvirt.virConnect:
         conn = libvirt.open(self.uri)
+        self._domains.clear()
         # Drivers without a remote side (test:///) have no keepalive.
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
@@ -207,6 +210,7 @@ class LibvirtClient:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+        self._domains.pop(dom.name(), None)  # redefined, renamed, or a new run (its ID)
         ending = event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN)
         self._post(self._on_guest, dom.name(), dom.ID(), ending)
 
@@ -257,6 +261,35 @@ class LibvirtClient:
             guests[g.name] = g
         return guests
 
+    def _domain(self, name: str) -> libvirt.virDomain:
+        """The handle of the domain called ``name`` for attach and detach calls, looked
+        up once per connection and guest life.
+
+        A lookup is a round trip to libvirtd (tens of ms in a slow VM, on the
+        way to every attach). A handle names its domain by UUID, so it stays
+        right until the name goes to another domain (redefined, renamed); it
+        also keeps the run's ID from its lookup. Every lifecycle event of the
+        domain (defined, undefined, started, stopped…) drops its handle
+        (:meth:`_lifecycle_cb`); a call that meets a gone domain before that
+        event drops it and looks again once (:meth:`_on_domain`). Guest
+        re-reads (:meth:`_one_guest`) look up afresh: they report the run's ID.
+        """
+        dom = self._domains.get(name)
+        if dom is None:
+            dom = self._domains[name] = self._require().lookupByName(name)
+        return dom
+
+    def _on_domain(self, name: str, fn: Callable[[libvirt.virDomain], T]) -> T:
+        """``fn(handle)``, again with a fresh handle if the kept one's domain is gone."""
+        kept = name in self._domains
+        try:
+            return fn(self._domain(name))
+        except libvirt.libvirtError as e:
+            if not kept or e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            self._domains.pop(name, None)
+            return fn(self._domain(name))
+
     def _one_guest(self, name: str) -> Guest | None:
         try:
             return self._guest(self._require().lookupByName(name))
@@ -276,12 +309,9 @@ class LibvirtClient:
     # ------------------------------------------------------------ changes
 
     def _attach(self, name: str, xml: str) -> Guest | None:
-        dom = self._require().lookupByName(name)
-        trace.point("attach-call", name)
-        try:
-            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        finally:
-            trace.point("attach-returned", name)
+        self._on_domain(name, lambda dom: _traced(
+            "attach-call", "attach-returned", name,
+            lambda: dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)))
         return self._one_guest(name)
 
     async def attach(self, name: str, xml: str) -> Guest | None:
@@ -289,12 +319,9 @@ class LibvirtClient:
         return await self._call(self._attach, name, xml)
 
     def _detach(self, name: str, alias: str) -> Guest | None:
-        dom = self._require().lookupByName(name)
-        trace.point("detach-call", name)
-        try:
-            dom.detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        finally:
-            trace.point("detach-returned", name)
+        self._on_domain(name, lambda dom: _traced(
+            "detach-call", "detach-returned", name,
+            lambda: dom.detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)))
         return self._one_guest(name)
 
     async def detach(self, name: str, alias: str) -> Guest | None:
@@ -331,3 +358,12 @@ class LibvirtClient:
     async def to_host(self, address: str) -> None:
         """Give a function prepared by ``to_vfio`` back to its host driver."""
         await self._call(self._to_host, address)
+
+
+def _traced(before: str, after: str, guest: str, call: Callable[[], object]) -> None:
+    """``call()``, the bare libvirt call, between two trace points (host/trace)."""
+    trace.point(before, guest)
+    try:
+        call()
+    finally:
+        trace.point(after, guest)

@@ -163,3 +163,53 @@ def test_a_hung_libvirtd_never_keeps_the_process_from_exiting(
                             private_libvirtd.uri], capture_output=True, text=True, timeout=60,
                            env=child_env())
         assert (r.returncode, r.stdout) == (0, "open hung\n"), r.stderr
+
+
+def _count_lookups(client: LibvirtClient) -> list[str]:
+    """Every lookupByName the client's connection makes from now on."""
+    conn = client._conn
+    assert conn is not None
+    seen: list[str] = []
+    real = conn.lookupByName
+
+    def counted(name: str) -> libvirt.virDomain:
+        seen.append(name)
+        return real(name)
+
+    conn.lookupByName = counted  # type: ignore[method-assign]
+    return seen
+
+
+async def test_attach_and_detach_look_the_guest_up_once_per_guest_life(
+        work_guest: str, private_libvirtd: libvirtd.PrivateLibvirtd):
+    """A lookup is a round trip on the way to every attach (issue 18): the handle is
+    kept, until the guest's next lifecycle event, or a call that meets it gone."""
+    rec = Recorder()
+    client = rec.client(work_guest)
+    await client.connect()
+    other = libvirt.open(work_guest)
+    try:
+        looked = _count_lookups(client)
+        for _ in range(3):
+            with pytest.raises(LibvirtError, match="no device found with alias"):
+                await client.detach("work", "ua-phyllod-usb1-2-5")
+        assert looked == ["work"]
+        # The name goes to another domain: its lifecycle events drop the handle.
+        old = other.lookupByName("work")
+        old.destroy()
+        old.undefine()
+        libvirtd.start_guest(work_guest, "work")
+        await rec.wait("guest", "work", timeout=30)
+        looked.clear()
+        with pytest.raises(LibvirtError, match="no device found with alias"):
+            await client.detach("work", "ua-phyllod-usb1-2-5")
+        assert looked == ["work"]
+        # A kept handle whose domain is gone before any event: looked up again once.
+        client._domains["work"] = old
+        looked.clear()
+        with pytest.raises(LibvirtError, match="no device found with alias"):
+            await client.detach("work", "ua-phyllod-usb1-2-5")
+        assert looked == ["work"]
+    finally:
+        other.close()
+        await client.close()
