@@ -64,7 +64,8 @@ def iommu_enabled(sys_root: Path = _SYS) -> bool:
 def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
                     mounts: str | None = None, swaps: str | None = None,
                     proc_root: Path = _PROC,
-                    parts: Collection[FactsPart] = ALL_PARTS) -> HostFacts:
+                    parts: Collection[FactsPart] = ALL_PARTS,
+                    holds: HoldsReader | None = None) -> HostFacts:
     """Everything the safety verdicts weigh, read in one pass; only ``parts`` of it
     (the fields of the others are left empty, for :meth:`HostFacts.merged`).
 
@@ -72,7 +73,9 @@ def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
     ``swaps`` (/proc/swaps) default to the running kernel's; tests pass text.
     Active swap counts as mounted: passing its disk's controller is as fatal.
     ``proc_root`` is where /proc/kallsyms is looked for (see
-    :func:`kernel_ignores_acs_override`).
+    :func:`kernel_ignores_acs_override`). ``holds`` computes the HOLDS part
+    from the root and the mount texts (:func:`read_holds`, or a memo of it:
+    host/holds_memo).
     """
     facts = HostFacts()
     if FactsPart.PCI in parts:
@@ -90,11 +93,21 @@ def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
             mounts = _read(Path("/proc/self/mountinfo")) or _read(Path("/proc/mounts"))
         if swaps is None:
             swaps = _read(Path("/proc/swaps"))
-        held = list(_held_blocks(sys_root, mounts, swaps))
-        facts = replace(facts, mounted=_by_pci_address(held),
-                        block_mounts=_by_sys_path(sys_root, held),
-                        keyboards=host_keyboards(sys_root))
+        mounted, by_path, keyboards = (holds or read_holds)(sys_root, mounts, swaps)
+        facts = replace(facts, mounted=mounted, block_mounts=by_path, keyboards=keyboards)
     return facts
+
+
+#: What the host holds: mounted PCI functions, mounted block devices, keyboards.
+Holds = tuple[dict[str, str], dict[str, str], dict[str, str]]
+HoldsReader = Callable[[Path, str, str], Holds]
+
+
+def read_holds(sys_root: Path, mounts: str, swaps: str) -> Holds:
+    """The HOLDS part: what is mounted or swapped on (by PCI function, by block device
+    path) and the host's keyboards, from the mount texts and sysfs."""
+    held = list(_held_blocks(sys_root, mounts, swaps))
+    return _by_pci_address(held), _by_sys_path(sys_root, held), host_keyboards(sys_root)
 
 
 def pci_function(sys_root: Path, address: str) -> PciFunction | None:

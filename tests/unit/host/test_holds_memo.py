@@ -1,0 +1,106 @@
+"""The HOLDS memo: computed again exactly when something it reads changed (issue 18).
+
+A fixture sysfs tree (links as the kernel lays them out) and the real
+:func:`~phyllod.host.sysfs.read_holds`; each row changes one thing and says
+whether the memo must compute again. Whatever the row, the memo's answer is
+the one a fresh read gives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from phyllod.host.holds_memo import HoldsMemo
+from phyllod.host.sysfs import read_holds
+
+PCI = "devices/pci0000:00/0000:00:1f.2"
+MOUNTS = "25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+
+
+def _link(root: Path, at: str, target: str) -> None:
+    """A relative symlink ``at`` → ``target`` (both under root), replacing any old one
+    with a new node, as the kernel's new device would be."""
+    path = root / at
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = path.with_name(path.name + ".new")
+    fresh.symlink_to(os.path.relpath(root / target, path.parent))
+    fresh.replace(path)
+
+
+def _write(root: Path, at: str, text: str) -> None:
+    path = root / at
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _disk(root: Path, name: str, major_minor: str, where: str) -> None:
+    _write(root, f"{where}/block/{name}/dev", major_minor + "\n")
+    _link(root, f"class/block/{name}", f"{where}/block/{name}")
+    _link(root, f"dev/block/{major_minor}", f"{where}/block/{name}")
+
+
+def _keyboard(root: Path, name: str, where: str) -> None:
+    _write(root, f"{where}/{name}/capabilities/ev", "120013\n")
+    _write(root, f"{where}/{name}/capabilities/key", "fffffffffffffffe\n")
+    _write(root, f"{where}/{name}/name", "Board\n")
+    _link(root, f"class/input/{name}", f"{where}/{name}")
+
+
+@pytest.fixture
+def sys_root(tmp_path: Path) -> Path:
+    root = tmp_path / "sys"
+    _disk(root, "sda", "8:0", f"{PCI}/ata1/host0/target0:0:0/0:0:0:0")
+    _disk(root, "sda1", "8:1", f"{PCI}/ata1/host0/target0:0:0/0:0:0:0/block/sda")
+    _keyboard(root, "input3", "devices/platform/i8042/serio0/input")
+    return root
+
+
+USB = "devices/pci0000:00/0000:00:14.0/usb1/1-2"
+ROWS: list[tuple[str, Callable[[Path], str | None], bool]] = [
+    ("nothing changed", lambda r: None, False),
+    ("a USB device's own attribute", lambda r: _write(r, f"{USB}/idVendor", "1050\n"), False),
+    ("a stick's disk appears", lambda r: _disk(r, "sdb", "8:16", f"{USB}/1-2:1.0/host6"), True),
+    ("the root disk's node re-created (same name)",
+     lambda r: _disk(r, "sda1", "8:1", f"{PCI}/ata1/host0/target0:0:0/0:0:0:0/block/sda"),
+     True),
+    ("a dm device's slaves change",
+     lambda r: (_disk(r, "dm-0", "254:0", "devices/virtual"), None)[1], True),
+    ("a keyboard appears", lambda r: _keyboard(r, "input9", f"{USB}/1-2:1.0/input"), True),
+    ("the mounts change", lambda r: MOUNTS + "26 25 8:17 /m /m rw - vfat /dev/sdb1 rw\n", True),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "computes"), ROWS, ids=[r[0] for r in ROWS])
+def test_the_memo_computes_again_exactly_when_its_inputs_change(
+        sys_root: Path, what: str, change: Callable[[Path], str | None], computes: bool):
+    memo = HoldsMemo(read_holds)
+    assert memo(sys_root, MOUNTS, "") == read_holds(sys_root, MOUNTS, "")
+    assert memo(sys_root, MOUNTS, "") is memo(sys_root, MOUNTS, "")
+    assert memo.computed == 1
+    mounts = change(sys_root) or MOUNTS
+    assert memo(sys_root, mounts, "") == read_holds(sys_root, mounts, ""), what
+    assert memo.computed == 1 + computes, what
+
+
+def test_stacked_devices_and_dm_names_are_part_of_the_fingerprint(sys_root: Path):
+    """LUKS on a stick: what backs a mounted mapping, and its name, change in place."""
+    _disk(sys_root, "dm-0", "254:0", "devices/virtual")
+    _write(sys_root, "devices/virtual/block/dm-0/dm/name", "crypt\n")
+    (sys_root / "devices/virtual/block/dm-0/slaves").mkdir()
+    mounts = MOUNTS + "27 25 254:0 / /secret rw - ext4 /dev/mapper/crypt rw\n"
+    memo = HoldsMemo(read_holds)
+    memo(sys_root, mounts, "")
+    _disk(sys_root, "sdb", "8:16", f"{USB}/1-2:1.0/host6")
+    memo(sys_root, mounts, "")
+    assert memo.computed == 2  # a new disk
+    _link(sys_root, "devices/virtual/block/dm-0/slaves/sdb", f"{USB}/1-2:1.0/host6/block/sdb")
+    _, by_path, _ = memo(sys_root, mounts, "")
+    assert memo.computed == 3 and by_path == read_holds(sys_root, mounts, "")[1]
+    assert any("/1-2/" in path for path in by_path), by_path  # the stick now holds /secret
+    _write(sys_root, "devices/virtual/block/dm-0/dm/name", "renamed\n")
+    memo(sys_root, mounts, "")
+    assert memo.computed == 4
