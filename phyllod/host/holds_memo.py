@@ -1,21 +1,21 @@
-"""The HOLDS part of the host facts, computed again only when what it is made of changed.
+"""The HOLDS part of the host facts, computed again only where what it is made of changed.
 
 What the host holds (mounts and swaps followed down to their block devices,
 and its keyboards) is weighed for every USB verdict, so a USB uevent makes
 it stale; but computing it follows every mount's block device and every
-input device through sysfs links, and in a slow VM that cost 0.1 to 0.8 s of
-each plug's turn (issue 18, measured in the lab with the trace hook), while
-a plug almost never changes it.
+input device through sysfs links, and in a slow VM that cost 0.1 to 0.8 s
+of each plug's turn (issue 18, measured in the lab with the trace hook),
+while a plug seldom changes what is mounted.
 
-So a compute is memoized under a fingerprint of everything it reads: the
-mount and swap texts, and for /sys/class/block and /sys/class/input each
-entry's name and the inode of its link (one directory read each: kernfs
-gives a node re-created under the same name, a re-plugged ``sdb`` or a
-reused ``input7``, a new inode), each block device's ``slaves`` (what a
-device-mapper or md device is built on) and each dm device's name. A
-device's place in sysfs and an input device's capabilities do not change
-while its node lives. When any of that differs, the whole part is computed
-again, as before.
+So the mounts are computed again only when a fingerprint of everything they
+are made of differs: the mount and swap texts, each /sys/class/block and
+/sys/dev/block entry's name and the inode of its link (one directory read
+each: kernfs gives a node re-created under the same name, a re-plugged
+``sdb``, a new inode), each block device's ``slaves`` (what a device-mapper
+or md device is built on) and each dm device's name; a device's place in
+sysfs does not change while its node lives. The keyboards are kept per
+input device by the same kind of key (:func:`~phyllod.host.sysfs_keyboards.
+host_keyboards`): a plugged keyboard is looked at, the others are not.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
 
 Fingerprint = tuple[object, ...]
-_T = TypeVar("_T")
+Mounted = tuple[dict[str, str], dict[str, str]]
+#: (what the host has mounted, by PCI function and by block device path; its keyboards).
+Holds = tuple[dict[str, str], dict[str, str], dict[str, str]]
+KeyboardsSeen = dict[tuple[str, int], tuple[str, str] | None]
 
 
 def _links(directory: Path) -> tuple[tuple[str, int], ...]:
@@ -54,31 +56,36 @@ def _text(path: Path) -> str:
 
 
 def fingerprint(sys_root: Path) -> Fingerprint:
-    """What :func:`~phyllod.host.sysfs.read_holds` reads from sysfs, cheaply: links by
-    inode, stacked devices' slaves, dm names."""
+    """What the mounts' compute reads from sysfs, cheaply: block links by inode, stacked
+    devices' slaves, dm names."""
     block_dir = sys_root / "class" / "block"
     blocks = _links(block_dir)
     stacked = tuple((name, _names(block_dir / name / "slaves"),
                      _text(block_dir / name / "dm" / "name") if name.startswith("dm-") else "")
                     for name, _ino in blocks)
-    return blocks, stacked, _links(sys_root / "class" / "input"), _links(sys_root / "dev" / "block")
+    return blocks, stacked, _links(sys_root / "dev" / "block")
 
 
-class HoldsMemo(Generic[_T]):
-    """``compute`` (:func:`phyllod.host.sysfs.read_holds`, which the root passes) called
-    only when the fingerprint, the root or the mount texts changed; ``computed``
-    counts the computes."""
+class HoldsMemo:
+    """The HOLDS part as :func:`phyllod.host.sysfs.read_host_facts` asks for it, with
+    ``mounted`` (:func:`~phyllod.host.sysfs.read_mounted`) called only when the
+    fingerprint, the root or the mount texts changed, and ``keyboards``
+    (:func:`~phyllod.host.sysfs_keyboards.host_keyboards`) given the input devices
+    already judged. ``computed`` counts the mounts' computes."""
 
-    def __init__(self, compute: Callable[[Path, str, str], _T]) -> None:
-        self._compute = compute
+    def __init__(self, mounted: Callable[[Path, str, str], Mounted],
+                 keyboards: Callable[[Path, KeyboardsSeen], dict[str, str]]) -> None:
+        self._mounted = mounted
+        self._keyboards = keyboards
         self._key: tuple[object, ...] | None = None
-        self._value: _T | None = None
+        self._value: Mounted | None = None
+        self._seen: KeyboardsSeen = {}
         self.computed = 0
 
-    def __call__(self, sys_root: Path, mounts: str, swaps: str) -> _T:
+    def __call__(self, sys_root: Path, mounts: str, swaps: str) -> Holds:
         key = (sys_root, mounts, swaps, fingerprint(sys_root))
         if self._value is None or key != self._key:
-            self._value = self._compute(sys_root, mounts, swaps)
+            self._value = self._mounted(sys_root, mounts, swaps)
             self._key = key
             self.computed += 1
-        return self._value
+        return (*self._value, self._keyboards(sys_root, self._seen))

@@ -31,23 +31,22 @@ from phyllod.core import kernel_values as kv
 from phyllod.core.device_text import clean
 from phyllod.core.model import ALL_PARTS, FactsPart, HostFacts, PciFunction
 from phyllod.host.sysfs_acs import kernel_ignores_acs_override
+from phyllod.host.sysfs_keyboards import host_keyboards
+from phyllod.host.sysfs_paths import MAX_ATTRIBUTE as _MAX_ATTRIBUTE
+from phyllod.host.sysfs_paths import SYS as _SYS
+from phyllod.host.sysfs_paths import read_attribute as _read_attribute
+from phyllod.host.sysfs_paths import resolve as _resolve
+from phyllod.host.sysfs_paths import resolved_root as _resolved_root
+from phyllod.host.sysfs_paths import sys_path as _sys_path
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-_SYS = Path("/sys")
 _PROC = Path("/proc")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-_INPUT = re.compile(r"input[0-9]+")
 _FIELD_SEPARATOR = re.compile(r"[ \t]+")
-_HEX_WORD = re.compile(r"[0-9a-f]{1,16}")
-#: A sysfs attribute is at most a page (sysfs_emit); a longer file is no kernel's.
-_MAX_ATTRIBUTE = 4096
 #: Host facts are read on every loop turn: each bad value is told once.
 _reported = kv.ReportedOnce()
-_EV_KEY = 1  # linux/input-event-codes.h
-#: ESC, the digits and Q to D: KEY_ESC (1) … KEY_D (32) minus KEY_RESERVED (0).
-_KEYBOARD_KEYS = 0xFFFFFFFE
 
 
 def iommu_enabled(sys_root: Path = _SYS) -> bool:
@@ -106,8 +105,14 @@ HoldsReader = Callable[[Path, str, str], Holds]
 def read_holds(sys_root: Path, mounts: str, swaps: str) -> Holds:
     """The HOLDS part: what is mounted or swapped on (by PCI function, by block device
     path) and the host's keyboards, from the mount texts and sysfs."""
+    return (*read_mounted(sys_root, mounts, swaps), host_keyboards(sys_root))
+
+
+def read_mounted(sys_root: Path, mounts: str, swaps: str) -> tuple[dict[str, str],
+                                                                  dict[str, str]]:
+    """What is mounted or swapped on: by PCI function, by block device path."""
     held = list(_held_blocks(sys_root, mounts, swaps))
-    return _by_pci_address(held), _by_sys_path(sys_root, held), host_keyboards(sys_root)
+    return _by_pci_address(held), _by_sys_path(sys_root, held)
 
 
 def pci_function(sys_root: Path, address: str) -> PciFunction | None:
@@ -167,29 +172,6 @@ def block_mounts(sys_root: Path, mounts: str, swaps: str = "") -> dict[str, str]
     from under the host.
     """
     return _by_sys_path(sys_root, _held_blocks(sys_root, mounts, swaps))
-
-
-def host_keyboards(sys_root: Path = _SYS) -> dict[str, str]:
-    """/sys/devices path of each of the host's keyboards (``inputN``) → its name.
-
-    A keyboard is what udev's input_id builtin calls one (``ID_INPUT_KEYBOARD``):
-    EV_KEY and all of ESC, the digits and Q to D; a mouse or a power button
-    is none. Virtual devices (uinput, under /sys/devices/virtual) are skipped:
-    no hub or controller can take them away. The name is the device's own
-    (attacker-chosen) ``name``, made safe to show.
-    """
-    devices = _resolved_root(sys_root) / "devices"
-    found: dict[str, str] = {}
-    for entry in sorted(_entries(sys_root / "class" / "input")):
-        if not _INPUT.fullmatch(entry.name):
-            continue
-        real = _resolve(entry)
-        if real is None or not real.is_relative_to(devices) or real.is_relative_to(
-                devices / "virtual"):
-            continue
-        if _is_keyboard(real / "capabilities"):
-            found[_sys_path(sys_root, real)] = clean(_read_attribute(real / "name"))
-    return found
 
 
 @dataclass(frozen=True)
@@ -311,39 +293,6 @@ def _backing_devices(sys_root: Path, name: str, seen: set[str]) -> Iterator[str]
         yield from _backing_devices(sys_root, slave.name, seen)
 
 
-def _is_keyboard(capabilities: Path) -> bool:
-    """udev's test: EV_KEY, and every key bit 1…31 in the lowest word of ``key``.
-
-    The kernel prints a bitmap as hex longs, most significant first, leading
-    zero words left out: the lowest word is the last one, 32 or 64 bits wide.
-    """
-    ev = _lowest_word(capabilities / "ev")
-    key = _lowest_word(capabilities / "key")
-    return bool((ev >> _EV_KEY) & 1) and (key & _KEYBOARD_KEYS) == _KEYBOARD_KEYS
-
-
-def _lowest_word(path: Path) -> int:
-    words = _read_attribute(path).split()
-    return int(words[-1], 16) if words and _HEX_WORD.fullmatch(words[-1]) else 0
-
-
-def _resolve(link: Path) -> Path | None:
-    """Where a sysfs link really leads, None if nowhere (gone, a loop)."""
-    try:
-        return link.resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-
-
-def _resolved_root(sys_root: Path) -> Path:
-    return _resolve(sys_root) or sys_root.absolute()
-
-
-def _sys_path(sys_root: Path, real: Path) -> str:
-    """``real`` (resolved, under ``sys_root``) as the running system names it: /sys/…"""
-    return str(_SYS / real.relative_to(_resolved_root(sys_root)))
-
-
 def _pci_functions(sys_root: Path) -> Iterator[PciFunction]:
     for entry in sorted(_entries(sys_root / "bus" / "pci" / "devices")):
         if _checked(entry, entry.name, kv.pci_address, "a PCI address") is None:
@@ -389,15 +338,6 @@ def _reset_method(function: Path) -> tuple[str | None, bool]:
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _read_attribute(path: Path) -> str:
-    """A sysfs attribute's text, "" if absent; never more than a page is read."""
-    try:
-        with path.open("rb") as f:
-            return f.read(_MAX_ATTRIBUTE).decode("utf-8", errors="replace")
     except OSError:
         return ""
 

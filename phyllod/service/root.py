@@ -39,7 +39,7 @@ from phyllod.core.plan import Plan, World
 from phyllod.host.holds_memo import HoldsMemo
 from phyllod.host.libvirt_client import LibvirtClient
 from phyllod.host.state_store import remove_leftovers
-from phyllod.host.sysfs import read_holds, read_host_facts
+from phyllod.host.sysfs import host_keyboards, read_host_facts, read_mounted
 from phyllod.host.systemd_glue import MessageId, notify, watchdog_interval
 from phyllod.host.udev_source import UdevEvent, UdevWatcher
 from phyllod.service import fault_points
@@ -146,7 +146,7 @@ class Daemon:
             forget_failures=lambda: self.steps.forget_failures(lambda _failure: True),
             spawn=self._spawn, changed=kick)
         # The loop: kicks, host facts read at most once per turn, reconcile, the plan.
-        self.holds = HoldsMemo(read_holds)
+        self.holds = HoldsMemo(read_mounted, host_keyboards)
         self.loop = Loop(read_facts=lambda parts: read_host_facts(parts=parts, holds=self.holds),
                          policy=lambda: self.policy.policy,
                          world=self._world, after=self._after_turn,
@@ -341,7 +341,7 @@ class Daemon:
         fds = sum(1 for _ in Path("/proc/self/fd").iterdir()) - 1  # not the one listing it
         parts = ", ".join(f"{part} {n}" for part, n in self.loop.part_reads.items())
         log.info("memory: %srss %.1f MiB, %d fds, %d devices, %d guests; host facts read "
-                 "%d times (%s; holds computed %d)", traced, rss, fds, len(self.plugs.devices),
+                 "%d times (%s; mounts computed %d)", traced, rss, fds, len(self.plugs.devices),
                  len(self.guests.guests or {}), self.loop.facts_reads, parts,
                  self.holds.computed)
         if self.bus is not None:

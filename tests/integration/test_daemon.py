@@ -246,12 +246,12 @@ def test_watchdog_pings_come_from_the_loop(start_daemon: Start,
 
 
 FACTS_READ = re.compile(r"host facts read (\d+) times \(pci (\d+), holds (\d+); "
-                        r"holds computed (\d+)\)")
+                        r"mounts computed (\d+)\)")
 
 
 def _facts_reads(daemon: DaemonProcess) -> tuple[int, ...]:
-    """(reads of any part, of the PCI part, of what the host holds, computes of what the
-    host holds: the others found its sysfs and mounts unchanged) so far."""
+    """(reads of any part, of the PCI part, of what the host holds, computes of the mounts:
+    the other reads found them and the block devices unchanged) so far."""
     mark = daemon.mark()
     daemon.signal(signal.SIGUSR1)
     match = daemon.wait_log(FACTS_READ.pattern, start=mark)
@@ -278,7 +278,7 @@ def test_one_plug_reads_the_host_facts_once(
     finally:
         daemon.signal(signal.SIGCONT)
     daemon.wait_log(r"attaching usb:1-2 .* \(bus 1 device 5\)", start=mark)
-    # Read once; not computed again: the plug brought no disk and no keyboard.
+    # Read once; the mounts not computed again: the plug brought no disk.
     assert _since(before, daemon) == (1, 0, 1, 0)
 
 
@@ -298,4 +298,4 @@ def test_usb_plugs_and_unplugs_never_read_the_pci_part(
     reads, pci, holds, computed = _since(before, daemon)
     uevents = 3 * (1 + 2) + 3  # each plug: the device and its two interfaces; the removes
     assert pci == 0 and 1 <= holds == reads <= uevents, (reads, pci, holds)
-    assert computed == 0, computed  # no disk, no keyboard came or went
+    assert computed == 0, computed  # no disk came or went

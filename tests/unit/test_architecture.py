@@ -50,11 +50,14 @@ THIRD_PARTY = {
     "package": frozenset(),
 }
 
-#: Helpers host/ adapters share: reading a file an attacker may have placed, the trace hook.
-HOST_SHARED = frozenset({"phyllod.host.safe_read", "phyllod.host.trace"})
+#: Helpers host/ adapters share: reading a file an attacker may have placed, the trace
+#: hook, following sysfs links.
+HOST_SHARED = frozenset({"phyllod.host.safe_read", "phyllod.host.trace",
+                         "phyllod.host.sysfs_paths"})
 #: One adapter written in two files: the second is a part of the first, and
 #: only the first may import it.
-HOST_ADAPTER_PARTS = {"phyllod.host.sysfs_acs": "phyllod.host.sysfs"}
+HOST_ADAPTER_PARTS = {"phyllod.host.sysfs_acs": "phyllod.host.sysfs",
+                      "phyllod.host.sysfs_keyboards": "phyllod.host.sysfs"}
 #: What service/ parts share that is no part (no state, no decisions): the
 #: fault-injection seams, the journal fields of the daemon's log records, and
 #: one-shot timers by key.

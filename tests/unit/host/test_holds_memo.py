@@ -1,4 +1,5 @@
-"""The HOLDS memo: computed again exactly when something it reads changed (issue 18).
+"""The HOLDS memo: the mounts computed again exactly when something they are made of
+changed, the keyboards judged once per input device (issue 18).
 
 A fixture sysfs tree (links as the kernel lays them out) and the real
 :func:`~phyllod.host.sysfs.read_holds`; each row changes one thing and says
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from phyllod.host import sysfs_keyboards
 from phyllod.host.holds_memo import HoldsMemo
-from phyllod.host.sysfs import read_holds
+from phyllod.host.sysfs import host_keyboards, read_holds, read_mounted
 
 PCI = "devices/pci0000:00/0000:00:1f.2"
 MOUNTS = "25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
@@ -69,7 +71,7 @@ ROWS: list[tuple[str, Callable[[Path], str | None], bool]] = [
      True),
     ("a dm device's slaves change",
      lambda r: (_disk(r, "dm-0", "254:0", "devices/virtual"), None)[1], True),
-    ("a keyboard appears", lambda r: _keyboard(r, "input9", f"{USB}/1-2:1.0/input"), True),
+    ("a keyboard appears", lambda r: _keyboard(r, "input9", f"{USB}/1-2:1.0/input"), False),
     ("the mounts change", lambda r: MOUNTS + "26 25 8:17 /m /m rw - vfat /dev/sdb1 rw\n", True),
 ]
 
@@ -77,9 +79,9 @@ ROWS: list[tuple[str, Callable[[Path], str | None], bool]] = [
 @pytest.mark.parametrize(("what", "change", "computes"), ROWS, ids=[r[0] for r in ROWS])
 def test_the_memo_computes_again_exactly_when_its_inputs_change(
         sys_root: Path, what: str, change: Callable[[Path], str | None], computes: bool):
-    memo = HoldsMemo(read_holds)
+    memo = HoldsMemo(read_mounted, host_keyboards)
     assert memo(sys_root, MOUNTS, "") == read_holds(sys_root, MOUNTS, "")
-    assert memo(sys_root, MOUNTS, "") is memo(sys_root, MOUNTS, "")
+    assert memo(sys_root, MOUNTS, "") == memo(sys_root, MOUNTS, "")
     assert memo.computed == 1
     mounts = change(sys_root) or MOUNTS
     assert memo(sys_root, mounts, "") == read_holds(sys_root, mounts, ""), what
@@ -92,7 +94,7 @@ def test_stacked_devices_and_dm_names_are_part_of_the_fingerprint(sys_root: Path
     _write(sys_root, "devices/virtual/block/dm-0/dm/name", "crypt\n")
     (sys_root / "devices/virtual/block/dm-0/slaves").mkdir()
     mounts = MOUNTS + "27 25 254:0 / /secret rw - ext4 /dev/mapper/crypt rw\n"
-    memo = HoldsMemo(read_holds)
+    memo = HoldsMemo(read_mounted, host_keyboards)
     memo(sys_root, mounts, "")
     _disk(sys_root, "sdb", "8:16", f"{USB}/1-2:1.0/host6")
     memo(sys_root, mounts, "")
@@ -104,3 +106,28 @@ def test_stacked_devices_and_dm_names_are_part_of_the_fingerprint(sys_root: Path
     _write(sys_root, "devices/virtual/block/dm-0/dm/name", "renamed\n")
     memo(sys_root, mounts, "")
     assert memo.computed == 4
+
+
+def test_each_input_device_is_judged_once_while_it_lives(sys_root: Path, monkeypatch):
+    """A plugged keyboard is looked at; the host's others are not (their links are
+    most of the cost); one re-created under its old name is looked at again."""
+    judged: list[str] = []
+    real = sysfs_keyboards._keyboard
+
+    def counted(root: Path, entry: Path) -> tuple[str, str] | None:
+        judged.append(entry.name)
+        return real(root, entry)
+
+    monkeypatch.setattr(sysfs_keyboards, "_keyboard", counted)
+    memo = HoldsMemo(read_mounted, host_keyboards)
+    memo(sys_root, MOUNTS, "")
+    assert judged == ["input3"]
+    _keyboard(sys_root, "input9", f"{USB}/1-2:1.0/input")
+    assert len(memo(sys_root, MOUNTS, "")[2]) == 2
+    assert judged == ["input3", "input9"]
+    _keyboard(sys_root, "input9", f"{USB}/1-3:1.0/input")  # input9 again, another device
+    boards = memo(sys_root, MOUNTS, "")[2]
+    assert judged == ["input3", "input9", "input9"]
+    assert any("/1-3:1.0/" in path for path in boards), boards
+    (sys_root / "class/input/input9").unlink()
+    assert len(memo(sys_root, MOUNTS, "")[2]) == 1 and len(judged) == 3

@@ -1,0 +1,39 @@
+"""Following sysfs links and reading attributes, shared by the sysfs readers.
+
+Over a root path, so tests point them at a fixture tree; paths handed out
+are named as the running system names them (``/sys/devices/…``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SYS = Path("/sys")
+#: A sysfs attribute is at most a page (sysfs_emit); a longer file is no kernel's.
+MAX_ATTRIBUTE = 4096
+
+
+def resolve(link: Path) -> Path | None:
+    """Where a sysfs link really leads, None if nowhere (gone, a loop)."""
+    try:
+        return link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+
+
+def resolved_root(sys_root: Path) -> Path:
+    return resolve(sys_root) or sys_root.absolute()
+
+
+def sys_path(sys_root: Path, real: Path) -> str:
+    """``real`` (resolved, under ``sys_root``) as the running system names it: /sys/…"""
+    return str(SYS / real.relative_to(resolved_root(sys_root)))
+
+
+def read_attribute(path: Path) -> str:
+    """A sysfs attribute's text, "" if absent; never more than a page is read."""
+    try:
+        with path.open("rb") as f:
+            return f.read(MAX_ATTRIBUTE).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
