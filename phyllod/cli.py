@@ -119,11 +119,19 @@ def check_policy(files: list[Path], policy_dir: Path) -> int:
     return 0
 
 
+#: Seconds a thread may hold the GIL while another waits (CPython's default: 0.005).
+GIL_SWITCH_INTERVAL = 0.0005
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-policy":
         return check_policy(args.files, args.policy_dir)
     setup_logging(args.log_level, force_stderr=args.log_target == "stderr")
+    # The libvirt worker thread needs the GIL for a moment before and after each
+    # call, while the loop thread plans and publishes; by default it waits up to
+    # 5 ms for a busy loop thread to let go, on the way to every attach.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     return asyncio.run(run_daemon(Config(policy_dir=args.policy_dir, uri=args.connect,
                                          bus=args.bus, state_dir=args.state_dir)))
 
