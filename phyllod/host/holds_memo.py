@@ -24,20 +24,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from phyllod.host.sysfs_paths import links, read_attribute
+
 Fingerprint = tuple[object, ...]
 Mounted = tuple[dict[str, str], dict[str, str]]
 #: (what the host has mounted, by PCI function and by block device path; its keyboards).
 Holds = tuple[dict[str, str], dict[str, str], dict[str, str]]
 KeyboardsSeen = dict[tuple[str, int], tuple[str, str] | None]
-
-
-def _links(directory: Path) -> tuple[tuple[str, int], ...]:
-    """(name, inode) of each entry, from one directory read; () if absent."""
-    try:
-        with os.scandir(directory) as entries:
-            return tuple(sorted((e.name, e.inode()) for e in entries))
-    except OSError:
-        return ()
 
 
 def _names(directory: Path) -> tuple[str, ...]:
@@ -47,23 +40,16 @@ def _names(directory: Path) -> tuple[str, ...]:
         return ()
 
 
-def _text(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4096).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def fingerprint(sys_root: Path) -> Fingerprint:
     """What the mounts' compute reads from sysfs, cheaply: block links by inode, stacked
     devices' slaves, dm names."""
     block_dir = sys_root / "class" / "block"
-    blocks = _links(block_dir)
+    blocks = tuple(links(block_dir))
     stacked = tuple((name, _names(block_dir / name / "slaves"),
-                     _text(block_dir / name / "dm" / "name") if name.startswith("dm-") else "")
+                     read_attribute(block_dir / name / "dm" / "name")
+                     if name.startswith("dm-") else "")
                     for name, _ino in blocks)
-    return blocks, stacked, _links(sys_root / "dev" / "block")
+    return blocks, stacked, tuple(links(sys_root / "dev" / "block"))
 
 
 class HoldsMemo:

@@ -9,12 +9,18 @@ USB keyboard is itself a new input device on every plug.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from phyllod.core.device_text import clean
-from phyllod.host.sysfs_paths import SYS, read_attribute, resolve, resolved_root, sys_path
+from phyllod.host.sysfs_paths import (
+    SYS,
+    links,
+    read_attribute,
+    resolve,
+    resolved_root,
+    sys_path,
+)
 
 _INPUT = re.compile(r"input[0-9]+")
 _HEX_WORD = re.compile(r"[0-9a-f]{1,16}")
@@ -45,7 +51,7 @@ def host_keyboards(sys_root: Path = SYS, seen: KeyboardsSeen | None = None) -> d
     """
     found: dict[str, str] = {}
     now: KeyboardsSeen = {}
-    for name, inode in _links(sys_root / "class" / "input"):
+    for name, inode in links(sys_root / "class" / "input"):
         if not _INPUT.fullmatch(name):
             continue
         key = (name, inode)
@@ -70,15 +76,6 @@ def _keyboard(sys_root: Path, entry: Path) -> tuple[str, str] | None:
     if not _is_keyboard(real / "capabilities"):
         return None
     return sys_path(sys_root, real), clean(read_attribute(real / "name"))
-
-
-def _links(directory: Path) -> list[tuple[str, int]]:
-    """(name, inode) of each entry of ``directory``, sorted, from one directory read."""
-    try:
-        with os.scandir(directory) as entries:
-            return sorted((e.name, e.inode()) for e in entries)
-    except OSError:
-        return []
 
 
 def _is_keyboard(capabilities: Path) -> bool:

@@ -6,6 +6,7 @@ are named as the running system names them (``/sys/devices/…``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 SYS = Path("/sys")
@@ -37,3 +38,13 @@ def read_attribute(path: Path) -> str:
             return f.read(MAX_ATTRIBUTE).decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def links(directory: Path) -> list[tuple[str, int]]:
+    """(name, inode) of each entry of ``directory``, sorted, from one directory read:
+    kernfs gives a node re-created under the same name a new inode."""
+    try:
+        with os.scandir(directory) as entries:
+            return sorted((e.name, e.inode()) for e in entries)
+    except OSError:
+        return []
