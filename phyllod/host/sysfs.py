@@ -293,6 +293,32 @@ def _backing_devices(sys_root: Path, name: str, seen: set[str]) -> Iterator[str]
         yield from _backing_devices(sys_root, slave.name, seen)
 
 
+def usb_host_drivers(sys_path: str, sys_root: Path = _SYS) -> tuple[str, ...]:
+    """The host drivers bound now to the interfaces of the USB device at ``sys_path``
+    (``/sys/devices/…/1-2``), sorted; usbfs (a guest's QEMU, through libusb) is none.
+
+    A bind uevent says a driver took an interface; this says whether one still
+    holds it. During a guest's reset of the device the kernel rebinds its
+    interfaces, a host driver may bind for a moment and QEMU claims them back:
+    only a driver still bound after the grace window took the device back.
+    """
+    path = Path(sys_path)
+    if not path.is_relative_to(_SYS):
+        return ()
+    port = path.name
+    found = set()
+    for entry in _entries(sys_root / path.relative_to(_SYS)):
+        if not entry.name.startswith(f"{port}:"):
+            continue  # not an interface (1-2:1.0): an attribute, a child device, a port
+        try:
+            driver = os.path.basename(os.readlink(entry / "driver"))
+        except OSError:
+            continue  # no driver bound
+        if driver != "usbfs":
+            found.add(driver)
+    return tuple(sorted(found))
+
+
 def _pci_functions(sys_root: Path) -> Iterator[PciFunction]:
     for entry in sorted(_entries(sys_root / "bus" / "pci" / "devices")):
         if _checked(entry, entry.name, kv.pci_address, "a PCI address") is None:

@@ -21,12 +21,13 @@ from phyllod.service.timers import Timers
 
 
 def after_grace(bind: HostBind, guest: Guest | None, ending: Set[Run],
-                present: bool) -> HostBind | None:
+                held_by_host: bool) -> HostBind | None:
     """The mark a watched bind leaves once its grace window is over: the checked bind
     if the host took the device back from a guest that runs on, None if the guest
-    let go of it (or the device left meanwhile)."""
+    let go of it, or if no host driver holds it any more (the device left, or the
+    bind was a moment of a reset the guest made, and its QEMU claimed it back)."""
     checked = dataclasses.replace(bind, checked=True)
-    if present and judge_bind(checked, guest, ending) is BindVerdict.TAKEN_BACK:
+    if held_by_host and judge_bind(checked, guest, ending) is BindVerdict.TAKEN_BACK:
         return checked
     return None
 
@@ -39,6 +40,7 @@ class HostBinds:
                  assignment: Callable[[str], Assignment | None],
                  inflight: Callable[[], Set[str]], ending: Callable[[], Set[Run]],
                  on_slot: Callable[[str], Device | None],
+                 host_drivers: Callable[[Device], tuple[str, ...]],
                  refresh_guest: Callable[[str], Awaitable[None]],
                  spawn: Callable[[Coroutine[Any, Any, None]], None],
                  changed: Callable[[], None]) -> None:
@@ -48,6 +50,7 @@ class HostBinds:
         self._inflight = inflight
         self._ending = ending
         self._on_slot = on_slot
+        self._host_drivers = host_drivers
         self._refresh_guest = refresh_guest
         self._spawn = spawn
         self._changed = changed
@@ -112,12 +115,20 @@ class HostBinds:
             self.unwatch(slot)  # libvirt is away: its return resyncs every guest
             return
         d = self._on_slot(slot)
-        taken_back = after_grace(bind, self._guest_of(bind), self._ending(), d is not None)
+        guest, ending = self._guest_of(bind), self._ending()
+        held_by_host = d is not None and bool(self._host_drivers(d))
+        taken_back = after_grace(bind, guest, ending, held_by_host)
         if d is not None and taken_back is not None:
             self.marks[slot] = taken_back
             log.warning("%s: the host's %s took it back while in '%s' (a reset on the "
                         "host?); attaching it again", d.describe(), bind.driver, bind.guest,
                         **fields(device=d.id, guest=bind.guest))
+        elif d is not None and after_grace(bind, guest, ending, True) is not None:
+            self.unwatch(slot)
+            log.info("%s: no host driver holds it any more: '%s' claimed it back after the "
+                     "%s bind (a reset of the device by the guest); not a reset on the host",
+                     d.describe(), bind.guest, bind.driver,
+                     **fields(device=d.id, guest=bind.guest))
         else:
             self.let_go(slot)
         self._changed()

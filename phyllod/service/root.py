@@ -39,7 +39,7 @@ from phyllod.core.plan import Plan, World
 from phyllod.host.holds_memo import HoldsMemo
 from phyllod.host.libvirt_client import LibvirtClient
 from phyllod.host.state_store import remove_leftovers
-from phyllod.host.sysfs import host_keyboards, read_host_facts, read_mounted
+from phyllod.host.sysfs import host_keyboards, read_host_facts, read_mounted, usb_host_drivers
 from phyllod.host.systemd_glue import MessageId, notify, watchdog_interval
 from phyllod.host.udev_source import UdevEvent, UdevWatcher
 from phyllod.service import fault_points
@@ -134,8 +134,8 @@ class Daemon:
             release_grace=config.release_grace, guests=lambda: self.guests.guests,
             assignment=lambda device_id: self.publisher.assignments.get(device_id),
             inflight=lambda: self.steps.inflight.keys(), ending=lambda: self.guests.ending,
-            on_slot=self.plugs.on_slot, refresh_guest=self.guests.refresh,
-            spawn=self._spawn, changed=kick)
+            on_slot=self.plugs.on_slot, host_drivers=lambda d: usb_host_drivers(d.sys_path),
+            refresh_guest=self.guests.refresh, spawn=self._spawn, changed=kick)
         # The sleep: logind's PrepareForSleep and the delay inhibitor (on a bus only).
         self.sleep_watcher = (SleepWatcher(config.bus, self._on_prepare_for_sleep)
                               if on_bus else None)

@@ -205,9 +205,7 @@ def work(private_libvirtd: libvirtd.PrivateLibvirtd) -> Iterator[Work]:
 
 def _usbhid_binds(phyllod: Phyllod, port: str = "1-2") -> None:
     """What a guest's QEMU letting go of a keyboard looks like on the host: usbhid binds."""
-    interface = phyllod.tb.paths[f"{port}:1.0"]
-    phyllod.tb.tb.set_property(interface, "DRIVER", "usbhid")
-    phyllod.tb.tb.uevent(interface, "bind")
+    phyllod.tb.bind(f"{port}:1.0", "usbhid")
 
 
 def _seen(phyllod: Phyllod, port: str, devnum: int, start: int) -> None:
@@ -279,6 +277,26 @@ def test_a_host_driver_taking_a_device_from_a_running_guest_is_a_reset(phyllod: 
     assert "its guest lost it to a reset on the host; attaching it again" in line
     d.wait_line("detach ua-phyllod-usb1-2-5 from work failed: this function is not supported",
                 start)
+
+
+def test_a_host_bind_the_guest_claims_back_within_the_grace_window_is_no_reset(
+        phyllod: Phyllod, work: Work):
+    """A guest resetting its device makes the host's kernel rebind the interfaces:
+    usbhid binds for a moment, then QEMU claims them back (usbfs). Seen in the lab
+    (L2 enumerating a keyboard just attached): after the grace window no host
+    driver holds the device, so it is no reset on the host, and the guest keeps
+    it, with no detach and attach again."""
+    d = _holding_the_keyboard(phyllod, work)
+    start = d.mark()
+    _usbhid_binds(phyllod)
+    d.wait_line("the host's usbhid bound it while in 'work'", start)
+    phyllod.tb.bind("1-2:1.0", "usbfs")
+    d.wait_line("no host driver holds it any more: 'work' claimed it back after the usbhid "
+                "bind", start)
+    _seen(phyllod, "1-3", 6, start)
+    log = d.lines[start:]
+    assert not [line for line in log if "took it back" in line or "detaching" in line]
+    assert phyllod.show("usb:1-2")["State"] == "attached"
 
 
 def test_a_vanished_device_leaves_its_guest_at_once_and_its_plug_waits(phyllod: Phyllod,

@@ -108,6 +108,20 @@ class UsbTestbed:
         self.paths[f"input{number}"] = path
         return path
 
+    def bind(self, interface: str, driver: str) -> None:
+        """Bind ``driver`` to an interface (``1-2:1.0``), as the kernel shows it: the
+        interface's ``driver`` link to /sys/bus/usb/drivers/DRIVER, then ``bind``."""
+        path = self.paths[interface]
+        root = self.tb.get_root_dir()
+        drivers = os.path.join(root, "sys", "bus", "usb", "drivers")
+        os.makedirs(os.path.join(drivers, driver), exist_ok=True)
+        link = os.path.join(root, path.lstrip("/"), "driver")
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(os.path.relpath(os.path.join(drivers, driver), os.path.dirname(link)), link)
+        self.tb.set_property(path, "DRIVER", driver)
+        self.tb.uevent(path, "bind")
+
     def unplug(self, port: str) -> None:
         """Send ``remove`` (umockdev's remove_device sends none) and remove.
 
