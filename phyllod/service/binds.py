@@ -21,13 +21,14 @@ from phyllod.service.timers import Timers
 
 
 def after_grace(bind: HostBind, guest: Guest | None, ending: Set[Run],
-                held_by_host: bool) -> HostBind | None:
+                present: bool) -> HostBind | None:
     """The mark a watched bind leaves once its grace window is over: the checked bind
     if the host took the device back from a guest that runs on, None if the guest
-    let go of it, or if no host driver holds it any more (the device left, or the
-    bind was a moment of a reset the guest made, and its QEMU claimed it back)."""
+    let go of it (or the device left meanwhile). The part then checks that a host
+    driver still holds it: a bind may be a moment of a reset the guest made,
+    after which its QEMU claimed the device back."""
     checked = dataclasses.replace(bind, checked=True)
-    if held_by_host and judge_bind(checked, guest, ending) is BindVerdict.TAKEN_BACK:
+    if present and judge_bind(checked, guest, ending) is BindVerdict.TAKEN_BACK:
         return checked
     return None
 
@@ -115,22 +116,20 @@ class HostBinds:
             self.unwatch(slot)  # libvirt is away: its return resyncs every guest
             return
         d = self._on_slot(slot)
-        guest, ending = self._guest_of(bind), self._ending()
-        held_by_host = d is not None and bool(self._host_drivers(d))
-        taken_back = after_grace(bind, guest, ending, held_by_host)
-        if d is not None and taken_back is not None:
+        taken_back = after_grace(bind, self._guest_of(bind), self._ending(), d is not None)
+        if d is None or taken_back is None:
+            self.let_go(slot)
+        elif self._host_drivers(d):
             self.marks[slot] = taken_back
             log.warning("%s: the host's %s took it back while in '%s' (a reset on the "
                         "host?); attaching it again", d.describe(), bind.driver, bind.guest,
                         **fields(device=d.id, guest=bind.guest))
-        elif d is not None and after_grace(bind, guest, ending, True) is not None:
+        else:
             self.unwatch(slot)
             log.info("%s: no host driver holds it any more: '%s' claimed it back after the "
                      "%s bind (a reset of the device by the guest); not a reset on the host",
                      d.describe(), bind.guest, bind.driver,
                      **fields(device=d.id, guest=bind.guest))
-        else:
-            self.let_go(slot)
         self._changed()
 
     def _guest_of(self, bind: HostBind) -> Guest | None:

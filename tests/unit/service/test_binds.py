@@ -17,16 +17,16 @@ RUN = run_of(WORK)
 BIND = HostBind(run=RUN, guest="work", alias=KBD.alias, driver="usbhid")
 
 
-@pytest.mark.parametrize(("guest_now", "ending", "held_by_host", "kept"), [
+@pytest.mark.parametrize(("guest_now", "ending", "present", "kept"), [
     (WORK, set(), True, True),  # the guest runs on with a dead hostdev: taken back
-    (WORK, set(), False, False),  # no host driver holds it: gone, or the guest claimed it back
+    (WORK, set(), False, False),  # the device left meanwhile
     (WORK, {RUN}, True, False),  # libvirt said the run is ending: let go
     (guest("work", state=GuestState.SHUTOFF), set(), True, False),  # it stopped
     (guest("work"), set(), True, False),  # the guest released the hostdev
     (guest("work", hostdevs=(held(KBD),), run=2), set(), True, False),  # another run
 ])
-def test_after_grace(guest_now, ending, held_by_host, kept) -> None:
-    mark = after_grace(BIND, guest_now, ending, held_by_host)
+def test_after_grace(guest_now, ending, present, kept) -> None:
+    mark = after_grace(BIND, guest_now, ending, present)
     assert (mark is not None) is kept
     if kept:
         assert mark.checked
