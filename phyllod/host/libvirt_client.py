@@ -138,11 +138,19 @@ class LibvirtClient:
     def connected(self) -> bool:
         return self._conn is not None
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Hand ``fn`` to the worker now; the future ends with its result or a
+        LibvirtError (converted in the worker, where the connection is used)."""
+        return asyncio.wrap_future(self._worker.submit(self._converted, fn, *args))
+
+    def _converted(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.wrap_future(self._worker.submit(fn, *args))
+            return fn(*args)
         except libvirt.libvirtError as e:
             raise self._error(e) from None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._submit(fn, *args)
 
     def _error(self, e: libvirt.libvirtError) -> LibvirtError:
         conn = self._conn
@@ -314,9 +322,13 @@ class LibvirtClient:
             lambda: dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)))
         return self._one_guest(name)
 
-    async def attach(self, name: str, xml: str) -> Guest | None:
-        """Hot-plug ``xml`` into the running guest; returns the guest re-read."""
-        return await self._call(self._attach, name, xml)
+    def attach(self, name: str, xml: str) -> asyncio.Future[Guest | None]:
+        """Hot-plug ``xml`` into the running guest; the future holds the guest re-read.
+
+        Submitted at once, not when the future is first awaited: a plug's
+        turn issues its call before the loop runs anything else (issue 18).
+        """
+        return self._submit(self._attach, name, xml)
 
     def _detach(self, name: str, alias: str) -> Guest | None:
         self._on_domain(name, lambda dom: _traced(
@@ -324,14 +336,15 @@ class LibvirtClient:
             lambda: dom.detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)))
         return self._one_guest(name)
 
-    async def detach(self, name: str, alias: str) -> Guest | None:
-        """Ask the guest to release the device; returns the guest re-read.
+    def detach(self, name: str, alias: str) -> asyncio.Future[Guest | None]:
+        """Ask the guest to release the device (submitted at once, as ``attach``);
+        the future holds the guest re-read.
 
         A returned call is not a removal: QEMU may take seconds, or a guest
         may never let go. The device is gone when the re-read guest or a
         DEVICE_REMOVED event says so.
         """
-        return await self._call(self._detach, name, alias)
+        return self._submit(self._detach, name, alias)
 
     # ------------------------------------------------------------ PCI host drivers
 

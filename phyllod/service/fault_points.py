@@ -51,20 +51,21 @@ async def point(name: str) -> None:
         await _hold(name)
 
 
-async def around(name: str, call: Awaitable[T]) -> T:
-    """``call`` (a libvirt call), with ``NAME-running`` and ``NAME-returned`` points.
+def holds(name: str) -> bool:
+    """Whether ``name`` is armed, without disarming it: a step whose call would be
+    issued before the point is reached issues it after the point instead."""
+    return bool(_DIR) and Path(_DIR, name).exists()
 
-    Armed ``-running``: the call is started, then the task holds, so the call
-    completes in the worker thread while phyllod never sees its result.
+
+async def around(name: str, call: Awaitable[T]) -> T:
+    """``call`` (a libvirt call already issued), with ``NAME-running`` and
+    ``NAME-returned`` points.
+
+    Armed ``-running``: the task holds while the call completes in the worker
+    thread, so phyllod never sees its result.
     """
     if _armed(f"{name}-running"):
-        task = asyncio.ensure_future(call)
         await _hold(f"{name}-running")
-        result = await task
-    else:
-        # Awaited in this task: as a task of its own, the call would start only
-        # after every callback already queued (a plug's other uevents, a turn),
-        # 0.1 to 0.2 s later in the lab's L1 (issue 18, seen with the trace hook).
-        result = await call
+    result = await call
     await point(f"{name}-returned")
     return result

@@ -6,9 +6,10 @@ loop turn make one reconcile. A turn reads the host facts at most once
 VM one read costs ~0.3 s; read per event, they held the attach back by a
 second or more), and only the parts a uevent made stale (:func:`staled_by`:
 a USB plug re-reads what the host holds, never every PCI function's sysfs
-files), builds the World, reconciles, hands the plan to the parts and starts
-its steps. A bus call that changed something waits for a turn after its
-change (:attr:`Loop.turns`, :meth:`Loop.next_turn`).
+files), builds the World, reconciles, starts the plan's steps (their libvirt
+calls issued at once) and then hands the plan to the parts. A bus call that
+changed something waits for a turn after its change (:attr:`Loop.turns`,
+:meth:`Loop.next_turn`).
 """
 
 from __future__ import annotations
@@ -113,15 +114,16 @@ class Loop:
         self.reconciled = replan(self.reconciled, self._policy(),
                                  self._world(loop.time(), self.facts()))
         plan = self.reconciled.plan
+        stopping = self._stopping()
+        if not stopping:  # first: the calls are issued before the parts' bookkeeping
+            self._start_steps(plan.steps)
         self._after(plan)
         self.turns += 1
         self._turned.set()
         self._turned = asyncio.Event()
         self.cancel()
-        if not self._stopping():
-            self._start_steps(plan.steps)
-            if plan.wake_at is not None:
-                self._wake = loop.call_at(plan.wake_at, self.kick)
+        if not stopping and plan.wake_at is not None:
+            self._wake = loop.call_at(plan.wake_at, self.kick)
         trace.point("turn-end", self.turns)
 
     async def next_turn(self, timeout: float) -> None:

@@ -185,7 +185,7 @@ class Daemon:
             ending=self.guests.current_ending())
 
     def _after_turn(self, plan: Plan) -> None:
-        """Each part takes its share of a plan, before its steps start."""
+        """Each part takes its share of a plan, once its steps are issued."""
         for slot in plan.let_go:
             self.binds.let_go(slot)
         if self.binds.marks:  # rare; every present device's slot is worth a turn's cost
