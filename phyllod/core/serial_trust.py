@@ -88,6 +88,13 @@ def _kind(d: Device) -> tuple[str, str, str]:
     return d.vendor, d.product, d.serial
 
 
+def judged_alike(a: Device, b: Device) -> bool:
+    """Whether :func:`with_identities` judges ``b`` as it judged ``a`` in its place: it
+    reads nothing else of a device, so a change of only its numbers, driver or
+    interfaces (a bind, a reset) needs no new judgement of the present set."""
+    return a.subsystem is b.subsystem and _kind(a) == _kind(b)
+
+
 def with_identities(devices: Mapping[str, Device]) -> dict[str, Device]:
     """``devices`` (by id) with ``serial_doubt`` set from the whole present set.
 

@@ -109,6 +109,12 @@ def _hex_field(dev: pyudev.Device, what: str, value: str, digits: int,
                      kv.hex_id(value, digits, padded))
 
 
+def _classes_told(dev: pyudev.Device) -> tuple[str, ...]:
+    """The interface classes udev's usb_id put in the device's ``ID_USB_INTERFACES``."""
+    prop = _prop(dev, "ID_USB_INTERFACES")
+    return tuple(c.lower() for c in prop.split(":") if re.fullmatch(r"[0-9a-fA-F]{6}", c))
+
+
 def _interface_classes(dev: pyudev.Device) -> tuple[str, ...]:
     """Class/subclass/protocol of each interface (``e00101``), in order.
 
@@ -116,8 +122,7 @@ def _interface_classes(dev: pyudev.Device) -> tuple[str, ...]:
     the device's ``add``, before the interface devices exist; the children are
     the fallback.
     """
-    prop = _prop(dev, "ID_USB_INTERFACES")
-    found = [c.lower() for c in prop.split(":") if re.fullmatch(r"[0-9a-fA-F]{6}", c)]
+    found = list(_classes_told(dev))
     if found:
         return tuple(found)
     for child in dev.children:
@@ -324,6 +329,13 @@ class UdevWatcher:
         self._context = pyudev.Context()
         self._monitor: pyudev.Monitor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The USB devices (by sysfs path) whose own uevent named all their
+        #: interfaces (ID_USB_INTERFACES): the ``add`` of each interface then
+        #: tells nothing new, and is dropped rather than translating the device
+        #: again and making a loop turn of its own (issue 18: it held a plug's
+        #: turn back ~0.6 ms). Bounded by the devices present: a ``remove``
+        #: takes its device out, a rescan empties it.
+        self._told: set[str] = set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> list[Device]:
         """Subscribe, then enumerate; returns the devices present at start."""
@@ -348,6 +360,7 @@ class UdevWatcher:
                 dev = self._monitor.poll(timeout=0)
             except OSError as e:  # ENOBUFS: the socket overflowed, events were lost
                 log.warning("udev monitor: %s; rescanning all devices", e)
+                self._told.clear()
                 self._on_event(DevicesRescanned(tuple(present_devices(self._context))))
                 continue
             if dev is None:
@@ -368,7 +381,8 @@ class UdevWatcher:
         devtype = _prop(dev, "DEVTYPE")
         if devtype == "usb_interface":
             # The interfaces complete the parent's identity (e.g. Bluetooth).
-            if action not in ("add", "bind", "change"):
+            if action not in ("add", "bind", "change") or (
+                    action == "add" and os.path.dirname(dev.sys_path) in self._told):
                 return None
             parent = dev.find_parent("usb", "usb_device")
             if parent is None or not is_usb_device(parent) or not _addressable(parent):
@@ -380,11 +394,16 @@ class UdevWatcher:
         if devtype != "usb_device" or _sys_name(dev).startswith("usb"):
             return None
         if action == "remove":
+            self._told.discard(dev.sys_path)
             port = _sys_name(dev)
             return DeviceGone(f"{Subsystem.USB}:{port}") if kv.usb_port(port) else None
         if action == "unbind" or not _addressable(dev):
             return None
         device = usb_device(dev)
+        if device is not None and _classes_told(dev):
+            self._told.add(dev.sys_path)
+        else:
+            self._told.discard(dev.sys_path)
         return DeviceSeen(device, action) if device is not None else None
 
     @staticmethod

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from phyllod.core.guest_runs import Run, run_of
 from phyllod.core.hostdev_xml import hostdev_xml
-from phyllod.core.model import Device, Guest, Hostdev, State, Subsystem
+from phyllod.core.model import Guest, Hostdev, State, Subsystem
 from phyllod.core.plan import Attach, Detach, Failure, Operation, OpKind, Step, record_failure
 from phyllod.host import trace
 from phyllod.host.libvirt_client import LibvirtClient, LibvirtError
@@ -88,20 +88,22 @@ class Steps:
                 self.inflight[step.slot] = Operation(OpKind.ATTACH, step.guest,
                                                      step.device.alias)
                 started = time.monotonic()
-                self._announce_attach(step)
+                if step.reset:
+                    _reset(step)
                 issued = (None if step.prepare or self._faults.holds("attach-before")
                           else self._issue_attach(step))
+                self._announce_attach(step)  # after the call: its write lets the worker run
                 self._spawn(self._attach(step, run, started, issued))
             else:
                 self.inflight[step.slot] = Operation(OpKind.DETACH, step.guest,
                                                      step.hostdev.alias)
                 released = self._detach_waiters[(step.guest, step.hostdev.alias)] = (
                     asyncio.Event())
+                issued = (None if self._faults.holds("detach-before")
+                          else self._issue_detach(step))
                 log.info("detaching %s from %s (%s): libvirt detachDeviceAlias",
                          step.hostdev.alias, step.guest, step.why,
                          **fields(step.device_id, step.guest, state=State.DETACHING))
-                issued = (None if self._faults.holds("detach-before")
-                          else self._issue_detach(step))
                 self._spawn(self._detach(step, run, released, issued))
 
     def forget_failure(self, slot: str) -> None:
@@ -145,17 +147,16 @@ class Steps:
                                              error.message, now, run)
         self._spawn(self._refresh_guest(guest))
 
-    def _announce_attach(self, a: Attach) -> None:
-        """The attach's journal line, and the rule's reset before it."""
+    @staticmethod
+    def _announce_attach(a: Attach) -> None:
+        """The attach's journal line."""
         d = a.device
-        where = fields(d.id, a.guest, a.rule, State.ATTACHING)
         source = (f"managed, host {d.address}" if d.subsystem is Subsystem.PCI
                   else f"bus {d.busnum} device {d.devnum}")
         by = a.decided_by or (f"by rule '{a.rule}'" if a.rule else "by a manual override")
         log.info("attaching %s to %s %s: libvirt attachDeviceFlags (%s)",
-                 d.describe(), a.guest, by, source, **where)
-        if a.reset:
-            _reset(d, where)
+                 d.describe(), a.guest, by, source,
+                 **fields(d.id, a.guest, a.rule, State.ATTACHING))
 
     def _issue_attach(self, a: Attach) -> Awaitable[Guest | None]:
         trace.point("step-issued", a.device.id)
@@ -248,12 +249,14 @@ class Steps:
             self._changed()
 
 
-def _reset(d: Device, where: dict) -> None:
+def _reset(a: Attach) -> None:
     """The rule's reset_before_attach: a USB port reset, then the attach regardless.
 
     It blocks the loop for the reset (tens of milliseconds): the kernel
     re-enumerates in place, keeping the device's numbers.
     """
+    d = a.device
+    where = fields(d.id, a.guest, a.rule, State.ATTACHING)
     try:
         reset_usb_device(d.busnum, d.devnum)
     except UsbResetError as e:

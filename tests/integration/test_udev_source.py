@@ -60,9 +60,7 @@ async def test_coldplug_then_hotplug_unplug_replug():
         event = await next_event(queue)
         assert isinstance(event, DeviceSeen) and event.action == "add"
         assert (event.device.id, event.device.devnum) == ("usb:1-2", 3)
-        # Its interface's add completes the identity (a change for the device).
-        event = await next_event(queue)
-        assert isinstance(event, DeviceSeen) and event.device.id == "usb:1-2"
+        # Its add named its interfaces (ID_USB_INTERFACES): their own adds are dropped.
         tb.unplug("1-2")
         gone = [await next_event(queue) for _ in range(1)]
         assert gone == [DeviceGone("usb:1-2")]
@@ -85,6 +83,31 @@ async def test_interfaces_arriving_after_the_device_complete_its_identity():
         second = await next_event(queue)
         assert isinstance(first, DeviceSeen) and isinstance(second, DeviceSeen)
         assert second.device.interface_classes == ("e00101",)
+    finally:
+        watcher.stop()
+
+
+async def test_an_interface_add_is_dropped_only_when_the_device_named_its_interfaces():
+    """One event per plug when udev's usb_id named the interfaces; the same path
+    re-plugged without the property has its interfaces read again (the remove
+    forgot what the first plug told)."""
+    tb = testbed.UsbTestbed()
+    queue: asyncio.Queue[UdevEvent] = asyncio.Queue()
+    watcher = UdevWatcher(queue.put_nowait)
+    watcher.start(asyncio.get_running_loop())
+    try:
+        tb.plug("1-4", devnum=5, interfaces=("030101", "030102"))
+        first = await next_event(queue)
+        assert isinstance(first, DeviceSeen) and first.device.interface_classes == (
+            "030101", "030102")
+        tb.unplug("1-4")
+        assert await next_event(queue) == DeviceGone("usb:1-4"), "both interface adds dropped"
+        tb.plug("1-4", devnum=6, interfaces=("e00101",), with_property=False)
+        device, interface = await next_event(queue), await next_event(queue)
+        assert isinstance(device, DeviceSeen) and device.action == "add"
+        assert isinstance(interface, DeviceSeen) and interface.action == "change"
+        assert interface.device.interface_classes == ("e00101",)
+        assert queue.empty()
     finally:
         watcher.stop()
 

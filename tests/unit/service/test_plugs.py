@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from factories import usb
 
+from phyllod.core.serial_trust import with_identities
 from phyllod.host.udev_source import DeviceGone, DeviceSeen
 from phyllod.service.plugs import PlugChange, Plugs, judge_plug, unplug_wait
 
@@ -90,3 +92,34 @@ async def test_an_unplug_without_window_is_believed_at_once() -> None:
     plugs.on_udev(DeviceGone(KEY.id))
     assert plugs.devices == {}
     assert hooks.calls == [("plug ended", "usb:1-2: unplugged"), ("unwatch", KEY.slot)]
+
+
+TWIN = usb(port="1-2", serial="A1B2C3D4")
+OTHER_TWIN = usb(port="1-3", devnum=6, serial="A1B2C3D4")
+
+
+@pytest.mark.parametrize(("event", "judged"), [
+    # a bind, a renumbering (reset), new interfaces: the same judgement, none made
+    (DeviceSeen(replace(TWIN, driver="usb"), "bind"), 0),
+    (DeviceSeen(replace(TWIN, devnum=9), "add"), 0),
+    (DeviceSeen(replace(TWIN, interface_classes=("030101",)), "change"), 0),
+    # another serial in the port, another device beside them: judged again
+    (DeviceSeen(replace(TWIN, serial="ZZZZ9999"), "add"), 1),
+    (DeviceSeen(usb(port="1-4", devnum=7, serial="A1B2C3D4"), "add"), 1),
+    # a device gone: judged when its window is over, not at its remove
+    (DeviceGone(TWIN.id), 0),
+])
+async def test_the_present_set_is_judged_again_only_when_a_judgement_can_change(
+        event, judged) -> None:
+    """Whatever was skipped, the present set is what a full judgement gives (the oracle):
+    twins keep their doubt through a bind or a reset."""
+    calls: list[int] = []
+    hooks = Hooks()
+    plugs = hooks.plugs(WINDOW)
+    plugs._identities_judged = lambda before, after: calls.append(1)
+    plugs.present_at_start([TWIN, OTHER_TWIN])
+    assert plugs.devices[TWIN.id].serial_twins == (OTHER_TWIN.id,)
+    calls.clear()
+    plugs.on_udev(event)
+    assert len(calls) == judged
+    assert plugs.devices == with_identities(plugs.devices)
