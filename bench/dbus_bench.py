@@ -46,10 +46,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -268,6 +270,129 @@ async def bench_inprocess(main: Daemon, scale: Daemon | None, rounds: int
             b.disconnect()
 
 
+# --- a raw socket: the bus and phyllod, no client unmarshalling ------------------------
+
+class RawClient:
+    """A D-Bus connection that sends marshalled calls and reads the replies' bytes
+    without unmarshalling them: what the bus and phyllod cost, with no client's
+    parsing in it (the floor any client adds its unmarshalling to)."""
+
+    def __init__(self, address: str) -> None:
+        path = dict(kv.split("=", 1) for kv in address.split(":", 1)[1].split(","))["path"]
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.sock.sendall(b"\0AUTH EXTERNAL " + str(os.getuid()).encode().hex().encode()
+                          + b"\r\n")
+        if not self.sock.recv(4096).startswith(b"OK "):
+            raise RuntimeError("raw client: EXTERNAL authentication refused")
+        self.sock.sendall(b"BEGIN\r\n")
+        self.serial = 0
+        self.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                          interface="org.freedesktop.DBus", member="Hello"))
+
+    def _exactly(self, n: int) -> bytes:
+        chunks, left = [], n
+        while left:
+            chunk = self.sock.recv(min(left, 1 << 20))
+            if not chunk:
+                raise RuntimeError("raw client: the bus closed the connection")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def call(self, msg: Message) -> int:
+        """Send ``msg``; read messages until a reply or an error; its size in bytes."""
+        self.serial += 1
+        msg.serial = self.serial
+        self.sock.sendall(msg._marshall(False))
+        while True:
+            head = self._exactly(16)
+            body, fields = (int.from_bytes(head[i:i + 4], "little") for i in (4, 12))
+            rest = self._exactly(-(16 + fields) % 8 + fields + body)
+            if head[1] == MessageType.ERROR.value:
+                raise RuntimeError(f"raw client: {msg.member} failed")
+            if head[1] == MessageType.METHOD_RETURN.value:  # signals (NameAcquired) skipped
+                return 16 + len(rest)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def bench_raw(main: Daemon, rounds: int) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """GetId and GetManagedObjects over a raw socket, interleaved; reply sizes."""
+    client = RawClient(main.bus.address)
+    gmo = f"raw socket: phyllod GetManagedObjects, {main.devices} devices"
+    cases = {"raw socket: bus GetId (baseline)": calls(main.devices)[
+        "in-process: bus GetId (baseline)"],
+        gmo: calls(main.devices)[f"in-process: phyllod GetManagedObjects, {main.devices} "
+                                 "devices"]}
+    try:
+        sizes = {name: client.call(make()) for name, make in cases.items()}  # warm-up
+        out: dict[str, list[float]] = {name: [] for name in cases}
+        names, rng = list(cases), random.Random(3)
+        for _ in range(rounds):
+            rng.shuffle(names)
+            for name in names:
+                msg = cases[name]()
+                t0 = time.perf_counter()
+                client.call(msg)
+                out[name].append(time.perf_counter() - t0)
+        return out, sizes
+    finally:
+        client.close()
+
+
+# --- in process, GLib's GDBus (C) -------------------------------------------------------
+
+def bench_gio(main: Daemon, rounds: int) -> dict[str, list[float]]:
+    """GetManagedObjects as a C client gets it: GLib's GDBus (what GNOME's applets and
+    Gio.DBusObjectManagerClient use), which parses the reply into a GVariant in C.
+
+    Beside the dbus-fast rows it splits the cost: what the bus and phyllod take
+    (this row) from what dbus-fast's Python unmarshalling adds on the client's
+    side. Synchronous calls on one connection, interleaved with the bus's GetId.
+    """
+    from gi.repository import Gio, GLib  # PyGObject: the test tier's umockdev binding
+
+    flags = (Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT
+             | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION)
+    conn = Gio.DBusConnection.new_for_address_sync(main.bus.address, flags, None, None)
+    gmo = f"GLib GDBus (C): phyllod GetManagedObjects, {main.devices} devices"
+    cases = {
+        "GLib GDBus (C): bus GetId (baseline)": ("org.freedesktop.DBus",
+                                                 "/org/freedesktop/DBus",
+                                                 "org.freedesktop.DBus", "GetId"),
+        gmo: (NAME, OBJ, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"),
+    }
+
+    def one(name: str) -> float:
+        t0 = time.perf_counter()
+        reply = conn.call_sync(*cases[name], None, None, Gio.DBusCallFlags.NONE, 30_000, None)
+        elapsed = time.perf_counter() - t0
+        if name == gmo:  # every object arrived (counted outside the timing)
+            objects = reply.get_child_value(0)
+            paths = [objects.get_child_value(i).get_child_value(0).get_string()
+                     for i in range(objects.n_children())]
+            devices = sum(p.startswith(f"{OBJ}/devices/") for p in paths)
+            if devices != main.devices:
+                raise RuntimeError(f"{name}: {devices} device objects, not {main.devices}")
+        return elapsed
+
+    try:
+        for name in cases:  # warm-up
+            one(name)
+        out: dict[str, list[float]] = {name: [] for name in cases}
+        names, rng = list(cases), random.Random(2)
+        for _ in range(rounds):
+            rng.shuffle(names)
+            for name in names:
+                out[name].append(one(name))
+        return out
+    finally:
+        with contextlib.suppress(GLib.Error):
+            conn.close_sync(None)
+
+
 async def state_of_first(d: Daemon) -> str:
     bus = await MessageBus(bus_address=d.bus.address).connect()
     try:
@@ -467,6 +592,15 @@ def main() -> int:
               results, "in-process: bus GetId (baseline)", sizes)
         sys.stdout.flush()
 
+        raw, raw_sizes = bench_raw(main_d, args.rounds)
+        table(f"raw socket (reply bytes read, not unmarshalled), round trip, {args.rounds} "
+              "rounds interleaved", raw, "raw socket: bus GetId (baseline)", raw_sizes)
+        sys.stdout.flush()
+        gio = bench_gio(main_d, args.rounds)
+        table(f"in-process, GLib GDBus (C) client, round trip, {args.rounds} rounds "
+              "interleaved", gio, "GLib GDBus (C): bus GetId (baseline)")
+        sys.stdout.flush()
+
         cases = busctl_cases(main_d, args.systemd_baseline)
         busctl = bench_busctl(cases, args.busctl_rounds)
         table(f"busctl, process spawn included, {args.busctl_rounds} rounds interleaved",
@@ -479,8 +613,8 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps({
                 "bench": "dbus", "devices": args.devices, "in_process_s": results,
-                "reply_bytes": sizes, "busctl_s": busctl, "flood": flooded,
-                "rss_kib_after": main_d.rss_kib()}, indent=1))
+                "reply_bytes": sizes, "raw_s": raw, "gio_s": gio, "busctl_s": busctl,
+                "flood": flooded, "rss_kib_after": main_d.rss_kib()}, indent=1))
     return 0
 
 
