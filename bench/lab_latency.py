@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plugs", type=int, default=10)
     parser.add_argument("--json", type=Path, help="write every sample here")
+    parser.add_argument("--trace", action="store_true", help="run phyllod with its trace "
+                        "hook and print where its share of each plug went (the hook's "
+                        "writes add to the share: measure the figures without it)")
     args = parser.parse_args()
     why = harness.unavailable()
     if why:
@@ -42,9 +46,14 @@ def main() -> int:
     with harness.Lab(image) as l1:
         l1.define_l2(L2)
         result = latency.measure(l1, LabPhyllod(l1), args.plugs,
-                                 lambda line: print(line, flush=True))
+                                 lambda line: print(line, flush=True), trace=args.trace)
     print()
     print("\n".join(latency.table(result, args.plugs)))
+    if result.stretches:
+        print("\nphyllod's share in L1, from its trace (ms, median of the plugs seen whole)")
+        for what, values in result.stretches.items():
+            shown = f"{statistics.median(values) * 1e3:7.1f}" if values else "      -"
+            print(f"  {shown}  {what} ({len(values)} plugs)")
     if args.json:
         args.json.write_text(json.dumps({
             "bench": "lab_latency", "plugs": args.plugs,

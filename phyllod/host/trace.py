@@ -9,7 +9,9 @@ is the same clock in every process of the machine, so the bench can put its
 own moments (the plug, a bare libvirt call) on the same axis.
 
 Points: ``udev-received`` (a uevent drained from the monitor; subject: the
-device), ``turn-start``/``turn-end`` (a loop turn; subject: its number),
+device), ``udev-handled`` (its event taken in by the daemon's parts),
+``turn-start``/``turn-end`` (a loop turn; subject: its number), within a turn
+``turn-facts`` (host facts read) and ``turn-planned`` (replanned),
 ``step-issued`` (a step handed to the libvirt worker; subject: the device or
 alias), ``attach-call``/``attach-returned`` and ``detach-call``/
 ``detach-returned`` (the worker thread right before and after

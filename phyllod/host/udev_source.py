@@ -373,6 +373,7 @@ class UdevWatcher:
                 continue
             if event is not None:
                 self._on_event(event)
+                trace.point("udev-handled", dev)
 
     def _translate(self, dev: pyudev.Device) -> UdevEvent | None:
         action = dev.action or "change"

@@ -111,8 +111,10 @@ class Loop:
         self.kicked = False
         trace.point("turn-start", self.turns)
         loop = asyncio.get_running_loop()
-        self.reconciled = replan(self.reconciled, self._policy(),
-                                 self._world(loop.time(), self.facts()))
+        facts = self.facts()
+        trace.point("turn-facts", self.turns)
+        self.reconciled = replan(self.reconciled, self._policy(), self._world(loop.time(), facts))
+        trace.point("turn-planned", self.turns)
         plan = self.reconciled.plan
         stopping = self._stopping()
         if not stopping:  # first: the calls are issued before the parts' bookkeeping

@@ -101,9 +101,11 @@ class Latency:
     phyllod_issued: list[float] = field(default_factory=list)
     phyllod_returned: list[float] = field(default_factory=list)
     baseline_handler: list[float] = field(default_factory=list)
+    #: With the trace hook: seconds per stretch of phyllod's share (STRETCHES).
+    stretches: dict[str, list[float]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"add_s": self.add, "del_s": self.remove,
+        return {"add_s": self.add, "del_s": self.remove, "trace_stretches_s": self.stretches,
                 "phyllod_received_to_issued_s": self.phyllod_issued,
                 "phyllod_received_to_returned_s": self.phyllod_returned,
                 "baseline_handler_s": self.baseline_handler}
@@ -186,8 +188,52 @@ def baseline_share(log: str) -> list[float]:
     return out
 
 
+#: With ``trace``: phyllod's unit in L1 gets the trace hook (phyllod/host/trace.py),
+#: in its runtime directory, read back before phyllod stops.
+TRACE_DROP_IN = "/run/systemd/system/phyllod.service.d/trace.conf"
+TRACE_FILE = "/run/phyllod/trace"
+#: The trace's stretches of a plug, in order: (from point, to point, what it is).
+STRETCHES = (("udev-received", "udev-handled", "the uevent translated and taken in"),
+             ("udev-handled", "turn-start", "queued until the turn"),
+             ("turn-start", "turn-facts", "the turn: host facts"),
+             ("turn-facts", "turn-planned", "the turn: world and replan"),
+             ("turn-planned", "step-issued", "the turn: steps started"),
+             ("step-issued", "attach-call", "to the worker thread, attachDeviceFlags"))
+
+
+def trace_stretches(text: str, port: str) -> dict[str, list[float]]:
+    """Per plug of ``port`` (from the first ``udev-received`` of its device after the
+    last plug's call): seconds of each stretch of :data:`STRETCHES`."""
+    points = []
+    for line in text.splitlines():
+        ns, name, subject = [*line.split(" ", 2), "", ""][:3]
+        if ns.isdigit():
+            points.append((int(ns), name, subject))
+    out: dict[str, list[float]] = {what: [] for _, _, what in STRETCHES}
+    mark: dict[str, int] = {}
+    for ns, name, subject in points:
+        if name == "udev-received" and f"/{port}')" in subject and "udev-received" not in mark:
+            mark = {"udev-received": ns}
+        elif mark and name not in mark and (
+                name in ("udev-handled", "turn-start", "turn-facts", "turn-planned")
+                or (name == "step-issued" and subject == f"usb:{port}")
+                or (name == "attach-call" and "step-issued" in mark)):
+            if name == "udev-handled" and f"/{port}')" not in subject:
+                continue
+            mark[name] = ns
+            if name == "attach-call":
+                for start, end, what in STRETCHES:
+                    if start in mark and end in mark:
+                        out[what].append((mark[end] - mark[start]) / 1e9)
+                mark = {}
+        elif mark and name == "turn-end" and "step-issued" not in mark:
+            mark = {}  # a turn that planned no attach of it (its remove, a bind): no plug
+    return out
+
+
 def measure(l1: harness.Lab, phyllod: LabPhyllod, plugs: int,
-            progress: Callable[[str], None] = lambda _line: None) -> Latency:
+            progress: Callable[[str], None] = lambda _line: None,
+            trace: bool = False) -> Latency:
     """``plugs`` plugs of each tool, interleaved. L1 is left without the watcher,
     the script's udev rule, phyllod or a bench device (L2 stays defined)."""
     l1.write_file("/tmp/watch.py", WATCHER)
@@ -199,6 +245,9 @@ def measure(l1: harness.Lab, phyllod: LabPhyllod, plugs: int,
         l1.check("chmod +x /usr/local/bin/baseline-hotplug")
         l1.write_file(RULE_PATH, UDEV_RULE)
         l1.check("udevadm control --reload")
+        if trace:
+            l1.write_file(TRACE_DROP_IN, f"[Service]\nEnvironment=PHYLLOD_TRACE={TRACE_FILE}\n")
+            l1.check("systemctl daemon-reload")
         phyllod.start(POLICY)
         offset = clock_offset(l1)
         out = Latency()
@@ -215,12 +264,15 @@ def measure(l1: harness.Lab, phyllod: LabPhyllod, plugs: int,
             f"journalctl -u phyllod {after}-o json --no-pager").splitlines()]
         out.phyllod_issued, out.phyllod_returned = phyllod_share(journal)
         out.baseline_handler = baseline_share(l1.check("cat /tmp/baseline.log"))
+        if trace:
+            out.stretches = trace_stretches(l1.check(f"cat {TRACE_FILE}"), f"1-{PHYLLOD_PORT}")
         return out
     finally:
         with contextlib.suppress(Exception):  # a plug cut short: its device goes too
             l1.qmp("device_del", id="bench")
         phyllod.stop()
-        l1.run(f"rm -f {RULE_PATH}; udevadm control --reload; kill $(cat /tmp/watch.pid)")
+        l1.run(f"rm -f {RULE_PATH} {TRACE_DROP_IN}; udevadm control --reload; "
+               "systemctl daemon-reload; kill $(cat /tmp/watch.pid)")
 
 
 def table(result: Latency, plugs: int) -> list[str]:
