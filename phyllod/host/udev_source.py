@@ -122,9 +122,10 @@ def _interface_classes(dev: pyudev.Device) -> tuple[str, ...]:
     the device's ``add``, before the interface devices exist; the children are
     the fallback.
     """
-    found = list(_classes_told(dev))
-    if found:
-        return tuple(found)
+    told = _classes_told(dev)
+    if told:
+        return told
+    found = []
     for child in dev.children:
         if _prop(child, "DEVTYPE") == "usb_interface":
             triple = "".join(_attr(child, a) for a in

@@ -202,8 +202,9 @@ STRETCHES = (("udev-received", "udev-handled", "the uevent translated and taken 
 
 
 def trace_stretches(text: str, port: str) -> dict[str, list[float]]:
-    """Per plug of ``port`` (from the first ``udev-received`` of its device after the
-    last plug's call): seconds of each stretch of :data:`STRETCHES`."""
+    """Per plug of ``port`` (from the first ``udev-received`` of its device, dropped if
+    the turn that follows plans no attach of it, as for its remove): seconds of
+    each stretch of :data:`STRETCHES`."""
     points = []
     for line in text.splitlines():
         ns, name, subject = [*line.split(" ", 2), "", ""][:3]
@@ -215,11 +216,10 @@ def trace_stretches(text: str, port: str) -> dict[str, list[float]]:
         if name == "udev-received" and f"/{port}')" in subject and "udev-received" not in mark:
             mark = {"udev-received": ns}
         elif mark and name not in mark and (
-                name in ("udev-handled", "turn-start", "turn-facts", "turn-planned")
+                name in ("turn-start", "turn-facts", "turn-planned")
+                or (name == "udev-handled" and f"/{port}')" in subject)
                 or (name == "step-issued" and subject == f"usb:{port}")
                 or (name == "attach-call" and "step-issued" in mark)):
-            if name == "udev-handled" and f"/{port}')" not in subject:
-                continue
             mark[name] = ns
             if name == "attach-call":
                 for start, end, what in STRETCHES:
