@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shlex
 import statistics
 import time
 from collections.abc import Callable
@@ -246,7 +248,13 @@ def measure(l1: harness.Lab, phyllod: LabPhyllod, plugs: int,
         l1.write_file(RULE_PATH, UDEV_RULE)
         l1.check("udevadm control --reload")
         if trace:
-            l1.write_file(TRACE_DROP_IN, f"[Service]\nEnvironment=PHYLLOD_TRACE={TRACE_FILE}\n")
+            l1.check(f"mkdir -p {shlex.quote(os.path.dirname(TRACE_DROP_IN))}")
+            # ProtectSystem=strict leaves /run read-only: the trace gets a runtime
+            # directory of its own, kept when phyllod stops so it can be read.
+            l1.write_file(TRACE_DROP_IN, "[Service]\nRuntimeDirectory=phyllod\n"
+                          "RuntimeDirectoryPreserve=yes\n"
+                          f"Environment=PHYLLOD_TRACE={TRACE_FILE}\n")
+            l1.check(f"rm -f {TRACE_FILE}")
             l1.check("systemctl daemon-reload")
         phyllod.start(POLICY)
         offset = clock_offset(l1)
@@ -271,7 +279,7 @@ def measure(l1: harness.Lab, phyllod: LabPhyllod, plugs: int,
         with contextlib.suppress(Exception):  # a plug cut short: its device goes too
             l1.qmp("device_del", id="bench")
         phyllod.stop()
-        l1.run(f"rm -f {RULE_PATH} {TRACE_DROP_IN}; udevadm control --reload; "
+        l1.run(f"rm -f {RULE_PATH} {TRACE_DROP_IN} {TRACE_FILE}; udevadm control --reload; "
                "systemctl daemon-reload; kill $(cat /tmp/watch.pid)")
 
 
