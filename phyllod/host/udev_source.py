@@ -21,7 +21,8 @@ import pyudev
 from phyllod.core import kernel_values as kv
 from phyllod.core.device_text import REPLACEMENT, clean
 from phyllod.core.model import Device, Subsystem
-from phyllod.host import trace
+from phyllod.host import trace, usb_sysfs
+from phyllod.host.uevent_copies import Copy, UeventCopies
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +116,22 @@ def _classes_told(dev: pyudev.Device) -> tuple[str, ...]:
     return tuple(c.lower() for c in prop.split(":") if re.fullmatch(r"[0-9a-fA-F]{6}", c))
 
 
-def _interface_classes(dev: pyudev.Device) -> tuple[str, ...]:
-    """Class/subclass/protocol of each interface (``e00101``), in order.
+def _interface_classes(dev: pyudev.Device) -> tuple[tuple[str, ...], bool]:
+    """Class/subclass/protocol of each interface (``e00101``), in order, and whether
+    that is all of them.
 
     udev's usb_id builtin puts them in ``ID_USB_INTERFACES`` when it handles
-    the device's ``add``, before the interface devices exist; the children are
-    the fallback.
+    the device's ``add``, before the interface devices exist; the kernel's
+    own uevent lacks the property, and the same is computed from the
+    device's descriptors; the children are the last resort (an interface may
+    still be on its way).
     """
     told = _classes_told(dev)
     if told:
-        return told
+        return told, True
+    described = usb_sysfs.interface_classes(dev.sys_path)
+    if described:
+        return described, True
     found = []
     for child in dev.children:
         if _prop(child, "DEVTYPE") == "usb_interface":
@@ -132,52 +139,7 @@ def _interface_classes(dev: pyudev.Device) -> tuple[str, ...]:
                              ("bInterfaceClass", "bInterfaceSubClass", "bInterfaceProtocol"))
             if re.fullmatch(r"[0-9a-fA-F]{6}", triple):
                 found.append(triple.lower())
-    return tuple(found)
-
-
-#: A hub port's directory: ``usb2-port3`` (root hub of bus 2) or ``2-3.1-port4``.
-_PORT_DIR = re.compile(r"(?:usb([0-9]{1,3})|([0-9]{1,3}-[0-9]{1,3}(?:\.[0-9]{1,3}){0,6}))"
-                       r"-port([0-9]{1,3})")
-_PORT_PATH = re.compile(r"[0-9]{1,3}-[0-9]{1,3}(?:\.[0-9]{1,3}){0,6}")
-
-
-def _port_of(port_dir: str) -> str:
-    """The path of the device a hub port holds: ``usb2-port3`` → ``2-3``; "" if no port."""
-    m = _PORT_DIR.fullmatch(port_dir)
-    if m is None:
-        return ""
-    bus, hub, number = m.groups()
-    return f"{bus}-{number}" if bus else f"{hub}.{number}"
-
-
-def _peer_ports(dev: pyudev.Device) -> tuple[str, ...]:
-    """The other names of the device's physical port (Documentation/ABI/testing/
-    sysfs-bus-usb, ``peer``): a USB 3 port is a USB 2 port and a SuperSpeed port,
-    and the kernel links the two halves. The device's own port and each hub
-    port above it are followed, so a device behind a USB 2 hub in the
-    SuperSpeed half's physical port is also named under that half
-    (``1-3.1.4`` gives ``2-3.1.4`` when port ``1-3``'s peer is ``2-3``).
-    """
-    port = dev.sys_name
-    if not _PORT_PATH.fullmatch(port):
-        return ()
-    bus, _, chain = port.partition("-")
-    hops = chain.split(".")
-    parts = dev.sys_path.split("/")
-    found: list[str] = []
-    for depth in range(len(hops), 0, -1):
-        above = f"{bus}-{'.'.join(hops[:depth])}"
-        if above not in parts:
-            continue
-        here = "/".join(parts[:parts.index(above) + 1])
-        try:
-            peer = _port_of(os.path.basename(os.readlink(os.path.join(here, "port", "peer"))))
-        except OSError:
-            continue
-        if peer and peer != above:
-            rest = ".".join(hops[depth:])
-            found.append(f"{peer}.{rest}" if rest else peer)
-    return tuple(dict.fromkeys(found))
+    return tuple(found), False
 
 
 def _iommu_group(dev: pyudev.Device) -> int | None:
@@ -248,13 +210,19 @@ def usb_device(dev: pyudev.Device) -> Device | None:
     ids are its identity: one the kernel would never report leaves the device
     out, said once in the log. A bad device class is left empty.
     """
+    return usb_device_told(dev)[0]
+
+
+def usb_device_told(dev: pyudev.Device) -> tuple[Device | None, bool]:
+    """:func:`usb_device`, and whether the device told all its interface classes
+    (udev's property, or its descriptors): its interfaces' ``add`` then tell nothing new."""
     try:
         return _usb_device(dev)
     except _Invalid:
-        return None
+        return None, False
 
 
-def _usb_device(dev: pyudev.Device) -> Device:
+def _usb_device(dev: pyudev.Device) -> tuple[Device, bool]:
     port = _sys_name(dev)
     place = kv.usb_port(port)
     if place is None:
@@ -262,6 +230,7 @@ def _usb_device(dev: pyudev.Device) -> Device:
     busnum = _number(dev, "bus number", "busnum", "BUSNUM", kv.USB_BUS_NUMBERS)
     if busnum != place[0]:
         raise _identity(dev, "bus number", busnum, f"that of its port path {port}")
+    classes, told = _interface_classes(dev)
     return Device(
         subsystem=Subsystem.USB,
         sys_path=dev.sys_path,
@@ -274,12 +243,12 @@ def _usb_device(dev: pyudev.Device) -> Device:
         manufacturer=_attr(dev, "manufacturer"),
         product_name=_attr(dev, "product"),
         device_class=_hex_field(dev, "bDeviceClass", _attr(dev, "bDeviceClass"), 2),
-        interface_classes=_interface_classes(dev)[:kv.USB_MAX_INTERFACES],
+        interface_classes=classes[:kv.USB_MAX_INTERFACES],
         driver=_driver(dev),
-        peer_ports=_peer_ports(dev),
+        peer_ports=usb_sysfs.peer_ports(_sys_name(dev), dev.sys_path),
         vendor_db=clean(_prop(dev, "ID_VENDOR_FROM_DATABASE")),
         model_db=clean(_prop(dev, "ID_MODEL_FROM_DATABASE")),
-    )
+    ), told
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +263,8 @@ class DeviceSeen:
     device: Device
     action: str
     host_driver: str = ""
+    #: Whose uevent told it: "kernel" (a plug taken at the kernel's ``bind``) or "udev".
+    source: str = "udev"
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,52 +294,73 @@ def present_devices(context: pyudev.Context | None = None) -> list[Device]:
 
 
 class UdevWatcher:
-    """Coldplug then hotplug of USB and PCI devices, delivered on the asyncio loop."""
+    """Coldplug then hotplug of USB and PCI devices, delivered on the asyncio loop.
+
+    Two monitors: udev's, for every event, and the kernel's, for a USB device's
+    ``bind`` (its probe is over: the plug) and ``remove`` only, which come before
+    udev's copies (host/uevent_copies says why, and how copies are told apart).
+    """
 
     def __init__(self, on_event: Callable[[UdevEvent], None]) -> None:
         self._on_event = on_event
         self._context = pyudev.Context()
-        self._monitor: pyudev.Monitor | None = None
+        self._monitors: list[pyudev.Monitor] = []
+        self._kernel: pyudev.Monitor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: The USB devices (by sysfs path) whose own uevent named all their
-        #: interfaces (ID_USB_INTERFACES): the ``add`` of each interface then
-        #: tells nothing new, and is dropped rather than translating the device
-        #: again and making a loop turn of its own (issue 18: it held a plug's
-        #: turn back ~0.6 ms). Bounded by the devices present: a ``remove``
-        #: takes its device out, a rescan empties it.
+        #: interfaces (ID_USB_INTERFACES, or the descriptors): the ``add`` of each
+        #: interface then tells nothing new, and is dropped rather than
+        #: translating the device again and making a loop turn of its own
+        #: (issue 18: it held a plug's turn back ~0.6 ms). Bounded by the devices
+        #: present: a ``remove`` takes its device out, a rescan empties it.
         self._told: set[str] = set()
+        self._copies: UeventCopies[UdevEvent | None] = UeventCopies()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> list[Device]:
         """Subscribe, then enumerate; returns the devices present at start."""
+        self._loop = loop
         monitor = pyudev.Monitor.from_netlink(self._context, source="udev")
         monitor.filter_by("usb")
         monitor.filter_by("pci")
         monitor.start()
-        self._monitor = monitor
-        self._loop = loop
-        loop.add_reader(monitor.fileno(), self._drain)
+        self._listen(loop, monitor)
+        try:
+            kernel = pyudev.Monitor.from_netlink(self._context, source="kernel")
+            kernel.filter_by("usb", "usb_device")
+            kernel.start()
+        except (OSError, ValueError) as e:
+            log.warning("cannot listen to the kernel's uevents (%s): udev's alone serve", e)
+        else:
+            self._kernel = kernel
+            self._listen(loop, kernel)
         return present_devices(self._context)
 
-    def stop(self) -> None:
-        if self._monitor is not None and self._loop is not None:
-            self._loop.remove_reader(self._monitor.fileno())
-            self._monitor = None
+    def _listen(self, loop: asyncio.AbstractEventLoop, monitor: pyudev.Monitor) -> None:
+        self._monitors.append(monitor)
+        loop.add_reader(monitor.fileno(), self._drain, monitor)
 
-    def _drain(self) -> None:
-        assert self._monitor is not None
+    def stop(self) -> None:
+        if self._loop is not None:
+            for monitor in self._monitors:
+                self._loop.remove_reader(monitor.fileno())
+        self._monitors = []
+        self._kernel = None
+
+    def _drain(self, monitor: pyudev.Monitor) -> None:
         while True:
             try:
-                dev = self._monitor.poll(timeout=0)
+                dev = monitor.poll(timeout=0)
             except OSError as e:  # ENOBUFS: the socket overflowed, events were lost
                 log.warning("udev monitor: %s; rescanning all devices", e)
                 self._told.clear()
+                self._copies.forget()
                 self._on_event(DevicesRescanned(tuple(present_devices(self._context))))
                 continue
             if dev is None:
                 return
             trace.point("udev-received", dev)
             try:
-                event = self._translate(dev)
+                event = self._take(dev, monitor is self._kernel)
             except Exception:  # a malformed device must not stop the daemon
                 log.exception("cannot read udev device %s", dev.sys_path)
                 continue
@@ -376,10 +368,46 @@ class UdevWatcher:
                 self._on_event(event)
                 trace.point("udev-handled", dev)
 
-    def _translate(self, dev: pyudev.Device) -> UdevEvent | None:
+    def _take(self, dev: pyudev.Device, from_kernel: bool) -> UdevEvent | None:
+        """The event to deliver for ``dev``, if any: the first copy of a plug or an
+        unplug, any other event of udev's that is not stale."""
         action = dev.action or "change"
         if dev.subsystem == "pci":
             return self._translate_pci(dev, action)
+        interface = _prop(dev, "DEVTYPE") == "usb_interface"
+        paired = (self._kernel is not None and not interface and action in ("bind", "remove")
+                  and is_usb_device(dev))
+        if from_kernel and not paired:
+            return None  # udev's copy of it is the one taken
+        devpath = os.path.dirname(dev.device_path) if interface else dev.device_path
+        key = action if paired else ""
+        copy, first = self._copies.arrived(devpath, key, dev.sequence_number)
+        if copy is Copy.STALE:
+            return None
+        if copy is Copy.SECOND:
+            if action == "bind" and not from_kernel:  # after the turn the first one asked for
+                asyncio.get_running_loop().call_soon(self._second_bind, dev, first)
+            return None
+        event = self._translate(dev, action)
+        if isinstance(event, DeviceSeen) and from_kernel:
+            event = DeviceSeen(event.device, event.action, source="kernel")
+        if event is not None or paired:
+            self._copies.delivered(devpath, key, dev.sequence_number, event, paired)
+        return event
+
+    def _second_bind(self, dev: pyudev.Device, first: UdevEvent | None) -> None:
+        """udev's copy of a plug the kernel's ``bind`` brought: delivered as a change
+        only if it tells more (the hardware database's names)."""
+        try:
+            event = self._translate(dev, "bind")
+        except Exception:  # a malformed device must not stop the daemon
+            log.exception("cannot read udev device %s", dev.sys_path)
+            return
+        if isinstance(event, DeviceSeen) and (
+                not isinstance(first, DeviceSeen) or event.device != first.device):
+            self._on_event(DeviceSeen(event.device, "change"))
+
+    def _translate(self, dev: pyudev.Device, action: str) -> UdevEvent | None:
         devtype = _prop(dev, "DEVTYPE")
         if devtype == "usb_interface":
             # The interfaces complete the parent's identity (e.g. Bluetooth).
@@ -401,8 +429,8 @@ class UdevWatcher:
             return DeviceGone(f"{Subsystem.USB}:{port}") if kv.usb_port(port) else None
         if action == "unbind" or not _addressable(dev):
             return None
-        device = usb_device(dev)
-        if device is not None and _classes_told(dev):
+        device, told = usb_device_told(dev)
+        if device is not None and told:
             self._told.add(dev.sys_path)
         else:
             self._told.discard(dev.sys_path)

@@ -180,7 +180,7 @@ class Plugs:
         elif change is PlugChange.NEW:
             self._new_plug(d.id)
             self._forget_failure(d.slot)
-            log.info("%s plugged in (udev %s)", d.describe(), event.action,
+            log.info("%s plugged in (%s %s)", d.describe(), event.source, event.action,
                      **fields(device=d.id, event=MessageId.DEVICE_ADDED))
         return not alike
 

@@ -300,3 +300,67 @@ async def test_a_remove_of_no_kernel_name_is_no_event():
         assert queue.empty()
     finally:
         watcher.stop()
+
+
+#: A keyboard's descriptors, built as a device would send them: the device, one
+#: configuration, a boot keyboard interface (030101) and a HID one (030000).
+KEYBOARD_DESCRIPTORS = bytes.fromhex(
+    "12010002000000082706010000010102030109023b00020100a0320904000001030101000921110100012241"
+    "0007058103080007090401000103000000092111010001224b000705820308000a")
+
+
+async def test_the_kernel_bind_of_a_device_is_a_plug_taken_once_with_its_descriptors():
+    """The kernel's uevents come too: a device's ``bind`` (its probe is over) is the
+    plug, with the interface classes read from its descriptors as udev's usb_id
+    would; umockdev hands both monitors every event, so each of the kernel's
+    copies has udev's twin, and each is taken once."""
+    tb = testbed.UsbTestbed()
+    queue: asyncio.Queue[UdevEvent] = asyncio.Queue()
+    watcher = UdevWatcher(queue.put_nowait)
+    watcher.start(asyncio.get_running_loop())
+    try:
+        path = tb.plug("1-3", devnum=9, interfaces=("030101", "030000"), with_property=False)
+        tb.tb.set_attribute_binary(path, "descriptors", KEYBOARD_DESCRIPTORS)
+        added = await next_event(queue)
+        assert isinstance(added, DeviceSeen) and added.action == "add"
+        assert added.device.interface_classes == ("030101", "030000")
+        tb.tb.uevent(path, "bind")
+        bound = await next_event(queue)
+        assert isinstance(bound, DeviceSeen) and bound.action == "bind"
+        assert bound.device.interface_classes == ("030101", "030000")
+        assert bound.source == "kernel"  # umockdev serves the kernel monitor first
+        await asyncio.sleep(0.3)
+        assert queue.empty(), "the second copy of the bind, and the interfaces' adds, dropped"
+        tb.unplug("1-3")
+        assert await next_event(queue) == DeviceGone("usb:1-3")
+        await asyncio.sleep(0.3)
+        assert queue.empty(), "the second copy of the remove dropped"
+    finally:
+        watcher.stop()
+
+
+async def test_without_the_kernel_uevents_udev_alone_serves(monkeypatch, caplog):
+    real = udev_source.pyudev.Monitor.from_netlink
+
+    def refuse_kernel(context, source="udev"):
+        if source == "kernel":
+            raise OSError(13, "Permission denied")
+        return real(context, source=source)
+    monkeypatch.setattr(udev_source.pyudev.Monitor, "from_netlink", refuse_kernel)
+    tb = testbed.UsbTestbed()
+    queue: asyncio.Queue[UdevEvent] = asyncio.Queue()
+    watcher = UdevWatcher(queue.put_nowait)
+    watcher.start(asyncio.get_running_loop())
+    try:
+        assert "cannot listen to the kernel's uevents" in caplog.text
+        path = tb.plug("1-3", devnum=9)
+        assert isinstance(await next_event(queue), DeviceSeen)
+        tb.tb.uevent(path, "bind")
+        bound = await next_event(queue)
+        assert isinstance(bound, DeviceSeen) and bound.action == "bind"
+        tb.unplug("1-3")
+        assert await next_event(queue) == DeviceGone("usb:1-3")
+        await asyncio.sleep(0.3)
+        assert queue.empty()
+    finally:
+        watcher.stop()

@@ -167,7 +167,7 @@ def phyllod_share(journal: list[dict[str, str]]) -> tuple[list[float], list[floa
         if entry.get("PHYLLOD_DEVICE") != f"usb:1-{PHYLLOD_PORT}":
             continue
         msg, at = entry["MESSAGE"], int(entry["__REALTIME_TIMESTAMP"]) / 1e6
-        if "plugged in (udev add)" in msg:
+        if ") plugged in (" in msg:
             seen = at
         elif seen is not None and "libvirt attachDeviceFlags" in msg:
             issued.append(at - seen)
@@ -204,9 +204,10 @@ STRETCHES = (("udev-received", "udev-handled", "the uevent translated and taken 
 
 
 def trace_stretches(text: str, port: str) -> dict[str, list[float]]:
-    """Per plug of ``port`` (from the first ``udev-received`` of its device, dropped if
-    the turn that follows plans no attach of it, as for its remove): seconds of
-    each stretch of :data:`STRETCHES`."""
+    """Per plug of ``port`` (from the ``udev-received`` of the uevent of its device
+    that was taken in: the kernel's monitor also receives the ``add`` and
+    ``change`` it passes over; dropped if the turn that follows plans no attach
+    of it, as for its remove): seconds of each stretch of :data:`STRETCHES`."""
     points = []
     for line in text.splitlines():
         ns, name, subject = [*line.split(" ", 2), "", ""][:3]
@@ -215,7 +216,7 @@ def trace_stretches(text: str, port: str) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {what: [] for _, _, what in STRETCHES}
     mark: dict[str, int] = {}
     for ns, name, subject in points:
-        if name == "udev-received" and f"/{port}')" in subject and "udev-received" not in mark:
+        if name == "udev-received" and f"/{port}')" in subject and "udev-handled" not in mark:
             mark = {"udev-received": ns}
         elif mark and name not in mark and (
                 name in ("turn-start", "turn-facts", "turn-planned")
