@@ -18,6 +18,9 @@ kernel gives). Per plug, from the trace:
   includes the hand-off to the worker and its ``lookupByName``);
 - received → step: the same, up to the step handed to the worker (the loop's
   own work only);
+- within it, where the loop's time went: received → ``udev-handled`` (the
+  uevent translated and taken in by the parts), and in the turn that planned
+  the step, its start → ``turn-facts`` (host facts read) → ``turn-planned``;
 - phyllod's call: ``attach-call`` → ``attach-returned``.
 
 The floor, in the same run: after each plug, this process makes the same
@@ -103,6 +106,9 @@ class Samples:
     step: list[float] = field(default_factory=list)
     queued: list[float] = field(default_factory=list)
     turn: list[float] = field(default_factory=list)
+    taken: list[float] = field(default_factory=list)
+    facts: list[float] = field(default_factory=list)
+    planned: list[float] = field(default_factory=list)
     call: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
     delivery: list[float] = field(default_factory=list)
@@ -195,6 +201,14 @@ def plug_once(i: int, tb: testbed.UsbTestbed, daemon: DaemonProcess, trace: Path
         s.queued.append((start - received) / 1e9)
         if end is not None:
             s.turn.append((end - start) / 1e9)
+        handled = first(points, "udev-handled", received)
+        facts = first(points, "turn-facts", start)
+        planned = first(points, "turn-planned", start)
+        if handled is not None and handled <= start:
+            s.taken.append((handled - received) / 1e9)
+        if facts is not None and planned is not None and planned <= step:
+            s.facts.append((facts - start) / 1e9)
+            s.planned.append((planned - facts) / 1e9)
     with contextlib.suppress(AssertionError):  # a tree whose SIGUSR1 line says no count
         s.facts_reads.append(facts_reads(daemon) - reads)
     xml = hostdev(1, devnum)
@@ -332,7 +346,10 @@ def main() -> int:
     for key, label in (("share", "udev event received → attachDeviceFlags issued"),
                        ("step", "udev event received → step handed to the worker"),
                        ("queued", "  of which: received → the planning turn's start"),
+                       ("taken", "    received → taken in (udev translation, the parts)"),
                        ("turn", "  the planning turn, start → end"),
+                       ("facts", "    turn start → host facts read"),
+                       ("planned", "    host facts read → replanned"),
                        ("call", "phyllod's attachDeviceFlags, issued → returned"),
                        ("floor", "floor: a bare attachDeviceFlags on an open connection"),
                        ("delivery", "umockdev add → phyllod received it (not phyllod's)")):

@@ -8,7 +8,9 @@ of each plug's turn (issue 18, measured in the lab with the trace hook),
 while a plug seldom changes what is mounted.
 
 So the mounts are computed again only when a fingerprint of everything they
-are made of differs: the mount and swap texts, each /sys/class/block and
+are made of differs, and, where the kernel's own news of mounts, swaps and
+block devices is heard (host/holds_watch), the fingerprint itself is taken
+only after such news (:meth:`HoldsMemo.stale`): the mount and swap texts, each /sys/class/block and
 /sys/dev/block entry's name and the inode of its link (one directory read
 each: kernfs gives a node re-created under the same name, a re-plugged
 ``sdb``, a new inode), each block device's ``slaves`` (what a device-mapper
@@ -30,6 +32,8 @@ Fingerprint = tuple[object, ...]
 Mounted = tuple[dict[str, str], dict[str, str]]
 #: (what the host has mounted, by PCI function and by block device path; its keyboards).
 Holds = tuple[dict[str, str], dict[str, str], dict[str, str]]
+#: The mount and swap texts, read when asked for (only when the mounts are looked at).
+MountTexts = Callable[[], tuple[str, str]]
 KeyboardsSeen = dict[tuple[str, int], tuple[str, str] | None]
 
 
@@ -57,7 +61,9 @@ class HoldsMemo:
     ``mounted`` (:func:`~phyllod.host.sysfs.read_mounted`) called only when the
     fingerprint, the root or the mount texts changed, and ``keyboards``
     (:func:`~phyllod.host.sysfs_keyboards.host_keyboards`) given the input devices
-    already judged. ``computed`` counts the mounts' computes."""
+    already judged. While :attr:`heard` (the watch listens), the texts are read
+    and the fingerprint taken only after :meth:`stale`. ``computed`` counts the
+    mounts' computes, ``looked`` the times the texts and fingerprint were taken."""
 
     def __init__(self, mounted: Callable[[Path, str, str], Mounted],
                  keyboards: Callable[[Path, KeyboardsSeen], dict[str, str]]) -> None:
@@ -66,12 +72,31 @@ class HoldsMemo:
         self._key: tuple[object, ...] | None = None
         self._value: Mounted | None = None
         self._seen: KeyboardsSeen = {}
+        self._stale = True
+        #: Every change to the mounts, swaps and block devices is told (:meth:`stale`).
+        self.heard = False
         self.computed = 0
+        self.looked = 0
 
-    def __call__(self, sys_root: Path, mounts: str, swaps: str) -> Holds:
-        key = (sys_root, mounts, swaps, fingerprint(sys_root))
-        if self._value is None or key != self._key:
-            self._value = self._mounted(sys_root, mounts, swaps)
-            self._key = key
-            self.computed += 1
+    def stale(self) -> None:
+        """Something the mounts are made of may have changed: look again next time."""
+        self._stale = True
+
+    def hearing(self, heard: bool) -> None:
+        """Whether the watch tells every change from now on; what came before it
+        started was not heard, so the next call looks."""
+        self.heard = heard
+        self._stale = True
+
+    def __call__(self, sys_root: Path, texts: MountTexts) -> Holds:
+        if self._stale or not self.heard or self._key is None or self._key[0] != sys_root:
+            self._stale = False
+            mounts, swaps = texts()
+            key = (sys_root, mounts, swaps, fingerprint(sys_root))
+            self.looked += 1
+            if self._value is None or key != self._key:
+                self._value = self._mounted(sys_root, mounts, swaps)
+                self._key = key
+                self.computed += 1
+        assert self._value is not None
         return (*self._value, self._keyboards(sys_root, self._seen))

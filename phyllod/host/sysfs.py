@@ -88,24 +88,26 @@ def read_host_facts(sys_root: Path = _SYS, cmdline: str | None = None,
                         functions={f.address: f for f in _pci_functions(sys_root)},
                         groups=iommu_groups(sys_root))
     if FactsPart.HOLDS in parts:
-        if mounts is None:
-            mounts = _read(Path("/proc/self/mountinfo")) or _read(Path("/proc/mounts"))
-        if swaps is None:
-            swaps = _read(Path("/proc/swaps"))
-        mounted, by_path, keyboards = (holds or read_holds)(sys_root, mounts, swaps)
+        def texts() -> tuple[str, str]:
+            return (_read(Path("/proc/self/mountinfo")) or _read(Path("/proc/mounts"))
+                    if mounts is None else mounts,
+                    _read(Path("/proc/swaps")) if swaps is None else swaps)
+
+        mounted, by_path, keyboards = (holds or read_holds)(sys_root, texts)
         facts = replace(facts, mounted=mounted, block_mounts=by_path, keyboards=keyboards)
     return facts
 
 
 #: What the host holds: mounted PCI functions, mounted block devices, keyboards.
 Holds = tuple[dict[str, str], dict[str, str], dict[str, str]]
-HoldsReader = Callable[[Path, str, str], Holds]
+#: The HOLDS part from the root and the mount and swap texts, read when asked for.
+HoldsReader = Callable[[Path, Callable[[], tuple[str, str]]], Holds]
 
 
-def read_holds(sys_root: Path, mounts: str, swaps: str) -> Holds:
+def read_holds(sys_root: Path, texts: Callable[[], tuple[str, str]]) -> Holds:
     """The HOLDS part: what is mounted or swapped on (by PCI function, by block device
     path) and the host's keyboards, from the mount texts and sysfs."""
-    return (*read_mounted(sys_root, mounts, swaps), host_keyboards(sys_root))
+    return (*read_mounted(sys_root, *texts()), host_keyboards(sys_root))
 
 
 def read_mounted(sys_root: Path, mounts: str, swaps: str) -> tuple[dict[str, str],

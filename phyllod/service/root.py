@@ -34,9 +34,10 @@ from phyllod import __version__
 from phyllod.bus import polkit
 from phyllod.bus.logind import SleepWatcher
 from phyllod.bus.service import BusError, BusService, Snapshot
-from phyllod.core.model import HostFacts
+from phyllod.core.model import FactsPart, HostFacts
 from phyllod.core.plan import Plan, World
 from phyllod.host.holds_memo import HoldsMemo
+from phyllod.host.holds_watch import HoldsWatch
 from phyllod.host.libvirt_client import LibvirtClient
 from phyllod.host.state_store import remove_leftovers
 from phyllod.host.sysfs import host_keyboards, read_host_facts, read_mounted, usb_host_drivers
@@ -147,6 +148,8 @@ class Daemon:
             spawn=self._spawn, changed=kick)
         # The loop: kicks, host facts read at most once per turn, reconcile, the plan.
         self.holds = HoldsMemo(read_mounted, host_keyboards)
+        # The mounts, swaps and block devices: their news makes the mounts looked at again.
+        self.holds_watch = HoldsWatch(self._on_holds_changed)
         self.loop = Loop(read_facts=lambda parts: read_host_facts(parts=parts, holds=self.holds),
                          policy=lambda: self.policy.policy,
                          world=self._world, after=self._after_turn,
@@ -221,6 +224,13 @@ class Daemon:
         self.loop.facts_changed(staled_by(event))
         self.plugs.on_udev(event)
 
+    def _on_holds_changed(self) -> None:
+        # A mount, a swap or a block device: the verdicts weigh what the host
+        # holds, so they are taken again at once, not at the next uevent.
+        self.holds.stale()
+        self.loop.facts_changed(frozenset({FactsPart.HOLDS}))
+        self.loop.kick()
+
     def _on_prepare_for_sleep(self, going: bool) -> None:
         self.sleep.on_prepare_for_sleep(going)
 
@@ -265,6 +275,8 @@ class Daemon:
         self.policy.load(initial=True)
         remove_leftovers(self.config.state_dir)
         self.choices.load()
+        self.holds.hearing(self.holds_watch.start(loop))  # looks once more, then on news
+        self.loop.facts_changed(frozenset({FactsPart.HOLDS}))
         self.plugs.present_at_start(self.udev.start(loop))
         self.guests.connect_in_background(at_once=True)
         self.loop.turn()
@@ -303,6 +315,7 @@ class Daemon:
         self._stopping = True
         log.info("stopping; devices stay where they are")
         self.udev.stop()
+        self.holds_watch.stop()
         self.loop.cancel()
         self.guests.cancel()
         if self._logind is not None:
@@ -341,9 +354,9 @@ class Daemon:
         fds = sum(1 for _ in Path("/proc/self/fd").iterdir()) - 1  # not the one listing it
         parts = ", ".join(f"{part} {n}" for part, n in self.loop.part_reads.items())
         log.info("memory: %srss %.1f MiB, %d fds, %d devices, %d guests; host facts read "
-                 "%d times (%s; mounts computed %d)", traced, rss, fds, len(self.plugs.devices),
-                 len(self.guests.guests or {}), self.loop.facts_reads, parts,
-                 self.holds.computed)
+                 "%d times (%s; mounts looked at %d, computed %d)", traced, rss, fds,
+                 len(self.plugs.devices), len(self.guests.guests or {}), self.loop.facts_reads,
+                 parts, self.holds.looked, self.holds.computed)
         if self.bus is not None:
             log.info("%s", self.bus.stats_line())
 

@@ -246,12 +246,14 @@ def test_watchdog_pings_come_from_the_loop(start_daemon: Start,
 
 
 FACTS_READ = re.compile(r"host facts read (\d+) times \(pci (\d+), holds (\d+); "
-                        r"mounts computed (\d+)\)")
+                        r"mounts looked at (\d+), computed (\d+)\)")
 
 
 def _facts_reads(daemon: DaemonProcess) -> tuple[int, ...]:
-    """(reads of any part, of the PCI part, of what the host holds, computes of the mounts:
-    the other reads found them and the block devices unchanged) so far."""
+    """(reads of any part, of the PCI part, of what the host holds, looks at the mounts
+    (their texts read, the block devices' fingerprint taken: only after news of a
+    mount, swap or block device, host/holds_watch), computes of the mounts: the other
+    looks found them and the block devices unchanged) so far."""
     mark = daemon.mark()
     daemon.signal(signal.SIGUSR1)
     match = daemon.wait_log(FACTS_READ.pattern, start=mark)
@@ -278,8 +280,8 @@ def test_one_plug_reads_the_host_facts_once(
     finally:
         daemon.signal(signal.SIGCONT)
     daemon.wait_log(r"attaching usb:1-2 .* \(bus 1 device 5\)", start=mark)
-    # Read once; the mounts not computed again: the plug brought no disk.
-    assert _since(before, daemon) == (1, 0, 1, 0)
+    # Read once; the mounts not even looked at: nothing was mounted, no disk came.
+    assert _since(before, daemon) == (1, 0, 1, 0, 0)
 
 
 def test_usb_plugs_and_unplugs_never_read_the_pci_part(
@@ -295,10 +297,27 @@ def test_usb_plugs_and_unplugs_never_read_the_pci_part(
         daemon.wait_log(rf"attaching usb:{port} ", start=mark)
         usb_testbed.unplug(port)
         daemon.wait_log(rf"usb:{port} .* vanished", start=mark)
-    reads, pci, holds, computed = _since(before, daemon)
+    reads, pci, holds, looked, computed = _since(before, daemon)
     # The uevents that reach the loop: each device's add (its interfaces' adds are
     # dropped, since the device's add named them) and its remove (an interface's
     # remove tells nothing).
     uevents = 3 + 3
     assert pci == 0 and 1 <= holds == reads <= uevents, (reads, pci, holds)
-    assert computed == 0, computed  # no disk came or went
+    assert looked == computed == 0, (looked, computed)  # no disk came or went
+
+
+def test_a_block_device_makes_the_mounts_looked_at_again(
+        ready_on_work: StartOnWork, usb_testbed: testbed.UsbTestbed):
+    """A plug's turn takes the mounts as last looked at; news of a block device (a
+    stick's disk, a re-created node, a device-mapper table) makes them looked at
+    again, in a turn of its own (host/holds_watch), and the PCI part stays unread."""
+    daemon, _ = ready_on_work()
+    before = _facts_reads(daemon)
+    usb_testbed.tb.add_device("block", "loop7", None, ["dev", "7:7"], ["DEVTYPE", "disk"])
+    deadline = time.monotonic() + 10
+    while (since := _since(before, daemon))[3] == 0:
+        assert time.monotonic() < deadline, f"the block device's uevent went unheard: {since}"
+        time.sleep(0.1)
+    reads, pci, holds, looked, computed = since
+    assert (reads, pci, holds, looked) == (1, 0, 1, 1), since
+    assert computed == 1, "a new disk is a new fingerprint"

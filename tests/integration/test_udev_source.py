@@ -313,7 +313,7 @@ async def test_the_kernel_bind_of_a_device_is_a_plug_taken_once_with_its_descrip
     """The kernel's uevents come too: a device's ``bind`` (its probe is over) is the
     plug, with the interface classes read from its descriptors as udev's usb_id
     would; umockdev hands both monitors every event, so each of the kernel's
-    copies has udev's twin, and each is taken once."""
+    copies has udev's twin, and each pair is taken once."""
     tb = testbed.UsbTestbed()
     queue: asyncio.Queue[UdevEvent] = asyncio.Queue()
     watcher = UdevWatcher(queue.put_nowait)
@@ -328,7 +328,10 @@ async def test_the_kernel_bind_of_a_device_is_a_plug_taken_once_with_its_descrip
         bound = await next_event(queue)
         assert isinstance(bound, DeviceSeen) and bound.action == "bind"
         assert bound.device.interface_classes == ("030101", "030000")
-        assert bound.source == "kernel"  # umockdev serves the kernel monitor first
+        # umockdev hands both copies over at once: which one the loop drains first
+        # is the order epoll reports them in (in a real host the kernel's comes
+        # first, by udev's rules' time); whichever it is, it is the one taken.
+        assert bound.source in ("kernel", "udev")
         await asyncio.sleep(0.3)
         assert queue.empty(), "the second copy of the bind, and the interfaces' adds, dropped"
         tb.unplug("1-3")

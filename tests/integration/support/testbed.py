@@ -25,8 +25,36 @@ def available() -> str:
     return ""
 
 
+#: Where the kernel keeps how many datagrams a unix socket may hold unread.
+DGRAM_QLEN = "/proc/sys/net/unix/max_dgram_qlen"
+#: What systemd sets on every machine it boots (its sysctl.d/50-default.conf).
+ROOMY_QLEN = 512
+
+
+def roomy_uevent_queues() -> None:
+    """Let each listening socket hold ``ROOMY_QLEN`` of umockdev's uevents.
+
+    umockdev hands uevents to every monitor in the testbed (each of the
+    daemon's: udev's, the kernel's, the block devices') as unix datagrams,
+    without waiting: a monitor whose queue is full makes umockdev abort the
+    test process ("sendmsg failed: Resource temporarily unavailable"). A
+    machine booted without systemd keeps the kernel's default of 10, which a
+    daemon busy in one turn over 500 devices fills; the real kernel's netlink
+    sockets queue by bytes (hundreds of uevents). The limit is read when a
+    socket is made, so it is raised before the first testbed, as root only.
+    """
+    try:
+        with open(DGRAM_QLEN) as f:
+            if int(f.read()) >= ROOMY_QLEN:
+                return
+        with open(DGRAM_QLEN, "w") as f:
+            f.write(str(ROOMY_QLEN))
+    except (OSError, ValueError):
+        pass  # not root, or no such knob: the small queues stay, as they were
+
+
 def new_testbed() -> UMockdev.Testbed:
-    """A new umockdev testbed, the only one alive.
+    """A new umockdev testbed, the only one alive (uevent queues made roomy first).
 
     A testbed an earlier test left unreachable (in a reference cycle) unsets
     UMOCKDEV_DIR when the garbage collector finalizes it; were that to happen
@@ -34,6 +62,7 @@ def new_testbed() -> UMockdev.Testbed:
     test that finds no devices, now and then). So the dead ones go first.
     """
     gc.collect()
+    roomy_uevent_queues()
     return UMockdev.Testbed.new()
 
 

@@ -52,6 +52,10 @@ def _keyboard(root: Path, name: str, where: str) -> None:
     _link(root, f"class/input/{name}", f"{where}/{name}")
 
 
+def _texts(mounts: str, swaps: str = "") -> Callable[[], tuple[str, str]]:
+    return lambda: (mounts, swaps)
+
+
 @pytest.fixture
 def sys_root(tmp_path: Path) -> Path:
     root = tmp_path / "sys"
@@ -80,11 +84,11 @@ ROWS: list[tuple[str, Callable[[Path], str | None], bool]] = [
 def test_the_memo_computes_again_exactly_when_its_inputs_change(
         sys_root: Path, what: str, change: Callable[[Path], str | None], computes: bool):
     memo = HoldsMemo(read_mounted, host_keyboards)
-    assert memo(sys_root, MOUNTS, "") == read_holds(sys_root, MOUNTS, "")
-    assert memo(sys_root, MOUNTS, "") == memo(sys_root, MOUNTS, "")
+    assert memo(sys_root, _texts(MOUNTS)) == read_holds(sys_root, _texts(MOUNTS))
+    assert memo(sys_root, _texts(MOUNTS)) == memo(sys_root, _texts(MOUNTS))
     assert memo.computed == 1
     mounts = change(sys_root) or MOUNTS
-    assert memo(sys_root, mounts, "") == read_holds(sys_root, mounts, ""), what
+    assert memo(sys_root, _texts(mounts)) == read_holds(sys_root, _texts(mounts)), what
     assert memo.computed == 1 + computes, what
 
 
@@ -95,16 +99,16 @@ def test_stacked_devices_and_dm_names_are_part_of_the_fingerprint(sys_root: Path
     (sys_root / "devices/virtual/block/dm-0/slaves").mkdir()
     mounts = MOUNTS + "27 25 254:0 / /secret rw - ext4 /dev/mapper/crypt rw\n"
     memo = HoldsMemo(read_mounted, host_keyboards)
-    memo(sys_root, mounts, "")
+    memo(sys_root, _texts(mounts))
     _disk(sys_root, "sdb", "8:16", f"{USB}/1-2:1.0/host6")
-    memo(sys_root, mounts, "")
+    memo(sys_root, _texts(mounts))
     assert memo.computed == 2  # a new disk
     _link(sys_root, "devices/virtual/block/dm-0/slaves/sdb", f"{USB}/1-2:1.0/host6/block/sdb")
-    _, by_path, _ = memo(sys_root, mounts, "")
-    assert memo.computed == 3 and by_path == read_holds(sys_root, mounts, "")[1]
+    _, by_path, _ = memo(sys_root, _texts(mounts))
+    assert memo.computed == 3 and by_path == read_holds(sys_root, _texts(mounts))[1]
     assert any("/1-2/" in path for path in by_path), by_path  # the stick now holds /secret
     _write(sys_root, "devices/virtual/block/dm-0/dm/name", "renamed\n")
-    memo(sys_root, mounts, "")
+    memo(sys_root, _texts(mounts))
     assert memo.computed == 4
 
 
@@ -120,14 +124,54 @@ def test_each_input_device_is_judged_once_while_it_lives(sys_root: Path, monkeyp
 
     monkeypatch.setattr(sysfs_keyboards, "_keyboard", counted)
     memo = HoldsMemo(read_mounted, host_keyboards)
-    memo(sys_root, MOUNTS, "")
+    memo(sys_root, _texts(MOUNTS))
     assert judged == ["input3"]
     _keyboard(sys_root, "input9", f"{USB}/1-2:1.0/input")
-    assert len(memo(sys_root, MOUNTS, "")[2]) == 2
+    assert len(memo(sys_root, _texts(MOUNTS))[2]) == 2
     assert judged == ["input3", "input9"]
     _keyboard(sys_root, "input9", f"{USB}/1-3:1.0/input")  # input9 again, another device
-    boards = memo(sys_root, MOUNTS, "")[2]
+    boards = memo(sys_root, _texts(MOUNTS))[2]
     assert judged == ["input3", "input9", "input9"]
     assert any("/1-3:1.0/" in path for path in boards), boards
     (sys_root / "class/input/input9").unlink()
-    assert len(memo(sys_root, MOUNTS, "")[2]) == 1 and len(judged) == 3
+    assert len(memo(sys_root, _texts(MOUNTS))[2]) == 1 and len(judged) == 3
+
+
+@pytest.mark.parametrize(("what", "change", "computes"), ROWS, ids=[r[0] for r in ROWS])
+def test_while_the_watch_hears_changes_the_memo_looks_only_after_news(
+        sys_root: Path, what: str, change: Callable[[Path], str | None], computes: bool):
+    """host/holds_watch tells of every mount, swap and block device change: until one
+    is told, a plug's turn neither reads the texts nor takes the fingerprint; after it,
+    the memo looks and computes exactly when the fingerprint says (the rows above)."""
+    reads: list[str] = []
+
+    def texts(mounts: str) -> Callable[[], tuple[str, str]]:
+        return lambda: (reads.append(mounts), (mounts, ""))[1]
+
+    memo = HoldsMemo(read_mounted, host_keyboards)
+    memo.hearing(True)
+    memo(sys_root, texts(MOUNTS))
+    memo(sys_root, texts(MOUNTS))
+    assert (len(reads), memo.looked, memo.computed) == (1, 1, 1)
+    mounts = change(sys_root) or MOUNTS
+    unheard = memo(sys_root, texts(mounts))
+    assert (len(reads), memo.looked, memo.computed) == (1, 1, 1), what
+    assert unheard[:2] == read_holds(sys_root, _texts(MOUNTS))[:2]  # as last looked at
+    memo.stale()
+    assert memo(sys_root, texts(mounts)) == read_holds(sys_root, _texts(mounts)), what
+    assert (len(reads), memo.looked, memo.computed) == (2, 2, 1 + computes), what
+
+
+def test_a_watch_that_starts_or_stops_makes_the_memo_look_again(sys_root: Path):
+    """What changed before the watch listened was not heard; without a watch, every
+    call looks (as before it)."""
+    memo = HoldsMemo(read_mounted, host_keyboards)
+    memo(sys_root, _texts(MOUNTS))
+    memo.hearing(True)
+    memo(sys_root, _texts(MOUNTS))
+    memo(sys_root, _texts(MOUNTS))
+    assert memo.looked == 2
+    memo.hearing(False)
+    memo(sys_root, _texts(MOUNTS))
+    memo(sys_root, _texts(MOUNTS))
+    assert (memo.looked, memo.computed) == (4, 1)
