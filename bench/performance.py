@@ -266,11 +266,28 @@ def memory_rows(memory: list[dict] | None) -> list[list[str]]:
                          f"{anon:.1f} ({f['pss_kib'] / 1024:.1f}, {f['rss_kib'] / 1024:.1f})",
                          "≤ 16 MiB anonymous" if loaded else "", f"{anon / 20.6:.2f}x",
                          verdict(anon <= 16) if loaded else ""])
-    warm, churn = by_case.get("after warm-up"), by_case.get("after churn")
-    if warm and churn:
-        growth = churn["anon_kib"] - warm["anon_kib"]
-        rows.append([f"Memory growth over {churn['events'] - warm['events']:,} uevents after "
-                     "a warm-up (anonymous)", "", f"{growth:+d} kB", "no growth", "", ""])
+    floors = {("preload" in str(f.get("tree", ""))): f for f in memory or []
+              if f.get("case") == "floor"}
+    loaded = by_case.get("idle, loaded")
+    if False in floors and True in floors and loaded is not None:
+        floor, preloaded = floors[False], floors[True]
+        own = (loaded["anon_kib"] - preloaded["anon_kib"]) / 1024
+        rows.append(["  the floor: the libraries alone (imports, a libvirt connection, an idle "
+                     "asyncio loop): anonymous (PSS, RSS) MiB", "",
+                     f"{floor['anon_kib'] / 1024:.1f} ({floor['pss_kib'] / 1024:.1f}, "
+                     f"{floor['rss_kib'] / 1024:.1f})", "≤ 16 MiB is below it"
+                     if floor["anon_kib"] / 1024 > 16 else "", "", ""])
+        rows.append(["  so phyllod's own, loaded (the daemon less the floor under umockdev's "
+                     f"preload, {preloaded['anon_kib'] / 1024:.1f} MiB)", "", f"{own:.1f} MiB",
+                     "", "", ""])
+    steps = [("after warm-up", "after churn", "a warm-up"),
+             ("after churn", "after a second churn", "the first churn")]
+    for before, after, what in steps:
+        a, b = by_case.get(before), by_case.get(after)
+        if a and b:
+            growth = b["anon_kib"] - a["anon_kib"]
+            rows.append([f"Memory growth over {b['events'] - a['events']:,} uevents after "
+                         f"{what} (anonymous)", "", f"{growth:+d} kB", "no growth", "", ""])
     return rows
 
 

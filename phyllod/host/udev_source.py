@@ -396,8 +396,10 @@ class UdevWatcher:
         return event
 
     def _second_bind(self, dev: pyudev.Device, first: UdevEvent | None) -> None:
-        """udev's copy of a plug the kernel's ``bind`` brought: delivered as a change
-        only if it tells more (the hardware database's names)."""
+        """udev's copy of a plug the kernel's ``bind`` brought: a change if it tells more
+        (the hardware database's names), unless the device's remove came meanwhile."""
+        if not self._copies.current(dev.device_path, dev.sequence_number):
+            return
         try:
             event = self._translate(dev, "bind")
         except Exception:  # a malformed device must not stop the daemon

@@ -74,6 +74,11 @@ class UeventCopies(Generic[Delivered]):
             if len(self._first) > self._limit:
                 self._first.popitem(last=False)
 
+    def current(self, devpath: str, seqnum: int) -> bool:
+        """Whether nothing newer than event ``seqnum`` was delivered for the device
+        since, its remove included (a second copy judged later must not outlive it)."""
+        return self._newest.get(devpath, 0) == seqnum
+
     def forget(self) -> None:
         """Events were lost and every device is read again: no pair is waited for."""
         self._first.clear()

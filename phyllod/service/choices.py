@@ -10,7 +10,7 @@ the choices follow the devices (``carry_choices``), also while a save ran.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,15 +52,17 @@ class Choices:
         if self.remembered:
             log.info("%d remembered answers from %s", len(self.remembered), self._state_dir)
 
-    def identities_judged(self, before: dict[str, Device], after: dict[str, Device]) -> None:
+    def identities_judged(self, before: dict[str, Device], after: dict[str, Device],
+                          touched: Collection[str] | None = None) -> None:
         """serial_trust judged the present set again: a device whose identity changed
-        takes its choices along (saved in the background)."""
+        takes its choices along (saved in the background). ``touched``: the only
+        devices whose judgement may have changed (None: any)."""
         self._judged = after
-        overrides = carry_choices(self.overrides, before, after)
+        overrides = carry_choices(self.overrides, before, after, touched)
         if overrides != self.overrides:
             self.overrides = overrides
             self._save_later(self._writer.save_overrides, overrides)
-        remembered = carry_choices(self.remembered, before, after)
+        remembered = carry_choices(self.remembered, before, after, touched)
         if remembered != self.remembered:
             self.remembered = remembered
             self._save_later(self._writer.save_answers, remembered)

@@ -108,8 +108,8 @@ class Daemon:
             forget_failure=lambda slot: self.steps.forget_failure(slot),
             host_bound=lambda d, driver: self.binds.host_bound(d, driver),
             unwatch_bind=lambda slot: self.binds.unwatch(slot),
-            identities_judged=lambda before, after: self.choices.identities_judged(
-                before, after),
+            identities_judged=lambda before, after, touched: self.choices.identities_judged(
+                before, after, touched),
             changed=kick)
         # The udev source: subscribed first, then enumerated, into the plugs.
         self.udev = UdevWatcher(self._on_udev)

@@ -154,10 +154,15 @@ class Churn:
                 self.next_devnum = self.next_devnum % 127 + 1
             devnum = self.next_devnum
         vendor, product, triple = self.kind[port]
-        self.tb.plug(port, devnum=devnum, vendor=vendor, product=product,
-                     serial=f"CHURN-{port}", interfaces=(triple,))
+        path = self.tb.plug(port, devnum=devnum, vendor=vendor, product=product,
+                            serial=f"CHURN-{port}", interfaces=(triple,))
+        # The kernel's bind, as a real plug has: the daemon takes a plug at it, so
+        # its remove, which the kernel's monitor may hand over before udev's copy
+        # of the add, never meets a plug still unheard of (a plug and an unplug
+        # that came together collapse into nothing, which the pace cannot count).
+        self.tb.tb.uevent(path, "bind")
         self.devnum[port] = devnum
-        self.events += 2  # the device's add, its interface's add
+        self.events += 3  # the device's add, its interface's add, the device's bind
 
     def unplug(self, port: str) -> None:
         self._pace()

@@ -72,3 +72,25 @@ def test_a_rescan_forgets_every_pair_and_order():
     copies.delivered(DEV, "remove", 14, 0, paired=True)
     copies.forget()
     assert copies.arrived(DEV, "", 10)[0] is Copy.FIRST
+
+
+@pytest.mark.parametrize(("after_the_bind", "current"), [
+    ([], True),  # udev's copy of the bind comes: it may still tell the device's names
+    ([("remove", 15, "first")], False),  # the kernel's remove came first: the device is gone
+    ([("remove", 15, "first"), ("remove", 15, "second")], False),  # both copies of it
+    ([("", 16, "first")], False),  # udev's later change: it carries the names itself
+])
+def test_a_second_copy_judged_later_is_current_only_while_nothing_newer_came(
+        after_the_bind: list[tuple[str, int, str]], current: bool):
+    """udev's copy of a kernel-taken bind is judged after the plug's turn (call_soon);
+    by then the remove may have come, and a change built from that copy would bring
+    back a device that is gone (the churn test saw one stay on the bus)."""
+    copies: UeventCopies[int] = UeventCopies()
+    copies.delivered(DEV, "bind", 12, 0, paired=True)
+    assert copies.arrived(DEV, "bind", 12)[0] is Copy.SECOND
+    for action, seqnum, which in after_the_bind:
+        copy, _ = copies.arrived(DEV, action, seqnum)
+        assert copy.value == which
+        if copy is Copy.FIRST:
+            copies.delivered(DEV, action, seqnum, 1, paired=action == "remove")
+    assert copies.current(DEV, 12) is current

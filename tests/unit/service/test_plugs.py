@@ -7,8 +7,11 @@ from dataclasses import replace
 
 import pytest
 from factories import usb
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from phyllod.core.serial_trust import with_identities
+from phyllod.core.model import Device
+from phyllod.core.serial_trust import carry_choices, with_identities
 from phyllod.host.udev_source import DeviceGone, DeviceSeen
 from phyllod.service.plugs import PlugChange, Plugs, judge_plug, unplug_wait
 
@@ -56,7 +59,7 @@ class Hooks:
             plug_ended=lambda i, why: self.calls.append(("plug ended", f"{i}: {why}")),
             forget_failure=lambda slot: None, host_bound=lambda d, driver: None,
             unwatch_bind=lambda slot: self.calls.append(("unwatch", slot)),
-            identities_judged=lambda before, after: None, changed=lambda: None)
+            identities_judged=lambda before, after, touched: None, changed=lambda: None)
 
 
 WINDOW = 0.05
@@ -116,10 +119,61 @@ async def test_the_present_set_is_judged_again_only_when_a_judgement_can_change(
     calls: list[int] = []
     hooks = Hooks()
     plugs = hooks.plugs(WINDOW)
-    plugs._identities_judged = lambda before, after: calls.append(1)
+    plugs._identities_judged = lambda before, after, touched: calls.append(1)
     plugs.present_at_start([TWIN, OTHER_TWIN])
     assert plugs.devices[TWIN.id].serial_twins == (OTHER_TWIN.id,)
     calls.clear()
     plugs.on_udev(event)
     assert len(calls) == judged
     assert plugs.devices == with_identities(plugs.devices)
+
+
+#: What a desk plugs, as (vendor, product, serial): twins of one serial, a
+#: placeholder shared by many units, one of a kind, none.
+KINDS = [("1050", "0407", "5B8F2F6E"), ("1050", "0407", "5B8F2F6E"), ("0a12", "0001", "0000"),
+         ("0a12", "0001", "0000"), ("046d", "c52b", "7A3C9E01"), ("0627", "0001", "")]
+PORTS = ["1-1", "1-2", "1-3", "2-1", "2-2"]
+#: The keys choices are kept under, as a person's overrides come to be.
+IDENTITIES = sorted({f"usb:{v}:{p}:{s}" for v, p, s in KINDS if s}
+                    | {f"usb:{v}:{p}:{s}@{port}" for v, p, s in KINDS if s for port in PORTS}
+                    | {f"usb:{port}" for port in PORTS})
+EVENTS = st.lists(st.tuples(st.sampled_from(PORTS), st.integers(0, len(KINDS) - 1),
+                            st.booleans()), min_size=1, max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.dictionaries(st.sampled_from(PORTS), st.integers(0, len(KINDS) - 1)),
+       choices=st.dictionaries(st.sampled_from(IDENTITIES), st.sampled_from("ab"), max_size=6),
+       events=EVENTS)
+def test_judging_a_plugs_kinds_alone_is_judging_the_whole_set(
+        start: dict[str, int], choices: dict[str, str],
+        events: list[tuple[str, int, bool]]) -> None:
+    """The present set judged again after each plug and unplug by the kinds it touched
+    (serial_trust.rejudged, the choices carried over the touched devices only) ends
+    where judging every device every time does (with_identities, carry_choices over
+    all): the same doubts and twins, the same choices under the same keys."""
+    carried = {"touched": dict(choices), "all": dict(choices)}
+
+    def judged(before: dict[str, Device], after: dict[str, Device],
+               touched: object) -> None:
+        carried["touched"] = carry_choices(carried["touched"], before, after, touched)
+        carried["all"] = carry_choices(carried["all"], before, after)
+
+    plugs = Plugs(
+        debounce=lambda d: 0.0, asleep=lambda: False, stopping=lambda: False,
+        resume_settle=2.0, new_plug=lambda i: None, plug_ended=lambda i, why: None,
+        forget_failure=lambda slot: None, host_bound=lambda d, driver: None,
+        unwatch_bind=lambda slot: None, identities_judged=judged, changed=lambda: None)
+
+    def device(port: str, n: int, devnum: int) -> Device:
+        vendor, product, serial = KINDS[n]
+        return usb(port=port, devnum=devnum, vendor=vendor, product=product, serial=serial)
+
+    plugs.present_at_start([device(port, n, 2) for port, n in start.items()])
+    for number, (port, n, plug) in enumerate(events, start=3):
+        if plug:
+            plugs.on_udev(DeviceSeen(device(port, n, number), "add"))
+        else:
+            plugs.on_udev(DeviceGone(f"usb:{port}"))
+        assert plugs.devices == with_identities(plugs.devices)
+        assert carried["touched"] == carried["all"]
