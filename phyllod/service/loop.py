@@ -29,10 +29,10 @@ from phyllod.host.udev_source import DeviceGone, DeviceSeen, UdevEvent
 #: interfaces, a driver's bind, its removal) brings or takes disks, mounts
 #: and keyboards, never a PCI function. A PCI uevent changes functions,
 #: drivers and groups, and also what sits below a controller (its disks and
-#: keyboards come and go with its driver). The sources we watch are only
-#: these two: a mount, a swapon or a partition's block device makes no
-#: uevent of ours, so what the host holds is read again on each of them, as
-#: it always was, and on a reload ("look again").
+#: keyboards come and go with its driver). A mount, a swapon or a block
+#: device makes no uevent of these two: the holds watch (host/holds_watch)
+#: hears those and stales the same part; a reload reads everything ("look
+#: again").
 _STALED: dict[str, frozenset[FactsPart]] = {
     Subsystem.USB: frozenset({FactsPart.HOLDS}), Subsystem.PCI: ALL_PARTS}
 

@@ -118,8 +118,8 @@ class Operations:
         loaded = self._load_policy()
         if loaded:
             self._forget_failures()
-        # Mounts and drivers change without uevents; a reload is when a person
-        # who unmounted a stick or rebound a driver says "look again".
+        # Drivers can change without uevents (and mounts, where the holds watch
+        # cannot listen); a reload is when a person says "look again".
         self._read_facts()
         self._loop.kick()
         notify("READY=1")
