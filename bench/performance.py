@@ -144,7 +144,7 @@ def lab_rows(lab: dict | None) -> list[list[str]]:
     issued, add = s["phyllod_received_to_issued_s"], s["add_s"]["phyllod"]
     if issued:
         share = med(issued) / med(add)
-        rows.append(["phyllod's share of the plug, lab (journal: udev add → call issued)",
+        rows.append(["phyllod's share of the plug, lab (journal: plug taken → call issued)",
                      ISSUE["lab_share"], f"{med(issued) * 1e3:.0f} ms of {med(add) * 1e3:.0f}"
                      f" ({share:.1%})", "≤ 5%", f"{med(issued) / 0.845:.2f}x",
                      verdict(share <= 0.05)])
