@@ -93,7 +93,6 @@ def kind(d: Device) -> Kind:
     return d.vendor, d.product, d.serial
 
 
-
 def judged_alike(a: Device, b: Device) -> bool:
     """Whether :func:`with_identities` judges ``b`` as it judged ``a`` in its place: it
     reads nothing else of a device, so a change of only its numbers, driver or

@@ -8,14 +8,15 @@ of each plug's turn (issue 18, measured in the lab with the trace hook),
 while a plug seldom changes what is mounted.
 
 So the mounts are computed again only when a fingerprint of everything they
-are made of differs, and, where the kernel's own news of mounts, swaps and
-block devices is heard (host/holds_watch), the fingerprint itself is taken
-only after such news (:meth:`HoldsMemo.stale`): the mount and swap texts, each /sys/class/block and
+are made of differs: the mount and swap texts, each /sys/class/block and
 /sys/dev/block entry's name and the inode of its link (one directory read
 each: kernfs gives a node re-created under the same name, a re-plugged
 ``sdb``, a new inode), each block device's ``slaves`` (what a device-mapper
 or md device is built on) and each dm device's name; a device's place in
-sysfs does not change while its node lives. The keyboards are kept per
+sysfs does not change while its node lives. Where the kernel's own news of
+mounts, swaps and block devices is heard (host/holds_watch), even the texts
+and the fingerprint are taken only after such news (:meth:`HoldsMemo.stale`).
+The keyboards are kept per
 input device by the same kind of key (:func:`~phyllod.host.sysfs_keyboards.
 host_keyboards`): a plugged keyboard is looked at, the others are not.
 """

@@ -47,8 +47,6 @@ class HoldsWatch:
         self._poll: select.epoll | None = None
         self._monitor: pyudev.Monitor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Changes heard (the mount tables' and block uevents together).
-        self.heard = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Watch every source; False (and nothing watched) if one cannot be."""
@@ -90,7 +88,7 @@ class HoldsWatch:
         # change, and ours is drained of whatever is left (nothing, mostly).
         assert self._poll is not None
         self._poll.poll(0)
-        self._heard()
+        self._on_change()
 
     def _blocks_changed(self) -> None:
         assert self._monitor is not None
@@ -102,8 +100,4 @@ class HoldsWatch:
             log.warning("block device monitor: %s", e)
             changed = True
         if changed:
-            self._heard()
-
-    def _heard(self) -> None:
-        self.heard += 1
-        self._on_change()
+            self._on_change()

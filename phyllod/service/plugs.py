@@ -197,8 +197,8 @@ class Plugs:
         about: only their kinds are judged again and only the devices judged
         anew are looked at for their choices (None: all of them, at start and
         after a rescan). Judging the whole set cost ~3 ms of a plug at 500
-        devices (issue 18); tests/unit/service/test_plugs_identities.py holds
-        the two ways to the same result on random plugs and unplugs.
+        devices (issue 18); tests/unit/service/test_plugs.py holds the two
+        ways to the same result on random plugs and unplugs.
         """
         ids: Collection[str] | None = None
         if touched is None:
