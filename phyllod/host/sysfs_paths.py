@@ -31,13 +31,22 @@ def sys_path(sys_root: Path, real: Path) -> str:
     return str(SYS / real.relative_to(resolved_root(sys_root)))
 
 
-def read_attribute(path: Path) -> str:
-    """A sysfs attribute's text, "" if absent; never more than a page is read."""
+def read_attribute(path: str | os.PathLike[str]) -> str:
+    """A sysfs attribute's text, "" if absent; never more than a page is read.
+
+    One ``read(2)`` on a plain descriptor: sysfs hands an attribute over whole,
+    and a keyboard's plug reads three of these in its turn (issue 18).
+    """
     try:
-        with path.open("rb") as f:
-            return f.read(MAX_ATTRIBUTE).decode("utf-8", errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        return os.read(fd, MAX_ATTRIBUTE).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def links(directory: Path) -> list[tuple[str, int]]:

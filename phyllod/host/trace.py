@@ -26,6 +26,7 @@ the loop and from the libvirt worker thread never interleave.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 
@@ -47,3 +48,12 @@ def point(name: str, subject: object = "-") -> None:
     line = f"{time.monotonic_ns()} {name} {subject}\n".encode(errors="replace")
     with contextlib.suppress(OSError):  # a trace that cannot be written costs nothing
         os.write(_open(), line)
+
+
+def _collected(phase: str, info: dict[str, int]) -> None:
+    """The garbage collector's pauses, on the same axis (subject: the generation)."""
+    point(f"gc-{phase}", info["generation"])
+
+
+if _PATH:
+    gc.callbacks.append(_collected)

@@ -92,7 +92,7 @@ class Steps:
                     _reset(step)
                 issued = (None if step.prepare or self._faults.holds("attach-before")
                           else self._issue_attach(step))
-                self._announce_attach(step)  # after the call: its write lets the worker run
+                self._announce_attach(step)  # after the call, which the worker has taken
                 self._spawn(self._attach(step, run, started, issued))
             else:
                 self.inflight[step.slot] = Operation(OpKind.DETACH, step.guest,

@@ -230,6 +230,22 @@ def test_odd_input_and_block_entries_are_skipped(tb):
     assert block_mounts(SYS, MOUNTINFO, SWAPS) == EXPECTED_MOUNTS
 
 
+def test_a_class_link_of_another_form_is_followed_step_by_step(tb):
+    """The kernel's class links are relative, straight to /sys/devices (read once and
+    joined); one through another link is followed step by step, and one that leads
+    out of /sys/devices is skipped."""
+    tree = desk(tb, ps2=False)
+    raw = tree.root / "sys"
+    inputs = raw / "class" / "input"
+    (raw / "alias").symlink_to("devices")
+    for link in [p for p in inputs.iterdir() if p.name.startswith("input")]:
+        below = link.resolve().relative_to((raw / "devices").resolve())
+        link.unlink()
+        link.symlink_to(f"../../alias/{below}")
+    (inputs / "input43").symlink_to("../../../etc")  # out of /sys/devices
+    assert host_keyboards(SYS) == {KEYBOARD: "QEMU QEMU USB Keyboard"}
+
+
 def test_missing_sysfs_gives_nothing(tmp_path):
     assert block_mounts(tmp_path / "nothing", MOUNTINFO, SWAPS) == {}
     assert host_keyboards(tmp_path / "nothing") == {}

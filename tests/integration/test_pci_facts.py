@@ -20,7 +20,7 @@ from phyllod.core import kernel_values as kv
 from phyllod.core.device_text import clean
 from phyllod.core.model import HostFacts, PciFunction
 from phyllod.core.safety.pci import Risk, iommu_table, pci_verdict
-from phyllod.host import sysfs, sysfs_acs, udev_source
+from phyllod.host import sysfs, sysfs_acs, udev_devices
 from phyllod.host.sysfs import mounted_pci, pci_function, read_host_facts
 from phyllod.host.udev_source import present_devices
 
@@ -415,7 +415,7 @@ def _replace_link(link: Path, target: str) -> None:
 def told(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """The adapters' lines, with fresh memories of what they already said."""
     monkeypatch.setattr(sysfs, "_reported", kv.ReportedOnce(), raising=False)
-    monkeypatch.setattr(udev_source, "_reported", kv.ReportedOnce(), raising=False)
+    monkeypatch.setattr(udev_devices, "_reported", kv.ReportedOnce())
     caplog.set_level(logging.WARNING, logger="phyllod")
     return lambda: [r.getMessage() for r in caplog.records]
 
@@ -529,7 +529,7 @@ def test_mount_labels_and_keyboard_names_are_cleaned_like_udev_strings(tb):
     tree.add_usb("1-1", devnum=2)
     tree.add_input("input7", hostile, "120013", "fffffffffffffffe", parent="1-1:1.0")
     names = list(sysfs.host_keyboards(SYS).values())
-    assert names == [clean(hostile)] == [udev_source._attr(_DeviceWith(hostile), "name")]
+    assert names == [clean(hostile)] == [udev_devices._attr(_DeviceWith(hostile), "name")]
 
 
 class _DeviceWith:

@@ -11,7 +11,7 @@ import testbed
 
 from phyllod.core import kernel_values as kv
 from phyllod.core.model import Device, Subsystem
-from phyllod.host import udev_source
+from phyllod.host import udev_devices, udev_source
 from phyllod.host.udev_source import DeviceGone, DeviceSeen, UdevEvent, UdevWatcher, present_devices
 
 pytestmark = [pytest.mark.integration,
@@ -158,7 +158,7 @@ def usb_devices() -> list[Device]:
 @pytest.fixture
 def told(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """The adapter's lines, with a fresh memory of what it already said."""
-    monkeypatch.setattr(udev_source, "_reported", kv.ReportedOnce(), raising=False)
+    monkeypatch.setattr(udev_devices, "_reported", kv.ReportedOnce())
     caplog.set_level(logging.WARNING, logger="phyllod.host.udev_source")
 
     def lines(port: str = "") -> list[str]:

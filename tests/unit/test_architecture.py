@@ -58,7 +58,8 @@ HOST_SHARED = frozenset({"phyllod.host.safe_read", "phyllod.host.trace",
 #: only the first may import it.
 HOST_ADAPTER_PARTS = {"phyllod.host.sysfs_acs": "phyllod.host.sysfs",
                       "phyllod.host.sysfs_keyboards": "phyllod.host.sysfs",
-                      "phyllod.host.usb_sysfs": "phyllod.host.udev_source",
+                      "phyllod.host.udev_devices": "phyllod.host.udev_source",
+                      "phyllod.host.usb_sysfs": "phyllod.host.udev_devices",
                       "phyllod.host.uevent_copies": "phyllod.host.udev_source"}
 #: What service/ parts share that is no part (no state, no decisions): the
 #: fault-injection seams, the journal fields of the daemon's log records, and

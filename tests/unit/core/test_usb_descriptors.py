@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from phyllod.core import usb_descriptors
 from phyllod.core.usb_descriptors import interface_classes
 
 #: A Canon digital camera (PTP) as recorded on a real machine, with udev's
@@ -74,3 +75,22 @@ def test_interface_classes(raw: bytes, limit: int, classes: tuple[str, ...] | No
 def test_64_kib_of_short_descriptors_is_walked_and_bounded():
     raw = DEVICE + bytes([3, 4, 7]) * 21800
     assert interface_classes(raw, 32) == ("070304",)  # the next ones' bytes, as usb_id
+
+
+def _device_descriptor(vendor: int, product: int, device_class: int) -> bytes:
+    """An 18-byte device descriptor (USB 2.0 §9.6.1), little-endian ids."""
+    return bytes([18, 1, 0x00, 0x02, device_class, 0, 0, 64]) + vendor.to_bytes(2, "little") + (
+        product.to_bytes(2, "little") + bytes([0x00, 0x01, 1, 2, 3, 1]))
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (_device_descriptor(0x0627, 0x0001, 0x00), ("0627", "0001", "00")),
+    (_device_descriptor(0x1050, 0x0407, 0xEF), ("1050", "0407", "ef")),
+    (_device_descriptor(0xFFFF, 0xFFFF, 0xFF) + bytes(9), ("ffff", "ffff", "ff")),
+    (_device_descriptor(0x0627, 0x0001, 0x09)[:17], None),  # cut short
+    (bytes([9, 1]) + _device_descriptor(0x0627, 0x0001, 0)[2:], None),  # bLength not 18
+    (bytes([18, 2]) + _device_descriptor(0x0627, 0x0001, 0)[2:], None),  # a configuration
+    (b"", None),
+], ids=["keyboard", "composite", "all-ones", "short", "length", "type", "empty"])
+def test_the_device_descriptor_gives_the_ids_sysfs_prints(raw: bytes, expected):
+    assert usb_descriptors.device_ids(raw) == expected

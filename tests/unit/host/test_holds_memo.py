@@ -118,8 +118,8 @@ def test_each_input_device_is_judged_once_while_it_lives(sys_root: Path, monkeyp
     judged: list[str] = []
     real = sysfs_keyboards._keyboard
 
-    def counted(root: Path, entry: Path) -> tuple[str, str] | None:
-        judged.append(entry.name)
+    def counted(root: str, entry: str) -> tuple[str, str] | None:
+        judged.append(os.path.basename(entry))
         return real(root, entry)
 
     monkeypatch.setattr(sysfs_keyboards, "_keyboard", counted)

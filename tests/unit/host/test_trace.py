@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -71,3 +74,17 @@ def test_an_unwritable_trace_costs_the_caller_nothing(tmp_path: Path,
     monkeypatch.setattr(trace, "_fd", -1)
     trace.point("turn-start", 1)  # no exception
     assert not (tmp_path / "missing").exists()
+
+
+def test_set_at_start_the_collectors_pauses_are_points(tmp_path: Path):
+    """A daemon started with PHYLLOD_TRACE marks each garbage collection, so a pause
+    that falls into a plug shows in the trace; started without it, none is hooked."""
+    path = tmp_path / "trace"
+    code = ("import gc; from phyllod.host import trace; "
+            "print(trace._collected in gc.callbacks); gc.collect(2)")
+    for value, hooked in ((str(path), "True"), ("", "False")):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "PHYLLOD_TRACE": value}, check=True)
+        assert run.stdout.strip() == hooked
+    points = [line.split(" ")[1:] for line in path.read_text().splitlines()]
+    assert ["gc-start", "2"] in points and ["gc-stop", "2"] in points
