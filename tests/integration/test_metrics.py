@@ -82,6 +82,9 @@ def test_node_exporter_serves_devices_failures_and_their_durations(
         daemon.wait_log(r"attach usb:1-2 to work failed: cannot open directory")
         s = wait_series(exporter, daemon, "the failed attach in the scrape",
                         lambda s: s.get(FAILED_IN_WORK) == 1 and s.get(FAILURES, 0) >= 1)
+        # node_exporter read the file whole (a parse error or a timestamp sets this to 1)
+        assert series(exporter.scrape(), "node_textfile_scrape_error") == {
+            "node_textfile_scrape_error": 0}
         assert s[f'phyllod_info{{version="{__version__}"}}'] == 1
         assert s[ON_HOST] == 1
         assert s["phyllod_libvirt_connected"] == 1
