@@ -270,11 +270,13 @@ def run(args: argparse.Namespace, tree: Path) -> dict:
             tb.plug(f"{bus}-{port}", devnum=2 + n, vendor=vendor, product=product,
                     serial=f"DESK{n:04d}", interfaces=interfaces)
         notify = NotifySocket(work / "notify")
+        # --metrics: the daemon keeps its metrics file (a tree without them ignores it)
+        metrics = {"PHYLLOD_METRICS_FILE": str(work / "phyllod.prom")} if args.metrics else {}
         daemon = DaemonProcess(["--policy-dir", str(policy_dir), "--connect", lv.uri],
                                child_env(**tb.env, NOTIFY_SOCKET=str(notify.path),
                                          PHYLLOD_TRACE=str(trace), PYTHONPATH=str(tree),
                                          # `python -m` would put our cwd (this tree) first
-                                         PYTHONSAFEPATH="1"))
+                                         PYTHONSAFEPATH="1", **metrics))
         notify.wait_for("READY=1", timeout=60)
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised
         conn = libvirt.open(lv.uri)
@@ -321,6 +323,8 @@ def main() -> int:
                         help="another source tree (say main's, from git worktree add) to "
                         "measure in the same run, first; repeatable")
     parser.add_argument("--json", type=Path, help="write every sample and the summary here")
+    parser.add_argument("--metrics", action="store_true",
+                        help="the daemon writes its metrics file (README, 'Metrics for a fleet')")
     args = parser.parse_args()
     why = libvirtd.available() or testbed.available()
     if why:

@@ -15,6 +15,7 @@ from phyllod.core.policy_problems import PolicyError
 from phyllod.core.serial_trust import with_identities
 from phyllod.host.policy_files import DEFAULT_POLICY_DIR, load_policy, policy_files
 from phyllod.host.systemd_glue import setup_logging
+from phyllod.host.textfile import NODE_EXPORTER_DIR, default_path
 from phyllod.service.root import Config, run_daemon
 
 
@@ -41,6 +42,10 @@ def _options(suppress: bool) -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=default(_state_dir()),
                    help="where manual overrides are kept (default: $STATE_DIRECTORY, "
                         "else /var/lib/phyllod)")
+    p.add_argument("--metrics-file", default=default(
+        os.environ.get("PHYLLOD_METRICS_FILE", "auto")), metavar="auto|none|FILE",
+        help=f"node_exporter textfile (*.prom) for the metrics; auto (default): "
+             f"{NODE_EXPORTER_DIR}/phyllod.prom if that directory exists, else none")
     p.add_argument("--log-level", default=default("INFO"))
     p.add_argument("--log-target", choices=("auto", "stderr"), default=default("auto"),
                    help="auto: the journal when journald runs, else stderr")
@@ -119,6 +124,13 @@ def check_policy(files: list[Path], policy_dir: Path) -> int:
     return 0
 
 
+def _metrics_file(value: str) -> Path | None:
+    """``--metrics-file``: auto, none (or empty), or a path."""
+    if value == "auto":
+        return default_path()
+    return Path(value) if value not in ("none", "") else None
+
+
 #: Seconds a thread may hold the GIL while another waits (CPython's default: 0.005).
 GIL_SWITCH_INTERVAL = 0.0005
 
@@ -133,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     # 5 ms for a busy loop thread to let go, on the way to every attach.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     return asyncio.run(run_daemon(Config(policy_dir=args.policy_dir, uri=args.connect,
-                                         bus=args.bus, state_dir=args.state_dir)))
+                                         bus=args.bus, state_dir=args.state_dir,
+                                         metrics_file=_metrics_file(args.metrics_file))))
 
 
 if __name__ == "__main__":

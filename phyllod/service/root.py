@@ -18,6 +18,7 @@ state each, never import one another:
 - the loop: kick, turn, host facts once per turn (service/loop)
 - publishing: the journal, systemd's status, the bus (service/publish)
 - operations: what the bus calls (service/operations)
+- metrics: the calls' outcomes, a file for node_exporter (service/metrics)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +36,17 @@ from phyllod import __version__
 from phyllod.bus import polkit
 from phyllod.bus.logind import SleepWatcher
 from phyllod.bus.service import BusError, BusService, Snapshot
-from phyllod.core.model import FactsPart, HostFacts
-from phyllod.core.plan import Plan, World
+from phyllod.core.metrics import Calls, device_counts
+from phyllod.core.metrics import Snapshot as MetricsSnapshot
+from phyllod.core.model import FactsPart, HostFacts, Subsystem
+from phyllod.core.plan import OpKind, Plan, World
 from phyllod.host.holds_memo import HoldsMemo
 from phyllod.host.holds_watch import HoldsWatch
 from phyllod.host.libvirt_client import LibvirtClient
 from phyllod.host.state_store import remove_leftovers
 from phyllod.host.sysfs import host_keyboards, read_host_facts, read_mounted, usb_host_drivers
 from phyllod.host.systemd_glue import MessageId, notify, watchdog_interval
+from phyllod.host.textfile import Textfile
 from phyllod.host.udev_source import UdevEvent, UdevWatcher
 from phyllod.service import fault_points
 from phyllod.service.asks import Asks
@@ -50,6 +55,7 @@ from phyllod.service.choices import Choices
 from phyllod.service.guests import CONNECT_PATIENCE, Guests
 from phyllod.service.journal import fields, log
 from phyllod.service.loop import Loop, staled_by
+from phyllod.service.metrics import Metrics
 from phyllod.service.operations import Operations
 from phyllod.service.plugs import Plugs
 from phyllod.service.policy_in_force import PolicyInForce
@@ -83,6 +89,8 @@ class Config:
     #: counts as the host taking it back: a stopping guest lets go of its devices
     #: first, and libvirt says that it stopped only just after.
     release_grace: float = 2.0
+    #: node_exporter's textfile (``*.prom``) phyllod keeps its metrics in; None: none.
+    metrics_file: Path | None = None
 
 
 class Daemon:
@@ -93,6 +101,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._logind: asyncio.Task[None] | None = None
+        self._started_at = time.time()
         kick = self._kick
         on_bus = config.bus != "none"
 
@@ -122,6 +131,11 @@ class Daemon:
             device_released=lambda guest, alias: self.steps.released(guest, alias),
             run_over=lambda guest: self.steps.release_waiters(guest),
             stopping=lambda: self._stopping, spawn=self._spawn, changed=kick)
+        # The metrics: each call's end counted; after a turn that may have changed
+        # something, the snapshot written for node_exporter (from a timer, rate-limited).
+        self.textfile = Textfile(config.metrics_file) if config.metrics_file else None
+        self.metrics = Metrics(snapshot=self._metrics,
+                               write=self.textfile.write if self.textfile else None)
         # The steps: reconcile's Attach/Detach carried out through libvirt.
         self.steps = Steps(
             client=self.guests.client, faults=fault_points, guests=lambda: self.guests.guests,
@@ -129,7 +143,7 @@ class Daemon:
             connection_failed=self.guests.connection_failed,
             unwatch_bind=lambda slot: self.binds.unwatch(slot), spawn=self._spawn,
             changed=kick, detach_timeout=config.detach_timeout,
-            to_host_timeout=config.to_host_timeout)
+            to_host_timeout=config.to_host_timeout, call_ended=self.metrics.call_ended)
         # The host binds: a host driver binding a device in a guest, watched then judged.
         self.binds = HostBinds(
             release_grace=config.release_grace, guests=lambda: self.guests.guests,
@@ -197,6 +211,7 @@ class Daemon:
             self.asks.after_turn(plan, self.plugs.devices, self.policy.ask_timeout)
         self.publisher.report(plan.assignments)
         self.sleep.after_turn(plan)
+        self.metrics.changed()
 
     def _snapshot(self) -> Snapshot:
         """Everything the bus shows: the parts' own mappings, not copies (the bus
@@ -208,6 +223,18 @@ class Daemon:
             policy_errors=self.policy.errors, policy_files=self.policy.files,
             libvirt_uri=self.config.uri, remembered=self.choices.remembered,
             requests=self.asks.requests, ask_timeout=self.policy.ask_timeout)
+
+    def _metrics(self, calls: dict[tuple[OpKind, Subsystem], Calls]) -> MetricsSnapshot:
+        """What the metrics file shows: counts from every part, no device's strings."""
+        devices = self.plugs.devices
+        return MetricsSnapshot(
+            version=__version__, start_time=self._started_at,
+            devices=device_counts((devices[i].subsystem, a.state, a.guest)
+                                  for i, a in self.publisher.assignments.items() if i in devices),
+            calls=calls, policy_loaded=self.policy.policy is not None,
+            policy_errors=len(self.policy.errors),
+            libvirt_connected=self.guests.guests is not None,
+            requests_open=len(self.asks.requests))
 
     def _publish(self) -> None:
         if self.bus is not None:
@@ -321,12 +348,14 @@ class Daemon:
         if self._logind is not None:
             self._logind.cancel()
         self.steps.release_all()
-        for part in (self.asks, self.plugs, self.binds, self.sleep):
+        for part in (self.asks, self.plugs, self.binds, self.sleep, self.metrics):
             part.cancel()
         if self._tasks:
             log.info("waiting for %d libvirt calls to finish", len(self._tasks))
             await asyncio.wait(self._tasks, timeout=self.config.stop_timeout)
         await self.guests.client.close()
+        if self.textfile is not None:
+            self.textfile.remove()  # the numbers of a stopped phyllod are no one's
         if self.sleep_watcher is not None:
             self.sleep_watcher.close()  # a sleep waiting for us proceeds
         if self.bus is not None:

@@ -5,7 +5,9 @@ issue it again; each step's end (done, failed, the connection lost) comes
 back as a change that asks for a reconcile. A failed call is recorded
 against the guest run it went to, with its backoff (core's record_failure).
 A returned detach is not a removal: the step waits for DEVICE_REMOVED (or
-for the guest's run to end), at most ``detach_timeout``.
+for the guest's run to end), at most ``detach_timeout``. Each call's end,
+its result and how long it took since the step started, is told to
+``call_ended`` (the metrics, service/metrics).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class Steps:
                  unwatch_bind: Callable[[str], None],
                  spawn: Callable[[Coroutine[Any, Any, None]], None],
                  changed: Callable[[], None], detach_timeout: float,
-                 to_host_timeout: float) -> None:
+                 to_host_timeout: float,
+                 call_ended: Callable[[OpKind, Subsystem, bool, float], None]) -> None:
         self._client = client
         self._faults = faults
         self._guests = guests
@@ -68,6 +71,7 @@ class Steps:
         self._changed = changed
         self._detach_timeout = detach_timeout
         self._to_host_timeout = to_host_timeout
+        self._call_ended = call_ended
         self.inflight: dict[str, Operation] = {}
         self.failures: dict[str, Failure] = {}
         self._detach_waiters: dict[tuple[str, str], asyncio.Event] = {}
@@ -99,12 +103,13 @@ class Steps:
                                                      step.hostdev.alias)
                 released = self._detach_waiters[(step.guest, step.hostdev.alias)] = (
                     asyncio.Event())
+                started = time.monotonic()
                 issued = (None if self._faults.holds("detach-before")
                           else self._issue_detach(step))
                 log.info("detaching %s from %s (%s): libvirt detachDeviceAlias",
                          step.hostdev.alias, step.guest, step.why,
                          **fields(step.device_id, step.guest, state=State.DETACHING))
-                self._spawn(self._detach(step, run, released, issued))
+                self._spawn(self._detach(step, run, released, started, issued))
 
     def forget_failure(self, slot: str) -> None:
         self.failures.pop(slot, None)
@@ -185,11 +190,13 @@ class Steps:
         except LibvirtError as e:
             log.warning("attach %s to %s failed: %s", d.id, a.guest, e.message,
                         **fields(d.id, a.guest, a.rule, State.FAILED, MessageId.ATTACH_FAILED))
+            self._call_ended(OpKind.ATTACH, d.subsystem, False, time.monotonic() - started)
             await self._give_back(prepared)
             self._failed(a.slot, OpKind.ATTACH, a.guest, run, e)
         else:
-            log.info("attached %s to %s in %.0f ms", d.id, a.guest,
-                     (time.monotonic() - started) * 1000,
+            took = time.monotonic() - started
+            self._call_ended(OpKind.ATTACH, d.subsystem, True, took)
+            log.info("attached %s to %s in %.0f ms", d.id, a.guest, took * 1000,
                      **fields(d.id, a.guest, a.rule, State.ATTACHED, MessageId.ATTACHED))
             self._store_guest(a.guest, guest)
             self.failures.pop(a.slot, None)
@@ -215,11 +222,12 @@ class Steps:
                             self._to_host_timeout, **fields(device=f"pci:{address}"))
 
     async def _detach(self, a: Detach, run: Run | None, released: asyncio.Event,
-                      issued: Awaitable[Guest | None] | None) -> None:
+                      started: float, issued: Awaitable[Guest | None] | None) -> None:
         """Await the detach ``start`` issued (or issue it after an armed
         ``detach-before``), then QEMU's release."""
         alias = a.hostdev.alias
         failed = fields(a.device_id, a.guest, "", State.FAILED, MessageId.DETACH_FAILED)
+        subsystem = a.hostdev.subsystem
         try:
             if issued is None:
                 await self._faults.point("detach-before")
@@ -233,14 +241,18 @@ class Steps:
                     error = (f"guest {a.guest} did not release the device within "
                              f"{self._detach_timeout:.0f}s")
                     log.warning("detach %s: %s", alias, error, **failed)
+                    self._call_ended(OpKind.DETACH, subsystem, False,
+                                     time.monotonic() - started)
                     self._failed(a.slot, OpKind.DETACH, a.guest, run, LibvirtError(error))
                     return
                 self._store_guest(a.guest, await self._client.guest(a.guest))
+            self._call_ended(OpKind.DETACH, subsystem, True, time.monotonic() - started)
             log.info("detached %s from %s", alias, a.guest,
                      **fields(a.device_id, a.guest, "", State.HOST, MessageId.DETACHED))
             self.failures.pop(a.slot, None)
             self._unwatch_bind(a.slot)
         except LibvirtError as e:
+            self._call_ended(OpKind.DETACH, subsystem, False, time.monotonic() - started)
             log.warning("detach %s from %s failed: %s", alias, a.guest, e.message, **failed)
             self._failed(a.slot, OpKind.DETACH, a.guest, run, e)
         finally:

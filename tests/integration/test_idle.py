@@ -7,7 +7,8 @@ threads never run: the count of context switches over the window is 0, and
 so are the CPU ticks (tests/integration/support/wakeups.py says why these
 counts and not strace). This is libvirt's test driver, which has no
 keepalive; a real libvirtd's keepalive wakes the libvirt thread every few
-seconds, a figure bench/share_bench.py reports.
+seconds, a figure bench/share_bench.py reports. The metrics file is on: it is
+written after changes only, from a timer that nothing idle arms.
 """
 
 from __future__ import annotations
@@ -39,11 +40,18 @@ def test_an_idle_daemon_never_wakes(tmp_path: Path, usb_testbed: testbed.UsbTest
     policy_dir.mkdir()
     (policy_dir / "10-test.toml").write_text(POLICY)
     notify = NotifySocket(tmp_path / "notify")
-    daemon = DaemonProcess(["--policy-dir", str(policy_dir), "--connect", "test:///default"],
+    metrics = tmp_path / "phyllod.prom"
+    daemon = DaemonProcess(["--policy-dir", str(policy_dir), "--connect", "test:///default",
+                            "--metrics-file", str(metrics)],
                            child_env(**usb_testbed.env, NOTIFY_SOCKET=str(notify.path)))
     try:
         notify.wait_for("READY=1")
         daemon.wait_log(r"usb:1-2 .*: denied: denied by rule 'no mass storage'")
+        daemon.wait_for("the start's state in the metrics", lambda: metrics.exists() and all(
+            line in metrics.read_text() for line in (
+                "phyllod_libvirt_connected 1",
+                'phyllod_devices{subsystem="usb",state="host",guest=""} 1',
+                'phyllod_devices{subsystem="usb",state="denied",guest=""} 1')))
         time.sleep(1.0)  # the start's last writes (status, journal) are done
         woke, ticks = wakeups.over(daemon.proc.pid, WINDOW)
         assert (woke, ticks) == ({name: 0 for name in woke}, 0), daemon.log()[-2000:]
@@ -53,6 +61,8 @@ def test_an_idle_daemon_never_wakes(tmp_path: Path, usb_testbed: testbed.UsbTest
         usb_testbed.plug("1-3", devnum=4, vendor="046d", product="c52b")
         daemon.wait_log(r"usb:1-3 .*: host: no rule matches", start=mark)
         assert sum(wakeups.switches(daemon.proc.pid).values()) > before
+        daemon.wait_for("the plug in the metrics", lambda: 'phyllod_devices{subsystem="usb",'
+                        'state="host",guest=""} 2' in metrics.read_text())
     finally:
         daemon.stop()
         notify.close()

@@ -43,6 +43,7 @@ EXPECTED = [
     "usr/share/man/man1/phyllodctl.1.gz",
     "usr/share/man/man5/phyllod.policy.5.gz",
     "usr/share/doc/phyllod/examples/10-example.toml",
+    "usr/share/doc/phyllod/examples/phyllod.rules.yml",
     "usr/share/doc/phyllod/copyright",
     "etc/phyllod/policy.d/",
 ]
@@ -153,7 +154,8 @@ def test_applet_package(applet_deb: Path):
 
 
 def test_control_fields(deb: Path):
-    fields = run("dpkg-deb", "-f", deb, "Package", "Architecture", "Depends", "Recommends")
+    fields = run("dpkg-deb", "-f", deb, "Package", "Architecture", "Depends", "Recommends",
+                 "Suggests")
     assert fields.returncode == 0, fields.stderr
     control = dict(line.split(": ", 1) for line in fields.stdout.splitlines())
     assert control["Package"] == "phyllod"
@@ -161,6 +163,7 @@ def test_control_fields(deb: Path):
     depends = [d.strip() for d in control["Depends"].split(",")]
     assert all(d in depends for d in DEPENDS), depends
     assert "polkitd" in control["Recommends"]
+    assert "prometheus-node-exporter" in control["Suggests"]  # its textfile directory
 
 
 def test_service_is_enabled_and_restarted_by_maintainer_scripts(deb: Path):

@@ -201,5 +201,7 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["PHYLLOD_BUS"] = "none"  # tests that want the bus pass --bus
+    # never the host's node_exporter directory; tests that want metrics pass --metrics-file
+    env["PHYLLOD_METRICS_FILE"] = "none"
     env.update(extra)
     return env

@@ -15,6 +15,7 @@ from typing import TypeVar
 import pytest
 from factories import guest, held, pci, usb
 
+from phyllod.core.model import Subsystem
 from phyllod.core.plan import Attach, Detach, OpKind, Step
 from phyllod.host.libvirt_client import LibvirtError
 from phyllod.service.steps import Steps
@@ -78,13 +79,15 @@ class Rig:
         self.tasks: list[asyncio.Task] = []
         self.changed = 0
         self.stored: list[str] = []
+        self.ended: list[tuple[OpKind, Subsystem, bool, float]] = []
         self.steps = Steps(
             client=self.client, faults=self.faults,  # type: ignore[arg-type]
             guests=lambda: {"work": guest("work", hostdevs=(held(KBD),))},
             store_guest=lambda name, _g: self.stored.append(name),
             refresh_guest=self.refresh, connection_failed=lambda e: None,
             unwatch_bind=lambda slot: None, spawn=self.spawn, changed=self.change,
-            detach_timeout=1.0, to_host_timeout=1.0)
+            detach_timeout=1.0, to_host_timeout=1.0,
+            call_ended=lambda *outcome: self.ended.append(outcome))
 
     def spawn(self, coro) -> None:
         self.tasks.append(asyncio.ensure_future(coro))
@@ -159,3 +162,28 @@ async def test_a_call_issued_in_start_ends_its_step(step: Step, outcome: object,
 def at_issue(step: Step) -> list[str]:
     return (["attach work"] if isinstance(step, Attach)
             else [f"detach {step.hostdev.alias} work"])
+
+
+@pytest.mark.parametrize(("step", "outcome", "ended"), [
+    (ATTACH, None, (OpKind.ATTACH, Subsystem.USB, True)),
+    (ATTACH, LibvirtError("cannot open directory"), (OpKind.ATTACH, Subsystem.USB, False)),
+    # the guest re-read shows it released (no guest): the detach is done
+    (DETACH, None, (OpKind.DETACH, Subsystem.USB, True)),
+    (DETACH, LibvirtError("device not found"), (OpKind.DETACH, Subsystem.USB, False)),
+    # a lost connection is no failure of the device, but the call did not succeed
+    (ATTACH, LibvirtError("end of file", connection_lost=True),
+     (OpKind.ATTACH, Subsystem.USB, False)),
+])
+async def test_each_call_end_is_told_once(step: Step, outcome: object,
+                                          ended: tuple[OpKind, Subsystem, bool]) -> None:
+    """The metrics hear every call's end, its result and a duration, exactly once."""
+    rig = Rig()
+    rig.steps.start([step])
+    (future,) = rig.client.outcomes.values()
+    if isinstance(outcome, LibvirtError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+    await asyncio.gather(*rig.tasks)
+    assert [e[:3] for e in rig.ended] == [ended]
+    assert all(e[3] >= 0 for e in rig.ended)
